@@ -1,0 +1,46 @@
+"""vramfit: will this model, with these settings, fit on these GPUs? Exact, explained per-GPU memory.
+
+    >>> import vramfit
+    >>> result = vramfit.estimate("meta-llama/Llama-3.1-8B", batch_size=4, seq_len=8192)
+    >>> result.memory.total, result.peak.allocated
+
+Importing vramfit and estimating never imports torch or transformers (only `vramfit.truth` does).
+"""
+
+from vramfit.errors import (
+    InvalidConfig,
+    InvalidSetting,
+    MissingExtra,
+    ModelNotFound,
+    UnsupportedArchitecture,
+    VramfitError,
+)
+from vramfit.estimate import estimate
+from vramfit.model.architecture import Architecture
+from vramfit.model.loaded import Model
+from vramfit.result import Component, Estimate, MemoryBreakdown, Parameters, Peak
+from vramfit.settings import LoRA, Parallelism, Precision, Runtime, Settings, Training, Workload
+
+__all__ = [
+    "Architecture",
+    "Component",
+    "Estimate",
+    "InvalidConfig",
+    "InvalidSetting",
+    "LoRA",
+    "MemoryBreakdown",
+    "MissingExtra",
+    "Model",
+    "ModelNotFound",
+    "Parallelism",
+    "Parameters",
+    "Peak",
+    "Precision",
+    "Runtime",
+    "Settings",
+    "Training",
+    "UnsupportedArchitecture",
+    "VramfitError",
+    "Workload",
+    "estimate",
+]

@@ -1,0 +1,27 @@
+"""estimate(model, settings) -> Estimate: composition only, no formulas (those live in vramfit.memory)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vramfit.memory import inference, training
+from vramfit.model.loaded import Model
+from vramfit.result import Estimate, MemoryBreakdown, Peak
+from vramfit.settings import Settings
+
+
+def estimate(model: Model | str, settings: Settings | None = None, **changes: Any) -> Estimate:
+    """Per-GPU memory of the most-loaded GPU for `model` under `settings` (defaults: bf16 inference,
+    batch 1, 2048 tokens). Keyword changes override single fields: estimate(m, batch_size=8, mode="training").
+    """
+    if isinstance(model, str):
+        from vramfit.model.sources import load_model
+
+        model = load_model(model)
+    settings = (settings or Settings()).replace(**changes).validate() if changes else (
+        settings or Settings()).validate()
+    planner = inference if settings.mode == "inference" else training
+    plan = planner.plan(model, settings)
+    memory = MemoryBreakdown(components=plan.components)
+    return Estimate(model=model.name, parameters=plan.parameters, memory=memory, peak=Peak.of(memory),
+                    settings=settings, notes=tuple(model.assumed) + plan.notes, extra=plan.extra)

@@ -1,0 +1,255 @@
+"""What the user asks about, as small frozen dataclasses with meaningful names and units.
+
+`Settings` bundles them; `Settings.replace(...)` makes a variant (searches use it). Validation of each field
+lives in `validate()` of the dataclass that owns it, so the CLI, the Python API and the HTTP API report the
+same error for the same mistake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from vramfit.errors import InvalidSetting
+
+Mode = Literal["inference", "training"]
+DType = Literal["fp32", "fp16", "bf16"]
+AttentionImpl = Literal["eager", "sdpa", "flash"]
+Finetune = Literal["full", "lora", "qlora", "dora"]
+GradCkpt = Literal["none", "full", "selective"]
+Offload = Literal["none", "optimizer", "params"]
+
+DTYPES = ("fp32", "fp16", "bf16")
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
+# Quantized formats vramfit knows; `memory.weights` holds each one's definition and source.
+KV_DTYPES = ("auto", "fp32", "fp16", "bf16", "fp8", "fp8_e4m3", "fp8_e5m2", "int8", "int4")
+OPTIMIZERS = ("adamw", "adamw-fused", "adam", "sgd", "sgd-momentum", "adafactor", "lion", "adamw-8bit",
+              "paged-adamw-8bit")
+RUNTIMES = ("transformers", "vllm", "sglang", "llama.cpp")
+FRAMEWORKS = ("transformers", "torchtune")
+
+
+def _positive(name: str, value: int, *, fix: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidSetting(f"{name}: must be a positive integer, got {value!r}; {fix}")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InvalidSetting(f"{name}: unknown value {value!r}; choose one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Workload:
+    """How much work one step does.
+
+    seq_len: tokens per sequence (inference: prompt plus generated tokens; training: sequence length).
+    new_tokens: of those, how many are generated (inference); 0 means a prefill-only forward pass.
+    batch_size: sequences per GPU per step (training: the micro-batch).
+    """
+
+    mode: Mode = "inference"
+    batch_size: int = 1
+    seq_len: int = 2048
+    new_tokens: int = 0
+    grad_accum: int = 1
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    prefill_chunk: int | None = None  # chunked prefill: tokens per forward pass (vLLM, SGLang)
+
+    def validate(self) -> None:
+        _choice("mode", self.mode, ("inference", "training"))
+        _positive("batch_size", self.batch_size, fix="pass --batch-size 1 or more")
+        _positive("seq_len", self.seq_len, fix="pass --seq-len 1 or more (prompt plus generated tokens)")
+        _positive("grad_accum", self.grad_accum, fix="pass --grad-accum 1 or more")
+        _positive("num_beams", self.num_beams, fix="pass --num-beams 1 or more")
+        _positive("num_return_sequences", self.num_return_sequences, fix="pass --num-return-sequences 1 or more")
+        if self.new_tokens < 0 or (self.new_tokens and self.new_tokens >= self.seq_len):
+            raise InvalidSetting(f"new_tokens: {self.new_tokens} must be at least 0 and less than seq_len "
+                                 f"({self.seq_len}), since seq_len counts prompt plus generated tokens")
+        if self.num_return_sequences > self.num_beams and self.num_beams > 1:
+            raise InvalidSetting("num_return_sequences: cannot exceed num_beams with beam search; lower it")
+        if self.prefill_chunk is not None:
+            _positive("prefill_chunk", self.prefill_chunk, fix="pass --prefill-chunk 1 or more, or leave it out")
+
+    @property
+    def prompt_len(self) -> int:
+        return self.seq_len - self.new_tokens
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Precision:
+    """Number formats.
+
+    dtype: the weights' (and, without amp, the compute) dtype. amp: automatic mixed precision, with fp32
+    master weights and low-precision compute. quant: a weight quantization format name (see
+    `vramfit.memory.weights.FORMATS`), or None. kv_dtype: the KV cache ("auto" follows the compute dtype).
+    """
+
+    dtype: DType = "bf16"
+    amp: Literal["bf16", "fp16"] | None = None
+    quant: str | None = None
+    kv_dtype: str = "auto"
+
+    def validate(self) -> None:
+        _choice("dtype", self.dtype, DTYPES)
+        if self.amp is not None:
+            _choice("amp", self.amp, ("bf16", "fp16"))
+        _choice("kv_dtype", self.kv_dtype, KV_DTYPES)
+
+    @property
+    def compute_dtype(self) -> str:
+        return self.amp or self.dtype
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoRA:
+    """PEFT LoRA: rank r, alpha, dropout, and target modules by PEFT's names (or 'all-linear')."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+
+    def validate(self) -> None:
+        _positive("lora_rank", self.rank, fix="pass --lora-rank 1 or more, e.g. 16")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InvalidSetting(f"lora_dropout: {self.dropout} must be in [0, 1)")
+        if not self.targets:
+            raise InvalidSetting("lora_targets: empty; pass module names such as q_proj,v_proj or all-linear")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Training:
+    """What a training step runs: fine-tuning method, optimizer, checkpointing, framework."""
+
+    finetune: Finetune = "full"
+    lora: LoRA = field(default_factory=LoRA)
+    optimizer: str = "adamw"
+    grad_ckpt: GradCkpt = "none"
+    activation_offload: bool = False
+    frozen_layers: int = 0
+    dropout: float | None = None   # None: as config.json says
+    framework: str = "transformers"
+
+    def validate(self) -> None:
+        _choice("finetune", self.finetune, ("full", "lora", "qlora", "dora"))
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("grad_ckpt", self.grad_ckpt, ("none", "full", "selective"))
+        _choice("framework", self.framework, FRAMEWORKS)
+        if self.frozen_layers < 0:
+            raise InvalidSetting(f"frozen_layers: {self.frozen_layers} must be 0 or more")
+        if self.finetune != "full":
+            self.lora.validate()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Parallelism:
+    """How the work is split over GPUs. gpus = data x tensor x pipeline x context (expert parallelism
+    splits the experts over the data-parallel ranks and needs no GPUs of its own)."""
+
+    gpus: int = 1
+    tensor: int = 1
+    pipeline: int = 1
+    context: int = 1
+    expert: int = 1
+    zero_stage: int = 0
+    fsdp: Literal["none", "full", "shard-grad-op", "hybrid"] = "none"
+    offload: Offload = "none"
+    offload_target: Literal["cpu", "nvme"] = "cpu"
+
+    def validate(self) -> None:
+        for name in ("gpus", "tensor", "pipeline", "context", "expert"):
+            _positive(name, getattr(self, name), fix=f"pass --{name if name != 'gpus' else 'gpus'} 1 or more")
+        if self.gpus % (self.tensor * self.pipeline * self.context):
+            raise InvalidSetting(f"gpus: {self.gpus} GPUs cannot be split into tensor {self.tensor} x pipeline "
+                                 f"{self.pipeline} x context {self.context}; make --gpus a multiple of their "
+                                 "product")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise InvalidSetting(f"zero_stage: {self.zero_stage} is not a ZeRO stage; choose 0, 1, 2 or 3")
+        _choice("offload", self.offload, ("none", "optimizer", "params"))
+
+    @property
+    def data(self) -> int:
+        return self.gpus // (self.tensor * self.pipeline * self.context)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Runtime:
+    """The software that runs the step and how it is configured.
+
+    name: inference runtime (transformers, vllm, sglang, llama.cpp). attention: eager, sdpa or flash.
+    gpu_memory_utilization, block_size: vLLM's pre-allocation. n_gpu_layers: llama.cpp offload (None: all).
+    """
+
+    name: str = "transformers"
+    attention: AttentionImpl = "sdpa"
+    gpu_memory_utilization: float = 0.9
+    block_size: int = 16
+    n_gpu_layers: int | None = None
+    max_num_seqs: int | None = None
+    draft_model: str | None = None
+    cuda_graphs: bool = True
+
+    def validate(self) -> None:
+        _choice("runtime", self.name, RUNTIMES)
+        _choice("attention", self.attention, ("eager", "sdpa", "flash"))
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise InvalidSetting(f"gpu_memory_utilization: {self.gpu_memory_utilization} must be in (0, 1]")
+        _positive("block_size", self.block_size, fix="pass --block-size 16 (vLLM's default)")
+        if self.n_gpu_layers is not None and self.n_gpu_layers < 0:
+            raise InvalidSetting(f"n_gpu_layers: {self.n_gpu_layers} must be 0 or more")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Settings:
+    """Everything an estimate depends on besides the model. `gpu` names a GPU from the catalog (or None);
+    `gpu_memory` overrides its capacity in bytes."""
+
+    workload: Workload = field(default_factory=Workload)
+    precision: Precision = field(default_factory=Precision)
+    training: Training = field(default_factory=Training)
+    parallelism: Parallelism = field(default_factory=Parallelism)
+    runtime: Runtime = field(default_factory=Runtime)
+    gpu: str | None = None
+    gpu_memory: int | None = None
+
+    def validate(self) -> Settings:
+        for part in (self.workload, self.precision, self.parallelism, self.runtime):
+            part.validate()
+        if self.workload.mode == "training":
+            self.training.validate()
+        return self
+
+    @property
+    def mode(self) -> Mode:
+        return self.workload.mode
+
+    def replace(self, **changes: Any) -> Settings:
+        """Settings with fields of its parts changed, e.g. replace(batch_size=8, tensor=2)."""
+        parts: dict[str, dict[str, Any]] = {}
+        own: dict[str, Any] = {}
+        for key, value in changes.items():
+            owner = _FIELD_OWNER.get(key)
+            if owner is None:
+                if key not in _OWN_FIELDS:
+                    raise InvalidSetting(f"{key}: not a setting; known settings are {', '.join(sorted(_FIELD_OWNER))}")
+                own[key] = value
+            else:
+                parts.setdefault(owner, {})[key] = value
+        for owner, values in parts.items():
+            own[owner] = dataclasses.replace(getattr(self, owner), **values)
+        return dataclasses.replace(self, **own)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_OWN_FIELDS = {"workload", "precision", "training", "parallelism", "runtime", "gpu", "gpu_memory"}
+_FIELD_OWNER = {
+    f.name: owner
+    for owner, cls in (("workload", Workload), ("precision", Precision), ("training", Training),
+                       ("parallelism", Parallelism), ("runtime", Runtime))
+    for f in dataclasses.fields(cls)
+}
