@@ -246,6 +246,35 @@ class Settings:
         return dataclasses.asdict(self)
 
 
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    """The inverse of `Settings.to_dict` (missing keys take their defaults; lists become tuples). Unknown
+    keys raise InvalidSetting naming the key and the known ones, so a typo never passes silently."""
+    parts = {"workload": Workload, "precision": Precision, "training": Training, "parallelism": Parallelism,
+             "runtime": Runtime}
+    own: dict[str, Any] = {}
+    for key, value in _known(data, _OWN_FIELDS, where="settings").items():
+        own[key] = _part_from_dict(parts[key], value, where=key) if key in parts else value
+    return Settings(**own)
+
+
+def _part_from_dict(cls: Any, data: Any, *, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise InvalidSetting(f"settings.{where}: expected an object of fields, got {data!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {key: tuple(v) if isinstance(v, list) else v for key, v in _known(data, names, where=where).items()}
+    if cls is Training and "lora" in values:
+        values["lora"] = _part_from_dict(LoRA, values["lora"], where="training.lora")
+    return cls(**values)
+
+
+def _known(data: dict[str, Any], names: set[str], *, where: str) -> dict[str, Any]:
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InvalidSetting(f"settings.{where}: unknown key(s) {', '.join(unknown)}; known keys are "
+                             f"{', '.join(sorted(names))}")
+    return data
+
+
 _OWN_FIELDS = {"workload", "precision", "training", "parallelism", "runtime", "gpu", "gpu_memory"}
 _FIELD_OWNER = {
     f.name: owner

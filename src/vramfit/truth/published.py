@@ -1,0 +1,249 @@
+"""Published measurements (/work/shared/truth/published-measurements.jsonl) -> truth rows.
+
+Regenerate the committed file with
+    python -m vramfit.truth.published /work/shared/truth/published-measurements.jsonl data/truth/published.jsonl
+(or `vramfit validate --convert-published SRC [--output DEST]`).
+
+Each source row names what it measured (`what_measured`) and in which unit (`measured_gb` = 10^9 bytes,
+`measured_gib` = 2^30, `measured_mib` = 2^20). The mapping, field by field:
+- model: the hub id with any "(...)" remark removed; a name that is not an owner/name id is unmapped.
+- method: inference | full_ft | lora | qlora -> Workload.mode and Training.finetune.
+- dtype_quant: the weight dtype, AMP ("mixed": fp32 weights + autocast) and quantization format.
+- optimizer, batch_per_device, grad_accum, seq_len (+ new tokens parsed from seq_len_note for inference),
+  grad_ckpt, flash_attn, lora_rank / lora_targets, gpus / parallelism -> the matching Settings fields.
+- what_measured -> "measure": max_memory_allocated -> allocated; torchtitan's "Peak Memory" -> reserved
+  (torchtitan logs torch.cuda max_reserved, torchtitan/tools/utils.py GPUMemoryMonitor); AutoAWQ's
+  "Memory (VRAM)" -> allocated (casper-hansen/AutoAWQ examples/benchmark.py: max_memory_allocated/1024**3);
+  pynvml / nvidia-smi / per-GPU figures -> device.
+- OOM rows: measure "device" and settings.gpu_memory = the card's capacity, so validate can check that the
+  estimate exceeds it. Capacity is the nominal size, read as GiB (a "40GB" A100 has 40 GiB of HBM); the
+  usable part is a little smaller, so an estimate between the two is scored as a miss (conservative).
+Rows that cannot be mapped keep their place with "unmapped": the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vramfit.errors import InvalidConfig
+from vramfit.settings import LoRA, Parallelism, Precision, Runtime, Settings, Training, Workload
+from vramfit.truth.rows import TruthRow, write_rows
+from vramfit.units import GiB, MiB
+
+
+class Unmappable(Exception):
+    """A source row that cannot become Settings; the message is the reason listed."""
+
+
+def convert_file(source: str | Path) -> list[TruthRow]:
+    path = Path(source)
+    if not path.is_file():
+        raise InvalidConfig(f"{path}: no such file; pass the published-measurements .jsonl")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(convert_row(json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise InvalidConfig(f"{path}:{number}: not JSON ({error.msg})") from None
+    return rows
+
+
+def convert_row(src: dict[str, Any]) -> TruthRow:
+    """One published measurement as a truth row, or as an unmapped row with the reason."""
+    base = {"id": str(src["id"]), "kind": "published", "source": _source(src)}
+    try:
+        settings, group = settings_of(src)
+        measure, truth, oom = measured(src)
+        if oom and settings.gpu_memory is None:
+            raise Unmappable(f"OOM on an unknown GPU ({src.get('gpus')}): no capacity to compare against")
+    except Unmappable as reason:
+        return TruthRow(**base, model=str(src.get("model")), settings={}, unmapped=str(reason))
+    return TruthRow(**base, model=model_id(src["model"]), settings=settings.to_dict(), truth=truth,
+                    measure=measure, oom=oom, group=group,
+                    env={"gpu": src["gpus"].get("type"), "framework": src.get("framework")})
+
+
+def _source(src: dict[str, Any]) -> dict[str, Any]:
+    keep = ("source", "trust", "notes", "what_measured", "dtype_quant", "optimizer", "parallelism",
+            "framework", "seq_len_note", "unit_in_source")
+    return {key: src[key] for key in keep if src.get(key) is not None}
+
+
+def model_id(name: Any) -> str:
+    """'meta-llama/Meta-Llama-3-8B (torchtitan)' -> 'meta-llama/Meta-Llama-3-8B'."""
+    text = re.sub(r"\s*\(.*\)\s*$", "", str(name)).strip()
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        raise Unmappable(f"model {name!r} is not a hub id (owner/name)")
+    return text
+
+
+def settings_of(src: dict[str, Any]) -> tuple[Settings, str]:
+    model_id(src.get("model"))
+    workload, group = _workload(src)
+    settings = Settings(workload=workload, precision=_precision(src["dtype_quant"]),
+                        training=_training(src), parallelism=_parallelism(src), runtime=_runtime(src),
+                        gpu_memory=gpu_capacity_bytes(src["gpus"].get("type")))
+    return settings, group
+
+
+def _workload(src: dict[str, Any]) -> tuple[Workload, str]:
+    method, seq_len = str(src["method"]), src.get("seq_len")
+    if method.startswith("inference ("):
+        raise Unmappable(f"method {method!r}: no step was run, vramfit estimates a step")
+    if seq_len is None:
+        raise Unmappable(f"seq_len not stated ({src.get('seq_len_note')!r}); the token count sets the peak")
+    if method == "inference":
+        new = _new_tokens(src.get("seq_len_note"))
+        return Workload(mode="inference", batch_size=src.get("batch_per_device") or 1, seq_len=seq_len,
+                        new_tokens=new), "published/inference"
+    if src.get("batch_per_device") is None:
+        raise Unmappable("batch_per_device not stated for a training run")
+    finetune = {"full_ft": "full", "lora": "lora", "qlora": "qlora"}.get(method.split(" ")[0])
+    if finetune is None:
+        raise Unmappable(f"method {method!r} is not inference, full_ft, lora or qlora")
+    workload = Workload(mode="training", batch_size=src["batch_per_device"], seq_len=seq_len,
+                        grad_accum=src.get("grad_accum") or 1)
+    return workload, f"published/training-{finetune}"
+
+
+def _new_tokens(note: Any) -> int:
+    match = re.search(r"(?:decode|\+)\s*~?(\d+)(?:\s*new)?", str(note or ""))
+    if match is None:
+        raise Unmappable(f"inference row whose generated-token count is not stated (seq_len_note {note!r})")
+    return int(match.group(1))
+
+
+_QUANT_PATTERNS = (  # (regex on dtype_quant, vramfit quant format); first match wins
+    (r"awq", "awq"), (r"nf4|4-bit \(bnb|bnb 4-bit", "bnb-nf4"), (r"fp4 quant type", "bnb-fp4"),
+    (r"int8|8-bit", "bnb-int8"))
+
+
+def _precision(text: str) -> Precision:
+    lowered = text.lower()
+    quant = next((fmt for pattern, fmt in _QUANT_PATTERNS if re.search(pattern, lowered)), None)
+    if "mixed" in lowered and "bf16 weights" not in lowered:
+        amp = "fp16" if "fp16" in lowered else "bf16"
+        return Precision(dtype="fp32", amp=amp, quant=quant)   # mixed precision keeps fp32 weights
+    dtype = "fp32" if lowered.startswith("fp32") or "fp32 compute" in lowered else (
+        "fp16" if lowered.startswith("fp16") or "fp16 activations" in lowered or "int8" in lowered else "bf16")
+    return Precision(dtype=dtype, quant=quant)
+
+
+_OPTIMIZERS = (  # (regex on the source's optimizer text, vramfit optimizer)
+    (r"pagedadamw$|paged_adamw_32bit", None), (r"adam8bit|adamw8bit", "adamw-8bit"),
+    (r"adafactor", "adafactor"), (r"adamw?\b", "adamw"))
+
+
+def _training(src: dict[str, Any]) -> Training:
+    text = str(src.get("optimizer") or "adamw")
+    matched = [(pattern, name) for pattern, name in _OPTIMIZERS if re.search(pattern, text.lower())]
+    if not matched:
+        raise Unmappable(f"optimizer {text!r} has no vramfit equivalent")
+    if matched[0][1] is None:
+        raise Unmappable(f"optimizer {text!r}: bitsandbytes paged 32-bit AdamW keeps its states in CUDA "
+                         "unified memory outside PyTorch's allocator; vramfit has no such optimizer setting")
+    method = str(src["method"])
+    finetune = "qlora" if method == "qlora" else "lora" if method == "lora" else "full"
+    ckpt = src.get("grad_ckpt")
+    grad_ckpt = "selective" if isinstance(ckpt, str) and "selective" in ckpt else "full" if ckpt else "none"
+    lora = LoRA(rank=src.get("lora_rank") or 8, targets=_lora_targets(src.get("lora_targets")))
+    return Training(finetune=finetune, optimizer=matched[0][1], grad_ckpt=grad_ckpt, lora=lora)
+
+
+def _lora_targets(text: Any) -> tuple[str, ...]:
+    """Source spellings -> PEFT names: litgpt's 'query,value' are the q and v projections."""
+    lowered = re.sub(r"\s*\(.*\)", "", str(text or "q_proj,v_proj")).lower().strip()
+    if lowered in {"all", "all-linear", "all linear"}:
+        return ("all-linear",)
+    names = {"query": "q_proj", "value": "v_proj"}
+    return tuple(names.get(part.strip(), part.strip()) for part in lowered.split(",") if part.strip())
+
+
+def _parallelism(src: dict[str, Any]) -> Parallelism:
+    text, gpus = str(src.get("parallelism") or "single GPU"), int(src["gpus"].get("count") or 1)
+    # Every offloading run in the source offloads parameters too (PEFT's ds_zero3_cpu config offloads
+    # optimizer states and parameters; the FSDP rows say "CPU param offload").
+    offload = "params" if "offload" in text else "none"
+    if text == "single GPU":
+        return Parallelism(gpus=1)
+    if text.startswith("FSDP"):
+        return Parallelism(gpus=gpus, fsdp="full", offload=offload)
+    if "ZeRO-3" in text:
+        return Parallelism(gpus=gpus, zero_stage=3, offload=offload)
+    if text.startswith("tensor parallel"):
+        return Parallelism(gpus=gpus, tensor=gpus)
+    if text.startswith("pipeline"):
+        return Parallelism(gpus=gpus, pipeline=gpus)
+    raise Unmappable(f"parallelism {text!r} has no vramfit equivalent")
+
+
+def _runtime(src: dict[str, Any]) -> Runtime:
+    flash = src.get("flash_attn")
+    text = str(flash).lower()
+    attention = "flash" if flash is True else "sdpa" if ("sdpa" in text or "default" in text) else "eager"
+    return Runtime(name="transformers", attention=attention)
+
+
+def gpu_capacity_bytes(gpu_type: Any) -> int | None:
+    """'A100-SXM4 40GB' -> 40 GiB: the first 'NN GB' in the name, read as GiB (vendors' GPU memory sizes
+    are binary: an A100 40GB has 40960 MiB). None when the name states no size."""
+    match = re.search(r"(\d+)\s*GB", str(gpu_type or ""))
+    return int(match.group(1)) * GiB if match else None
+
+
+def measured(src: dict[str, Any]) -> tuple[str, dict[str, int], bool]:
+    """(measure, truth bytes, oom) from what_measured and the measured_* value in its unit."""
+    what = str(src.get("what_measured"))
+    if src.get("oom") or what == "OOM":
+        return "device", {}, True
+    measure = _quantity(what)
+    value = _bytes(src)
+    return measure, {measure: value}, False
+
+
+def _quantity(what: str) -> str:
+    lowered = what.lower()
+    if "method unstated" in lowered:
+        raise Unmappable(f"what_measured {what!r}: the method is not stated, so the quantity is unknown")
+    if "model weights take" in lowered:
+        raise Unmappable(f"what_measured {what!r}: the weights alone, not a step's peak")
+    if "max_memory_allocated" in lowered or "autoawq" in lowered:
+        return "allocated"
+    if "torchtitan" in lowered:
+        return "reserved"
+    if any(word in lowered for word in ("pynvml", "nvidia-smi", "per-gpu")):
+        return "device"
+    raise Unmappable(f"what_measured {what!r} is not a quantity vramfit knows")
+
+
+def _bytes(src: dict[str, Any]) -> int:
+    for key, unit in (("measured_gb", 10**9), ("measured_gib", GiB), ("measured_mib", MiB)):
+        if src.get(key) is not None:
+            return round(float(src[key]) * unit)
+    if src.get("measured_gb_range"):
+        raise Unmappable(f"only a range was published ({src['measured_gb_range']} GB)")
+    raise Unmappable("no measured value (measured_gb, measured_gib or measured_mib)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print("usage: python -m vramfit.truth.published SOURCE.jsonl DEST.jsonl", file=sys.stderr)
+        return 2
+    rows = convert_file(args[0])
+    write_rows(args[1], rows)
+    unmapped = [row for row in rows if row.unmapped]
+    print(f"{len(rows)} rows -> {args[1]}: {len(rows) - len(unmapped)} mapped, {len(unmapped)} unmapped")
+    for row in unmapped:
+        print(f"  unmapped {row.id}: {row.unmapped}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

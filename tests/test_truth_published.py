@@ -1,0 +1,84 @@
+"""Published measurements -> truth rows: units, quantities and settings mapped, the rest listed with reasons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vramfit.settings import settings_from_dict
+from vramfit.truth.published import convert_file, convert_row, gpu_capacity_bytes
+from vramfit.truth.rows import read_rows
+from vramfit.units import GiB, MiB
+
+SHARED = Path("/work/shared/truth/published-measurements.jsonl")
+COMMITTED = Path(__file__).parent.parent / "data" / "truth" / "published.jsonl"
+
+
+def _src(**changes: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": "x", "source": {"repo": "r"}, "model": "meta-llama/Llama-2-7b-hf", "method": "lora",
+        "dtype_quant": "bf16-true", "optimizer": "torch AdamW", "batch_per_device": 2, "grad_accum": None,
+        "seq_len": 512, "seq_len_note": None, "grad_ckpt": False, "flash_attn": "PyTorch SDPA",
+        "lora_rank": 8, "lora_targets": "query,value", "gpus": {"count": 1, "type": "A100-SXM4 40GB"},
+        "parallelism": "single GPU", "framework": "litgpt", "oom": False,
+        "what_measured": "torch.cuda.max_memory_allocated()/1e9 (decimal GB)", "measured_gb": 14.5}
+    row.update(changes)
+    return row
+
+
+def test_a_litgpt_lora_row_maps_to_settings_and_decimal_gigabytes() -> None:
+    row = convert_row(_src())
+    settings = settings_from_dict(row.settings)
+    assert row.unmapped is None
+    assert (row.measure, row.truth) == ("allocated", {"allocated": 14_500_000_000})
+    assert settings.workload.mode == "training"
+    assert settings.training.finetune == "lora"
+    assert settings.training.lora.targets == ("q_proj", "v_proj")
+    assert (settings.workload.batch_size, settings.workload.seq_len) == (2, 512)
+    assert settings.runtime.attention == "sdpa"
+    assert row.group == "published/training-lora"
+
+
+def test_units_and_quantities() -> None:
+    nvml = convert_row(_src(measured_gb=None, measured_mib=2631,
+                            what_measured="pynvml nvmlDeviceGetMemoryInfo(...).used // 1024**2"))
+    assert (nvml.measure, nvml.truth) == ("device", {"device": 2631 * MiB})
+    gib = convert_row(_src(measured_gb=None, measured_gib=3.5, what_measured="peak VRAM from AutoAWQ benchmark"))
+    assert (gib.measure, gib.truth) == ("allocated", {"allocated": int(3.5 * GiB)})
+
+
+def test_precision_and_inference_tokens() -> None:
+    mixed = settings_from_dict(convert_row(_src(dtype_quant="fp16 mixed (AMP)")).settings).precision
+    assert (mixed.dtype, mixed.amp, mixed.quant) == ("fp32", "fp16", None)
+    awq = convert_row(_src(method="inference", dtype_quant="AWQ 4-bit (GEMM, group 128), fp16 activations",
+                           seq_len=64, seq_len_note="prefill 32 + decode 32"))
+    settings = settings_from_dict(awq.settings)
+    assert (settings.precision.dtype, settings.precision.quant) == ("fp16", "awq")
+    assert (settings.workload.seq_len, settings.workload.new_tokens) == (64, 32)
+
+
+def test_oom_rows_carry_the_gpu_capacity() -> None:
+    row = convert_row(_src(oom=True, what_measured="OOM", measured_gb=None))
+    assert (row.oom, row.measure, row.truth) == (True, "device", {})
+    assert settings_from_dict(row.settings).gpu_memory == 40 * GiB
+    assert gpu_capacity_bytes("A100 (runpod)") is None
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"seq_len": None}, "seq_len not stated"),
+    ({"optimizer": "bnb PagedAdamW"}, "paged 32-bit AdamW"),
+    ({"what_measured": "peak GPU memory 'GRAM' (method unstated)"}, "method is not stated"),
+    ({"model": "LLaMA-7B (qlora.py example)"}, "not a hub id"),
+    ({"oom": True, "what_measured": "OOM", "gpus": {"count": 1, "type": "A100"}}, "no capacity"),
+])
+def test_unmappable_rows_say_why(change: dict[str, Any], reason: str) -> None:
+    row = convert_row(_src(**change))
+    assert row.unmapped is not None
+    assert reason in row.unmapped
+
+
+@pytest.mark.skipif(not SHARED.is_file(), reason="the shared published measurements are not on this machine")
+def test_committed_conversion_is_up_to_date() -> None:
+    assert read_rows(COMMITTED) == convert_file(SHARED)
