@@ -32,7 +32,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "leave out and pass --params to describe a model by its numbers")
     group = parser.add_argument_group("model by numbers (as the textbooks do)")
     group.add_argument("--params", help="parameter count, e.g. 7B or 350M; unstated dimensions get a standard "
-                                        "decoder shape and the output lists them as assumed")
+                                        "decoder shape and the output lists them as assumed (default: none)")
     group.add_argument("--hidden-size", type=int, help="model width (default: derived from --params)")
     group.add_argument("--layers", type=int, help="transformer layers (default: derived from --params)")
     group.add_argument("--heads", type=int, help="attention heads (default: hidden size / 128)")
@@ -61,8 +61,10 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     work.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default: 1)")
 
     prec = parser.add_argument_group("precision")
-    prec.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="bf16",
-                      help="weight dtype, and compute dtype without --amp (default: bf16)")
+    prec.add_argument("--dtype", choices=("fp32", "fp16", "bf16"),
+                      help="weight dtype, and compute dtype without --amp (default: the model's own, as "
+                           "transformers' dtype='auto': config.json's dtype, else the stored safetensors "
+                           "dtype; bf16 when neither says)")
     prec.add_argument("--amp", choices=("bf16", "fp16"),
                       help="training: automatic mixed precision with fp32 master weights (default: off)")
     prec.add_argument("--quant", help="weight quantization format, e.g. bnb-nf4, bnb-int8, gptq-4bit, awq, fp8, "
@@ -114,18 +116,20 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--block-size", type=int, default=16, help="vLLM: KV-cache block size in tokens (default: 16)")
     run.add_argument("--n-gpu-layers", type=int, help="llama.cpp: layers on the GPU (default: all)")
     run.add_argument("--max-num-seqs", type=int, help="vLLM: concurrent sequences (default: vLLM's 256)")
-    run.add_argument("--draft-model", help="speculative decoding: the draft model (hub id or path)")
+    run.add_argument("--draft-model", help="speculative decoding: the draft model (hub id or path; default: none)")
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The one mapping from flags to Settings; raises InvalidSetting naming the flag on bad values."""
+def settings_from_args(args: argparse.Namespace, model: Model | None = None) -> Settings:
+    """The one mapping from flags to Settings; raises InvalidSetting naming the flag on bad values.
+    Without --dtype, the weights take `model.weight_dtype` where a model is given, else bf16."""
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
     gpu_memory = parse_bytes(args.gpu_memory, field="--gpu-memory") if args.gpu_memory else None
     settings = Settings(
         workload=Workload(mode=args.mode, batch_size=args.batch_size, seq_len=args.seq_len,
                           new_tokens=args.new_tokens, grad_accum=args.grad_accum, num_beams=args.num_beams,
                           num_return_sequences=args.num_return_sequences, prefill_chunk=args.prefill_chunk),
-        precision=Precision(dtype=args.dtype, amp=args.amp, quant=args.quant, kv_dtype=args.kv_dtype),
+        precision=Precision(dtype=args.dtype or (model.weight_dtype if model else None) or "bf16", amp=args.amp,
+                            quant=args.quant, kv_dtype=args.kv_dtype),
         training=Training(finetune=args.finetune, optimizer=args.optimizer, grad_ckpt=args.grad_ckpt,
                           activation_offload=args.activation_offload, frozen_layers=args.frozen_layers,
                           framework=args.framework,

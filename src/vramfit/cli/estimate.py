@@ -1,60 +1,81 @@
-"""`vramfit estimate MODEL [flags]`: the per-GPU memory of one workload, as a table or JSON."""
+"""`vramfit estimate MODEL [flags]`: the per-GPU memory of one workload, component by component.
+
+Output: a table (default), `--json` (bytes), `--csv` or `--markdown`; `--explain` adds each component's formula
+with its numbers substituted, its source and the seeds' textbook formula beside it. `--plot FILE.png|svg`
+draws the stacked bar; `--plot-sweep batch|context FILE` draws memory against batch size or context length.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
 from vramfit.cli.common import add_model_arguments, add_settings_arguments, model_from_args, settings_from_args
 from vramfit.estimate import estimate
-from vramfit.result import Component, Estimate
-from vramfit.units import format_bytes, format_count
+from vramfit.report import Format, render_estimate
+from vramfit.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("estimate", help="per-GPU memory of one workload, component by component")
     add_model_arguments(parser)
     add_settings_arguments(parser)
-    out = parser.add_argument_group("output")
-    out.add_argument("--json", action="store_true", help="print the result as JSON (bytes)")
-    out.add_argument("--explain", action="store_true",
-                     help="show each component's formula, the numbers in it and its source")
-    out.add_argument("--units", choices=("GiB", "GB"), default="GiB",
-                     help="size units in tables: GiB (1024^3, default) or GB (10^9)")
+    add_output_arguments(parser)
+    plots = parser.add_argument_group("plots (need the extra: pip install 'vramfit[plot]')")
+    plots.add_argument("--plot", metavar="FILE", help="write a stacked bar of the components to FILE.png or "
+                                                      "FILE.svg (default: no plot)")
+    plots.add_argument("--plot-sweep", nargs=2, metavar=("AXIS", "FILE"),
+                       help="write memory against AXIS (batch: 1..256 sequences, or context: 512..131072 "
+                            "tokens, powers of two) to FILE.png|svg, with the GPU's capacity as a line "
+                            "(default: no plot)")
     parser.set_defaults(handler=run)
 
 
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--json/--csv/--markdown, --explain and --units: shared by commands that print sizes."""
+    out = parser.add_argument_group("output")
+    formats = out.add_mutually_exclusive_group()
+    formats.add_argument("--json", dest="format", action="store_const", const="json",
+                         help="print JSON; sizes in bytes (default: a table)")
+    formats.add_argument("--csv", dest="format", action="store_const", const="csv",
+                         help="print CSV: component, level, size in --units, bytes (default: a table)")
+    formats.add_argument("--markdown", dest="format", action="store_const", const="markdown",
+                         help="print a Markdown table, sizes in --units (default: a table)")
+    out.add_argument("--explain", action="store_true",
+                     help="show each component's formula with its numbers, its source, and the textbook "
+                          "formula beside it (default: off)")
+    out.add_argument("--units", choices=("GiB", "GB"), default="GiB",
+                     help="size units: GiB (1024^3 bytes, what PyTorch and nvidia-smi report; default) or "
+                          "GB (10^9 bytes, what vendors sell)")
+    parser.set_defaults(format="table")
+
+
 def run(args: argparse.Namespace) -> int:
-    result = estimate(model_from_args(args), settings_from_args(args))
-    print(json.dumps(result.to_dict(), indent=2) if args.json else render(result, args.units, args.explain))
+    model = model_from_args(args)
+    settings = settings_from_args(args, model)
+    result = estimate(model, settings)
+    fmt: Format = args.format
+    print(render_estimate(result, fmt, args.units, args.explain))
+    if args.plot or args.plot_sweep:
+        from vramfit import plot
+
+        capacity = capacity_bytes(settings)
+        if args.plot:
+            _wrote(plot.plot_breakdown(result, args.plot, units=args.units, capacity_bytes=capacity))
+        if args.plot_sweep:
+            axis, path = args.plot_sweep
+            points = plot.sweep(model, settings, axis, plot.default_values(axis, settings))
+            _wrote(plot.plot_sweep(points, axis, path, units=args.units, capacity_bytes=capacity,
+                                   title=result.model))
     return 0
 
 
-def render(result: Estimate, units: str = "GiB", explain: bool = False) -> str:
-    p = result.parameters
-    lines = [f"{result.model}: {format_count(p.total)} parameters ({p.total:,}), trainable {p.trainable:,}, "
-             f"active per token {p.active:,}", ""]
-    width = max(len(c.name) for c in result.memory.components) if result.memory.components else 10
-    for c in result.memory.components:
-        lines.append(f"  {c.name:<{width}}  {format_bytes(c.bytes, units):>14}  ({c.level})")
-        if explain:
-            lines.extend(_explanation(c))
-    lines.append(f"  {'total':<{width}}  {format_bytes(result.memory.total, units):>14}")
-    peak = result.peak
-    lines += ["", f"peak: allocated {format_bytes(peak.allocated, units)}, reserved "
-                  f"{format_bytes(peak.reserved, units)}, device {format_bytes(peak.device, units)}"]
-    lines += [f"note: {note}" for note in result.notes]
-    return "\n".join(lines)
+def _wrote(path: object) -> None:
+    print(f"wrote {path}", file=sys.stderr)
 
 
-def _explanation(component: Component) -> list[str]:
-    out = []
-    if component.formula:
-        out.append(f"      formula: {component.formula}")
-    if component.inputs:
-        out.append("      with: " + ", ".join(f"{k}={v}" for k, v in component.inputs.items()))
-    if component.source:
-        out.append(f"      source: {component.source}")
-    if component.textbook:
-        out.append(f"      textbook: {component.textbook}")
-    return out
+def capacity_bytes(settings: Settings) -> int | None:
+    """The GPU's usable memory: --gpu-memory, else the --gpu catalog entry's, else unknown (no line drawn)."""
+    from vramfit import gpus
+
+    return gpus.capacity_bytes(settings.gpu, settings.gpu_memory)

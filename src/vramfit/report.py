@@ -1,0 +1,217 @@
+"""Renderers shared by every subcommand: a result (or any rows) as a table, JSON, CSV or Markdown, and
+`--explain`, which prints each component's formula with its numbers substituted beside the seeds' textbook one.
+
+Sizes are bytes until they reach this module; here they become GiB (1024^3, the default, what PyTorch and
+nvidia-smi report) or GB (10^9, what vendors sell) and the label always says which.
+
+Other commands call `render_rows(headers, rows, fmt)` for their own tables, so every command speaks the same
+four formats.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from vramfit.result import Component, Estimate
+from vramfit.units import format_bytes, format_count
+
+Format = Literal["table", "json", "csv", "markdown"]
+FORMATS: tuple[Format, ...] = ("table", "json", "csv", "markdown")
+UNITS = ("GiB", "GB")
+_DIVISORS = {"GiB": 1024**3, "GB": 10**9, "MiB": 1024**2, "MB": 10**6}
+
+
+def size(n_bytes: int, units: str = "GiB") -> float:
+    """Bytes as a number of `units` (rounded to 4 places, for CSV/Markdown/plots, where the header is the label)."""
+    return round(n_bytes / _DIVISORS[units], 4)
+
+
+# ---------------------------------------------------------------------------------------------- generic rows
+
+def render_rows(headers: Sequence[str], rows: Sequence[Sequence[Any]], fmt: Format = "table") -> str:
+    """Rows in any of the four formats; cells are printed with str() (format sizes before passing them)."""
+    if fmt == "json":
+        return json.dumps([dict(zip(headers, row)) for row in rows], indent=2)
+    if fmt == "csv":
+        return _csv(headers, rows)
+    if fmt == "markdown":
+        return _markdown(headers, rows)
+    return _table(headers, rows)
+
+
+def _cells(rows: Sequence[Sequence[Any]]) -> list[list[str]]:
+    return [["" if cell is None else str(cell) for cell in row] for row in rows]
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Plain aligned columns: text left, numbers (and sizes) right."""
+    cells = _cells(rows)
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    right = [bool(cells) and all(_numeric(r[i]) for r in cells if r[i]) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(list(headers)), rule] + [line(r) for r in cells])
+
+
+_NUMERIC = re.compile(r"^-?[0-9][0-9,]*(\.[0-9]+)?( ?[A-Za-z%]+)?$")
+
+
+def _numeric(text: str) -> bool:
+    return bool(_NUMERIC.match(text))
+
+
+def _csv(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(headers)
+    writer.writerows(rows)
+    return buffer.getvalue().rstrip("\n")
+
+
+def _markdown(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    cells = _cells(rows)
+    align = ["---:" if cells and all(_numeric(r[i]) for r in cells if r[i]) else "---" for i in range(len(headers))]
+    return "\n".join([line(list(headers)), "| " + " | ".join(align) + " |"] + [line(r) for r in cells])
+
+
+# ---------------------------------------------------------------------------------------------- one estimate
+
+def component_rows(result: Estimate, units: str = "GiB") -> list[list[Any]]:
+    """component, level, size in `units`, bytes: one row per component, then the total."""
+    rows: list[list[Any]] = [[c.name, c.level, f"{size(c.bytes, units):.2f}", c.bytes]
+                             for c in result.memory.components]
+    rows.append(["total", "", f"{size(result.memory.total, units):.2f}", result.memory.total])
+    return rows
+
+
+def render_estimate(result: Estimate, fmt: Format = "table", units: str = "GiB", explain: bool = False) -> str:
+    """One estimate in the chosen format. JSON is always bytes; the other formats label their units."""
+    _check_units(units)
+    if fmt == "json":
+        return json.dumps(estimate_json(result, explain=explain), indent=2)
+    if fmt == "csv":
+        return render_rows(["component", "level", f"size ({units})", "bytes"], component_rows(result, units), fmt)
+    if fmt == "markdown":
+        return render_markdown(result, units, explain)
+    return render_table(result, units, explain)
+
+
+def render_markdown(result: Estimate, units: str = "GiB", explain: bool = False) -> str:
+    """A Markdown table of the components, then the peaks and notes, then (with explain) each derivation."""
+    table = render_rows(["component", "level", f"size ({units})", "bytes"], component_rows(result, units),
+                        "markdown")
+    parts = [f"**{headline(result)}**", "", table, "", peak_line(result, units)]
+    parts += [f"- note: {note}" for note in result.notes]
+    if explain:
+        parts += ["", explain_text(result)]
+    return "\n".join(parts)
+
+
+def estimate_json(result: Estimate, explain: bool = False) -> dict[str, Any]:
+    """`Estimate.to_dict()`, plus each component's derivation when `explain` is asked for."""
+    out = result.to_dict()
+    if explain:
+        out["components"] = [_component_json(c) for c in result.memory.components]
+    return out
+
+
+def _component_json(c: Component) -> dict[str, Any]:
+    return {"name": c.name, "bytes": c.bytes, "level": c.level, "formula": c.formula,
+            "substituted": substitute(c.formula, c.inputs), "inputs": _jsonable(c.inputs),
+            "source": c.source, "textbook": c.textbook}
+
+
+def _jsonable(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in inputs.items()}
+
+
+def headline(result: Estimate) -> str:
+    p = result.parameters
+    return (f"{result.model}: {format_count(p.total)} parameters ({p.total:,}), trainable {p.trainable:,}, "
+            f"active per token {p.active:,}")
+
+
+def render_table(result: Estimate, units: str = "GiB", explain: bool = False) -> str:
+    """The human table: one line per component (size with its unit label, counter level), total, peaks, notes."""
+    components = result.memory.components
+    width = max([len(c.name) for c in components] + [len("total")])
+    lines = [headline(result), ""]
+    for c in components:
+        lines.append(f"  {c.name:<{width}}  {format_bytes(c.bytes, units):>14}  ({c.level})")
+        if explain:
+            lines.extend("      " + line for line in explain_component(c))
+    lines.append(f"  {'total':<{width}}  {format_bytes(result.memory.total, units):>14}")
+    lines += ["", peak_line(result, units)]
+    lines += [f"note: {note}" for note in result.notes]
+    return "\n".join(lines)
+
+
+def peak_line(result: Estimate, units: str = "GiB") -> str:
+    peak = result.peak
+    return (f"peak: allocated {format_bytes(peak.allocated, units)} (torch max_memory_allocated), reserved "
+            f"{format_bytes(peak.reserved, units)} (max_memory_reserved), device "
+            f"{format_bytes(peak.device, units)} (nvidia-smi)")
+
+
+def _check_units(units: str) -> None:
+    if units not in _DIVISORS:
+        from vramfit.errors import InvalidSetting
+
+        raise InvalidSetting(f"units: unknown {units!r}; choose GiB (1024^3) or GB (10^9)")
+
+
+# ---------------------------------------------------------------------------------------------- --explain
+
+def substitute(formula: str, inputs: dict[str, Any]) -> str:
+    """The formula with each input's name replaced by its value: '2 * L * B' with L=32, B=4 -> '2 * 32 * 4'.
+
+    Names are matched as whole identifiers, longest first, so `kv_heads` is never half-replaced by `heads`."""
+    if not formula or not inputs:
+        return formula
+    names = sorted((k for k in inputs if k), key=len, reverse=True)
+    pattern = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(re.escape(n) for n in names) + r")(?![A-Za-z0-9_])")
+    return pattern.sub(lambda m: _value_text(inputs[m.group(1)]), formula)
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def explain_component(c: Component) -> list[str]:
+    """Lines under one component: ours with numbers in, the inputs, the source, and the textbook's beside it."""
+    out = []
+    if c.formula:
+        out.append(f"ours:     {c.formula}")
+        filled = substitute(c.formula, c.inputs)
+        out.append(f"          = {filled} = {c.bytes:,} bytes" if filled != c.formula else
+                   f"          = {c.bytes:,} bytes")
+    if c.inputs:
+        out.append("with:     " + ", ".join(f"{k}={_value_text(v)}" for k, v in c.inputs.items()))
+    if c.source:
+        out.append(f"source:   {c.source}")
+    if c.textbook:
+        out.append(f"textbook: {c.textbook}")
+    return out or ["(no derivation recorded)"]
+
+
+def explain_text(result: Estimate) -> str:
+    """Markdown section with every component's derivation (appended to `--markdown --explain`)."""
+    parts = ["## How each number is derived", ""]
+    for c in result.memory.components:
+        parts.append(f"**{c.name}** ({c.bytes:,} bytes)")
+        parts += [f"    {line}" for line in explain_component(c)]
+        parts.append("")
+    return "\n".join(parts).rstrip()
