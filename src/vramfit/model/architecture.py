@@ -72,7 +72,10 @@ class Attention:
     head_dim: int
     qkv_bias: bool = False
     out_bias: bool = False
-    qk_norm: NormKind | None = None     # per-head norms on q and k (Qwen3, Gemma 3, OLMo 2): head_dim each
+    qk_norm: NormKind | None = None     # norms on q and k (Qwen3, Gemma 3, OLMo 2, Phi-2, StableLM)
+    qk_norm_across_heads: bool = False  # one weight per head and feature (OLMo 2's width-wide norm, StableLM's
+                                        # norm per head): heads*head_dim and kv_heads*head_dim; else head_dim each
+    qk_norm_bias: bool = False          # LayerNorm bias on those norms (Phi-2's q_layernorm/k_layernorm)
     sliding_window: int | None = None  # None: global attention over the whole context
     causal: bool = True                # False for encoders: no KV cache is kept
     cross: bool = False                # keys and values come from the encoder output (T5 decoder)
@@ -98,8 +101,10 @@ class Attention:
     def norms(self) -> tuple[Norm, ...]:
         if self.qk_norm is None:
             return ()
-        return (Norm(name="q_norm", size=self.head_dim, kind=self.qk_norm),
-                Norm(name="k_norm", size=self.head_dim, kind=self.qk_norm))
+        q_size, k_size = ((self.heads * self.head_dim, self.kv_heads * self.head_dim) if self.qk_norm_across_heads
+                          else (self.head_dim, self.head_dim))
+        return (Norm(name="q_norm", size=q_size, kind=self.qk_norm, bias=self.qk_norm_bias),
+                Norm(name="k_norm", size=k_size, kind=self.qk_norm, bias=self.qk_norm_bias))
 
     def tables(self) -> tuple[Table, ...]:
         if not self.relative_buckets:
@@ -129,7 +134,8 @@ class LatentAttention:
     qk_nope_head_dim: int
     qk_rope_head_dim: int
     v_head_dim: int
-    bias: bool = False          # attention_bias: q_a_proj (or q_proj), kv_a_proj_with_mqa and o_proj
+    bias: bool = False          # attention_bias: q_a_proj, kv_a_proj_with_mqa and o_proj (never q_proj, q_b_proj,
+                                # kv_b_proj: modeling_deepseek_v2.py / _v3.py in transformers 5.23)
     causal: bool = True
     sliding_window: int | None = None
 
@@ -141,7 +147,7 @@ class LatentAttention:
         q_width = self.heads * self.qk_head_dim
         if self.q_lora_rank is None:
             query: tuple[Linear, ...] = (Linear(name="q_proj", in_features=self.hidden_size,
-                                                out_features=q_width, bias=self.bias),)
+                                                out_features=q_width),)
         else:
             query = (Linear(name="q_a_proj", in_features=self.hidden_size, out_features=self.q_lora_rank,
                             bias=self.bias),

@@ -1,0 +1,44 @@
+"""config.json -> Architecture: an alias table for old key names and one reader per model_type.
+
+`read_architecture(config)` never guesses from ratios or names: every reader states, from the transformers
+modeling file of its type, which projections, biases, norms and tables the class named in `architectures`
+instantiates, so `Architecture.parameter_count().total` equals `sum(p.numel() for p in model.parameters())`
+of that class built from the same config (tests/test_parameters.py builds every catalog entry on the meta
+device and compares). An unknown model_type raises UnsupportedArchitecture listing the supported ones; a
+missing or contradictory field raises InvalidConfig naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from vramfit.errors import InvalidConfig, UnsupportedArchitecture
+from vramfit.model.architecture import Architecture
+from vramfit.model.readers import decoders, moe
+from vramfit.model.readers.fields import ALIASES, Fields
+
+Reader = Callable[[Fields], Architecture]
+
+_FAMILIES = (decoders, moe)
+READERS: dict[str, Reader] = {name: reader for family in _FAMILIES for name, reader in family.READERS.items()}
+DEFAULTS: dict[str, dict[str, Any]] = {name: family.DEFAULTS[name] for family in _FAMILIES
+                                       for name in family.READERS}
+SUPPORTED: tuple[str, ...] = tuple(sorted(READERS))
+
+__all__ = ["ALIASES", "SUPPORTED", "read_architecture"]
+
+
+def read_architecture(config: Mapping[str, Any]) -> Architecture:
+    """The architecture config.json describes, for the class named in its `architectures` field."""
+    if not isinstance(config, Mapping):
+        raise InvalidConfig(f"config.json must be a JSON object, not {type(config).__name__}")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise InvalidConfig("config.json has no model_type; add the model_type of its transformers config "
+                            f"(one of: {', '.join(SUPPORTED)})")
+    reader = READERS.get(model_type)
+    if reader is None:
+        raise UnsupportedArchitecture(f"model_type {model_type!r} is not supported yet; supported model_types: "
+                                      f"{', '.join(SUPPORTED)}")
+    return reader(Fields(config, model_type=model_type, defaults=DEFAULTS[model_type]))

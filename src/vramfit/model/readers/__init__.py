@@ -1,0 +1,1 @@
+"""config.json readers, one per model_type, grouped by family; `vramfit.model.hf_config` is their front door."""
