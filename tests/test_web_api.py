@@ -1,0 +1,118 @@
+"""The HTTP API answers with the Python API's own numbers, validates like it, and never reads paths or the network."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the web extra is not installed: pip install 'vramfit[web]'")
+from fastapi.testclient import TestClient  # noqa: E402
+
+import vramfit  # noqa: E402
+from vramfit.model.catalog import catalog_config  # noqa: E402
+from vramfit.settings import Settings, settings_from_dict  # noqa: E402
+from vramfit.web.app import create_app  # noqa: E402
+
+MODELS = ["meta-llama/Llama-3.1-8B", "Qwen/Qwen3-30B-A3B", "deepseek-ai/DeepSeek-V3", "google/gemma-2-9b"]
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    return TestClient(create_app(max_body_bytes=64 * 1024))
+
+
+def expected(model: str, settings: Settings) -> dict[str, Any]:
+    """What the Python API says, through the same JSON encoding the response uses."""
+    from pydantic import TypeAdapter
+
+    from vramfit.result import Estimate
+
+    return json.loads(TypeAdapter(Estimate).dump_json(vramfit.estimate(model, settings)))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_estimate_equals_the_python_api(client: TestClient, model: str) -> None:
+    settings = {"workload": {"batch_size": 4, "seq_len": 4096}}
+    response = client.post("/api/estimate", json={"model": model, "settings": settings})
+    assert response.status_code == 200, response.text
+    assert response.json() == expected(model, settings_from_dict(settings))
+
+
+def test_training_settings_travel_intact(client: TestClient) -> None:
+    settings = {"workload": {"mode": "training", "batch_size": 2, "seq_len": 1024},
+                "training": {"finetune": "lora", "lora": {"rank": 16, "targets": ["q_proj", "v_proj"]}}}
+    body = client.post("/api/estimate", json={"model": "meta-llama/Llama-3.2-1B-Instruct",
+                                              "settings": settings}).json()
+    assert body["settings"]["training"]["lora"]["rank"] == 16
+    assert body == expected("meta-llama/Llama-3.2-1B-Instruct", settings_from_dict(settings))
+
+
+def test_pasted_config_gives_the_same_numbers_as_the_catalog(client: TestClient) -> None:
+    pasted = client.post("/api/estimate", json={"config": catalog_config("Qwen/Qwen3-8B")}).json()
+    named = client.post("/api/estimate", json={"model": "Qwen/Qwen3-8B"}).json()
+    assert pasted["memory"] == named["memory"]
+    assert pasted["parameters"] == named["parameters"]
+
+
+@pytest.mark.parametrize(("body", "status", "fragment"), [
+    ({"model": "meta-llama/Llama-3.1-8B", "settings": {"workload": {"batch_size": 0}}}, 422, "batch_size"),
+    ({"model": "meta-llama/Llama-3.1-8B", "settings": {"workload": {"batch_sise": 2}}}, 422, "batch_sise"),
+    ({"model": "meta-llama/Llama-3.1-8B", "settings": {"precision": {"dtype": "fp64"}}}, 422, "dtype"),
+    ({"model": "meta-llama/Llama-3.1-8B", "config": {}}, 422, "exactly one"),
+    ({"settings": {}}, 422, "exactly one"),
+    ({"config": {"model_type": "no-such-type"}}, 422, "model_type"),
+])
+def test_bad_requests_name_the_field(client: TestClient, body: dict[str, Any], status: int, fragment: str) -> None:
+    response = client.post("/api/estimate", json=body)
+    assert response.status_code == status
+    assert fragment in response.text
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../../etc", "tests", "someone/unknown-model"])
+def test_paths_and_hub_ids_are_refused_without_network(client: TestClient, name: str) -> None:
+    response = client.post("/api/estimate", json={"model": name})
+    assert response.status_code == 404
+    assert "catalog" in response.json()["detail"]
+
+
+def test_paths_are_refused_even_with_network() -> None:
+    client = TestClient(create_app(allow_network=True))
+    response = client.post("/api/estimate", json={"model": "../etc/passwd"})
+    assert response.status_code == 422
+    assert "never read" in response.json()["detail"]
+
+
+def test_large_bodies_are_refused(client: TestClient) -> None:
+    huge = {"config": {"model_type": "llama", "padding": "x" * 100_000}}
+    assert client.post("/api/estimate", json=huge).status_code == 413
+
+
+def test_catalog_search(client: TestClient) -> None:
+    ids = [entry["id"] for entry in client.get("/api/catalog", params={"q": "llama 8b"}).json()]
+    assert "meta-llama/Llama-3.1-8B" in ids
+    assert all("8b" in i.lower() for i in ids)
+
+
+def test_gpu_list_carries_usable_bytes(client: TestClient) -> None:
+    from vramfit import gpus
+
+    listed = {g["id"]: g["usable_bytes"] for g in client.get("/api/gpus").json()}
+    assert listed == {g.id: g.usable_bytes for g in gpus.CATALOG}
+
+
+def test_openapi_documents_the_routes_and_the_settings_schema(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert {"/api/estimate", "/api/catalog", "/api/gpus"} <= set(schema["paths"])
+    assert {"Settings", "Workload", "Estimate", "Component"} <= set(schema["components"]["schemas"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_page_and_assets_are_served_locally(client: TestClient) -> None:
+    page = client.get("/").text
+    assert "/static/vramfit.js" in page
+    assert "http://" not in page.replace("http://www.w3.org", "")
+    assert "https://" not in page
+    for asset in ("/static/vramfit.js", "/static/vramfit.css"):
+        assert client.get(asset).status_code == 200

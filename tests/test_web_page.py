@@ -1,0 +1,176 @@
+"""The page in a real headless Chromium (Debian's chromium package, driven by Playwright): the numbers it shows
+equal the HTTP API's (and so the Python API's) for several models, it updates as you type, and its state lives
+in the URL.
+
+Chromium comes from `apt-get install chromium` (.ci/run does it); Playwright's own browser download is never
+used. These tests skip only when /usr/bin/chromium or the playwright package is missing. About 10 s in all,
+most of it Chromium starting once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlparse
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+if not os.access(CHROMIUM, os.X_OK):
+    pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install -y chromium; "
+                ".ci/run does this)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+pytest.importorskip("uvicorn", reason="pip install uvicorn (the test extra)")
+import uvicorn  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from vramfit.model.catalog import catalog_config  # noqa: E402
+from vramfit.web.app import create_app  # noqa: E402
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    port = _free_port()
+    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not instance.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start within 20 s")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def api() -> TestClient:
+    return TestClient(create_app())
+
+
+def api_estimate(api: TestClient, body: dict[str, Any]) -> dict[str, Any]:
+    response = api.post("/api/estimate", json=body)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def shown(page: Any, total: int) -> dict[str, int]:
+    """Wait until the page shows `total`, then read every component's bytes from the breakdown table."""
+    page.wait_for_selector(f'#breakdown tfoot tr[data-bytes="{total}"]', timeout=15_000)
+    rows = page.locator("#breakdown tr[data-component]")
+    return {rows.nth(i).get_attribute("data-component"): int(rows.nth(i).get_attribute("data-bytes"))
+            for i in range(rows.count())}
+
+
+def expected_rows(estimate: dict[str, Any]) -> dict[str, int]:
+    out = {c["name"]: c["bytes"] for c in estimate["memory"]["components"]}
+    out["total"] = estimate["peak"]["device"]
+    return out
+
+
+@pytest.mark.parametrize(("model", "query"), [
+    ("meta-llama/Llama-3.1-8B", {"batch_size": "4", "seq_len": "8192"}),
+    ("Qwen/Qwen3-30B-A3B", {"dtype": "fp16", "seq_len": "4096"}),
+    ("deepseek-ai/DeepSeek-V3", {"gpus": "8", "tensor": "8"}),
+    ("meta-llama/Llama-3.2-1B-Instruct", {"mode": "training", "finetune": "lora", "lora_rank": "16",
+                                          "batch_size": "2", "seq_len": "1024"}),
+])
+def test_page_shows_the_api_numbers(page: Any, server: str, api: TestClient, model: str,
+                                    query: dict[str, str]) -> None:
+    page.goto(f"{server}/?{urlencode({'model': model, **query})}")
+    settings = settings_for(query)
+    estimate = api_estimate(api, {"model": model, "settings": settings})
+    assert shown(page, estimate["peak"]["device"]) == expected_rows(estimate)
+    assert page.locator("body").get_attribute("data-model") == estimate["model"]
+    assert int(page.locator("#peaks").get_attribute("data-allocated")) == estimate["peak"]["allocated"]
+
+
+def settings_for(query: dict[str, str]) -> dict[str, Any]:
+    """The page's URL keys mapped to Settings fields (the same table as FIELDS in vramfit.js)."""
+    paths = {"batch_size": ("workload", "batch_size"), "seq_len": ("workload", "seq_len"),
+             "mode": ("workload", "mode"), "dtype": ("precision", "dtype"), "gpus": ("parallelism", "gpus"),
+             "tensor": ("parallelism", "tensor"), "finetune": ("training", "finetune"),
+             "lora_rank": ("training", "lora", "rank")}
+    out: dict[str, Any] = {}
+    for key, value in query.items():
+        *parents, leaf = paths[key]
+        node = out
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = int(value) if value.isdigit() else value
+    return out
+
+
+def test_typing_updates_the_numbers_and_the_url(page: Any, server: str, api: TestClient) -> None:
+    page.goto(f"{server}/?model=Qwen/Qwen3-8B")
+    first = api_estimate(api, {"model": "Qwen/Qwen3-8B"})
+    shown(page, first["peak"]["device"])
+    with page.expect_response(lambda r: r.url.endswith("/api/estimate") and _workload(r) == (16, 32768)):
+        page.fill("#batch_size", "16")
+        page.fill("#seq_len", "32768")
+    after = api_estimate(api, {"model": "Qwen/Qwen3-8B",
+                               "settings": {"workload": {"batch_size": 16, "seq_len": 32768}}})
+    assert shown(page, after["peak"]["device"]) == expected_rows(after)
+    query = parse_qs(urlparse(page.url).query)
+    assert query == {"model": ["Qwen/Qwen3-8B"], "batch_size": ["16"], "seq_len": ["32768"]}
+    verdicts = page.locator("#verdicts li")
+    assert verdicts.count() > 0
+    h100 = page.locator('#verdicts li[data-gpu="h100-80gb"]')
+    if h100.count():
+        from vramfit import gpus
+
+        fits = after["peak"]["device"] <= gpus.get("h100-80gb").usable_bytes
+        assert h100.get_attribute("data-fits") == str(fits).lower()
+
+
+def _workload(response: Any) -> tuple[int, int]:
+    workload = json.loads(response.request.post_data)["settings"]["workload"]
+    return workload["batch_size"], workload["seq_len"]
+
+
+def test_pasted_config_matches_the_api(page: Any, server: str, api: TestClient) -> None:
+    config = catalog_config("meta-llama/Llama-3.2-3B-Instruct")
+    page.goto(server)
+    page.click("#paste summary")
+    page.fill("#config", json.dumps(config))
+    estimate = api_estimate(api, {"config": config})
+    assert shown(page, estimate["peak"]["device"]) == expected_rows(estimate)
+    assert "config" in parse_qs(urlparse(page.url).query)   # a pasted config is shareable too
+
+
+def test_bad_input_shows_the_api_message(page: Any, server: str) -> None:
+    page.goto(f"{server}/?model=meta-llama/Llama-3.1-8B&batch_size=0")
+    page.wait_for_selector("#error:not([hidden])", timeout=15_000)
+    assert "batch_size" in page.text_content("#error")
