@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from vramfit.errors import VramfitError
 
 # Modules that register subcommands, in the order `vramfit --help` lists them.
-_COMMAND_MODULES = ("estimate", "serve", "truth")
+_COMMAND_MODULES = ("estimate", "search", "serve", "truth")
 
 
 def build_parser() -> argparse.ArgumentParser:
