@@ -24,4 +24,5 @@ def estimate(model: Model | str, settings: Settings | None = None, **changes: An
     plan = planner.plan(model, settings)
     memory = MemoryBreakdown(components=plan.components)
     return Estimate(model=model.name, parameters=plan.parameters, memory=memory, peak=Peak.of(memory),
-                    settings=settings, notes=tuple(model.assumed) + plan.notes, extra=plan.extra)
+                    settings=settings, notes=tuple(model.assumed) + tuple(model.notes) + plan.notes,
+                    extra=plan.extra)

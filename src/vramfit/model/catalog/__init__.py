@@ -9,9 +9,10 @@ Lookups ignore case, so `meta-llama/llama-3.1-8b` and an alias such as `llama-3.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,8 @@ from vramfit.errors import InvalidConfig, ModelNotFound
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-__all__ = ["CatalogEntry", "catalog_config", "catalog_entry", "catalog_ids", "find_entry", "search_catalog"]
+__all__ = ["CatalogEntry", "catalog_config", "catalog_entry", "catalog_ids", "close_matches", "find_entry",
+           "search_catalog"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,7 +69,7 @@ def _by_name() -> dict[str, CatalogEntry]:
     return names
 
 
-@lru_cache(maxsize=None)
+@cache
 def _config(file: str) -> dict[str, Any]:
     config = _read_json(_root() / "configs" / file, f"catalog config {file}")
     if not isinstance(config, dict):
@@ -99,11 +101,18 @@ def catalog_entry(name: str) -> CatalogEntry:
     """The entry for a hub id or alias (case-insensitive); ModelNotFound lists close matches."""
     entry = find_entry(name)
     if entry is None:
-        close = [e.id for e in search_catalog(name.split("/")[-1])][:5]
+        close = close_matches(name)
         hint = f" Close matches: {', '.join(close)}." if close else ""
         raise ModelNotFound(f"{name}: not in the built-in catalog ({len(_entries())} models; "
                             f"`vramfit.model.catalog.catalog_ids()` lists them).{hint}")
     return entry
+
+
+def close_matches(name: str) -> list[str]:
+    """Up to five ids whose lower-cased id or alias is near `name` (difflib's ratio, cutoff 0.6)."""
+    by_name = _by_name()
+    near = difflib.get_close_matches(name.strip().lower(), list(by_name), n=10, cutoff=0.6)
+    return list(dict.fromkeys(by_name[match].id for match in near))[:5]
 
 
 def catalog_config(name: str) -> dict[str, Any]:
