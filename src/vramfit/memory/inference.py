@@ -1,15 +1,322 @@
-"""Placeholder planner for --mode inference: weights only. Replaced by the inference memory model."""
+"""--mode inference: the most-loaded GPU's memory, component by component, for a stated runtime.
+
+Composition only: the formulas are in weights, kv_cache, forward, overhead, sharding and runtimes.
+The peak is found over the phases of generation, not summed over transients that never coexist:
+
+  prefill moment   weights + cache(prompt) + the worst layer's transient
+  head moment      weights + cache(prompt) + hidden states + logits
+  decode moment    weights + cache(full length) + one decode step's transient + growing one layer's cache
+                   + the last step's fp32 logits and sampling copies
+
+Pipeline parallelism: every stage is planned and the one with the largest total is reported.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Any
+
+from vramfit.errors import InvalidSetting
+from vramfit.memory import forward, kv_cache, overhead, runtimes, sharding, weights
+from vramfit.memory.gguf import tensor_type_bytes
+from vramfit.memory.kv_cache import CacheLayout
+from vramfit.memory.runtimes import Profile
+from vramfit.model.architecture import Architecture, Layer
 from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
 from vramfit.settings import DTYPE_BYTES, Settings
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Stage:
+    """One pipeline stage on one tensor-parallel rank: what it holds and how it runs."""
+
+    arch: Architecture
+    settings: Settings
+    fmt: weights.WeightFormat
+    profile: Profile
+    layers: tuple[Layer, ...]
+    index: int
+    last: bool
+    weight_requests: tuple[int, ...]
+
+    @property
+    def element_bytes(self) -> int:
+        return DTYPE_BYTES[self.settings.precision.dtype]
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(self.weight_requests)
+
+
 def plan(model: Model, settings: Settings) -> Plan:
-    count = model.architecture.parameter_count()
-    weights = Component(name="weights", bytes=count.total * DTYPE_BYTES[settings.precision.dtype],
-                        formula="parameters x bytes per parameter")
+    arch = model.architecture
+    fmt = weights.resolve(quant_name(model, settings), settings.precision.dtype)
+    profile = runtimes.profile(settings.runtime.name)
+    _check_layout(arch, settings, fmt)
+    count = arch.parameter_count()
     parameters = Parameters(total=count.total, trainable=count.total, active=count.active, by_part=count.by_part)
-    return Plan(components=(weights,), parameters=parameters)
+    if profile.name == "llama.cpp":
+        components, notes, extra = _llama_cpp(arch, settings, fmt)
+    else:
+        stages = [_stage(arch, settings, fmt, profile, s) for s in range(settings.parallelism.pipeline)]
+        results = [_run_stage(stage) for stage in stages]
+        components, notes, extra = max(results, key=lambda r: sum(c.bytes for c in r[0]))
+    draft = _draft(settings)
+    return Plan(components=components + draft, parameters=parameters,
+                notes=(f"weights: {fmt.summary}",) + notes, extra=extra)
+
+
+def quant_name(model: Model, settings: Settings) -> str:
+    """--quant, else the config's quantization_config, else the dense dtype (GGUF F16/BF16 on llama.cpp)."""
+    if settings.precision.quant:
+        return settings.precision.quant
+    if model.quantization_config:
+        return weights.format_from_config(model.quantization_config)
+    if settings.runtime.name == "llama.cpp":
+        return "gguf-BF16" if settings.precision.dtype == "bf16" else "gguf-F16"
+    return "none"
+
+
+def _check_layout(arch: Architecture, settings: Settings, fmt: weights.WeightFormat) -> None:
+    par, runtime = settings.parallelism, settings.runtime.name
+    if settings.mode != "inference":
+        raise InvalidSetting("mode: the inference planner got a training workload; pass --mode inference")
+    if fmt.method == "gguf" and runtime != "llama.cpp":
+        raise InvalidSetting(f"quant: {fmt.name} runs on llama.cpp only; pass --runtime llama.cpp, or a "
+                             "format for this runtime (e.g. bnb-nf4, gptq-4bit-g128, awq-4bit-g128, fp8)")
+    if runtime == "llama.cpp" and fmt.method not in ("gguf", "dense"):
+        raise InvalidSetting(f"quant: llama.cpp runs GGUF files; pass --quant gguf-Q4_K_M (or another gguf-*) "
+                             f"instead of {fmt.name}")
+    if runtime == "llama.cpp" and (par.tensor > 1 or par.pipeline > 1):
+        raise InvalidSetting("tp/pp: llama.cpp's multi-GPU split is not modelled; pass --tp 1 --pp 1")
+    sharding.validate_tensor_parallel(arch, par.tensor)
+    sharding.stage_layer_counts(arch.num_layers, par.pipeline)
+
+
+def _stage(arch: Architecture, settings: Settings, fmt: weights.WeightFormat, profile: Profile,
+           index: int) -> Stage:
+    par, dtype = settings.parallelism, settings.precision.dtype
+    tensors = sharding.rank_tensors(arch, tensor=par.tensor, stage=index, stages=par.pipeline, expert=par.expert)
+    requests = tuple(weights.tensor_bytes(fmt, t, dtype) for t in tensors)
+    return Stage(arch=arch, settings=settings, fmt=fmt, profile=profile,
+                 layers=sharding.stage_layers(arch, index, par.pipeline), index=index,
+                 last=index == par.pipeline - 1, weight_requests=requests)
+
+
+def _layout(stage: Stage, *, prefill: bool = False) -> CacheLayout:
+    s = stage.settings
+    cap = stage.profile.cap_window and not (prefill and stage.profile.prefill_keeps_prompt)
+    return CacheLayout(element_bytes=kv_cache.element_bytes(s.precision.kv_dtype, s.precision.dtype),
+                       latent=stage.profile.latent_mla, cap_window=cap,
+                       block=s.runtime.block_size if stage.profile.paged else 1, tensor=s.parallelism.tensor)
+
+
+Result = tuple[tuple[Component, ...], tuple[str, ...], dict[str, Any]]
+
+
+def _run_stage(stage: Stage) -> Result:
+    if stage.profile.preallocates:
+        return _preallocated(stage)
+    return _on_demand(stage)
+
+
+# --- transformers: allocations on demand, peak over prefill and decode -------------------------------------
+
+def _on_demand(stage: Stage) -> Result:
+    w = stage.settings.workload
+    sequences = kv_cache.sequences_in_cache(w.batch_size, w.num_beams, w.num_return_sequences)
+    moments = [_prefill_moment(stage, sequences), _head_moment(stage, sequences)]
+    if w.new_tokens:
+        moments.append(_decode_moment(stage, sequences))
+    name, cache, activations, logits = max(moments, key=lambda m: m[1] + m[2] + m[3])
+    kv_requests = [kv_cache.layer_bytes(layer, sequences=sequences, tokens=w.seq_len, layout=_layout(stage)) // 2
+                   for layer in stage.layers for _ in range(2)]
+    components = (
+        _weights(stage),
+        Component(name="kv_cache", bytes=cache, formula="sum over layers of 2 x sequences x tokens x kv_heads x "
+                  "head_dim x bytes (MLA: decompressed K/V; sliding layers: window)",
+                  inputs={"sequences": sequences, "phase": name}, source=kv_cache.__doc__.splitlines()[0]),
+        Component(name="activations", bytes=activations, formula=f"transient of the {name} moment",
+                  inputs={"attention": stage.settings.runtime.attention}, source="vramfit.memory.forward"),
+        Component(name="logits", bytes=logits, formula="rows x vocab x (dtype + fp32 copies)",
+                  source="transformers generation/utils.py logits_to_keep=1, .to(copy=True, dtype=torch.float32)"),
+        overhead.cublas_workspace(_hopper(stage.settings)),
+        overhead.allocator_reserve(list(stage.weight_requests) + kv_requests),
+        overhead.cuda_context(),
+    )
+    return components, (f"peak at the {name} moment",), {}
+
+
+Moment = tuple[str, int, int, int]  # name, cache, activations, logits
+
+
+def _prefill_moment(stage: Stage, sequences: int) -> Moment:
+    w = stage.settings.workload
+    prompt = w.prompt_len
+    cache = kv_cache.cache_bytes(stage.layers, sequences=sequences, tokens=prompt, layout=_layout(stage, prefill=True))
+    chunk = min(w.prefill_chunk or prompt, prompt)
+    p = forward.Pass(sequences=sequences, tokens=chunk, context=prompt, element_bytes=stage.element_bytes,
+                     attention=stage.settings.runtime.attention)
+    return "prefill", cache, forward.prefill_bytes(stage.arch, stage.layers, p), 0
+
+
+def _head_moment(stage: Stage, sequences: int) -> Moment:
+    w = stage.settings.workload
+    cache = kv_cache.cache_bytes(stage.layers, sequences=sequences, tokens=w.prompt_len,
+                                 layout=_layout(stage, prefill=True))
+    if not stage.last:
+        return "head", cache, 0, 0
+    rows = sequences if w.new_tokens else sequences * w.prompt_len
+    hidden = forward.resident_bytes(stage.arch.hidden_size, forward.Pass(
+        sequences=sequences, tokens=w.prompt_len, context=w.prompt_len, element_bytes=stage.element_bytes))
+    logits = forward.logits_bytes(stage.arch.vocab_size, rows=rows, element_bytes=stage.element_bytes,
+                                  fp32_copies=1 if w.new_tokens else 0)
+    return "head", cache, hidden, logits
+
+
+def _decode_moment(stage: Stage, sequences: int) -> Moment:
+    w = stage.settings.workload
+    layout = _layout(stage)
+    cache = kv_cache.cache_bytes(stage.layers, sequences=sequences, tokens=w.seq_len, layout=layout)
+    growth = max((kv_cache.layer_bytes(layer, sequences=sequences, tokens=w.seq_len, layout=layout) // 2
+                  for layer in set(stage.layers)), default=0)
+    p = forward.Pass(sequences=sequences, tokens=1, context=w.seq_len, element_bytes=stage.element_bytes,
+                     attention=stage.settings.runtime.attention)
+    step = forward.prefill_bytes(stage.arch, stage.layers, p) + growth
+    logits = forward.logits_bytes(stage.arch.vocab_size, rows=sequences, element_bytes=stage.element_bytes,
+                                  fp32_copies=2) if stage.last else 0
+    return "decode", cache, step, logits
+
+
+# --- vLLM / SGLang: a pre-allocated pool ----------------------------------------------------------------------
+
+def _preallocated(stage: Stage) -> Result:
+    s = stage.settings
+    tokens = s.workload.prefill_chunk or runtimes.VLLM_MAX_BATCHED_TOKENS
+    p = forward.Pass(sequences=1, tokens=tokens, context=tokens, element_bytes=stage.element_bytes,
+                     attention="flash")
+    activations = forward.prefill_bytes(stage.arch, stage.layers, p)
+    seqs = min(s.runtime.max_num_seqs or runtimes.VLLM_MAX_NUM_SEQS, tokens)
+    logits = forward.logits_bytes(stage.arch.vocab_size, rows=seqs, element_bytes=stage.element_bytes,
+                                  fp32_copies=2) if stage.last else 0
+    activations, logits = (activations, 0) if activations >= logits else (0, logits)
+    context = overhead.vllm_non_torch(s.parallelism.tensor)
+    used = stage.weights_bytes + activations + logits + context.bytes
+    cache, notes, extra = _pool(stage, used)
+    components = (
+        _weights(stage),
+        Component(name="kv_cache", bytes=cache, formula="pool: utilization x GPU memory - weights - profile "
+                  "peak - non-torch, in whole blocks", source=stage.profile.source),
+        Component(name="activations", bytes=activations,
+                  formula=f"profiling forward of max_num_batched_tokens={tokens}", source="vramfit.memory.forward"),
+        Component(name="logits", bytes=logits, formula=f"sampler dummy run: {seqs} rows x vocab x (dtype + 2 x fp32)",
+                  source="vLLM gpu_model_runner._dummy_sampler_run"),
+        context,
+    )
+    return components, notes, extra
+
+
+def _pool(stage: Stage, used: int) -> tuple[int, tuple[str, ...], dict[str, Any]]:
+    from vramfit import gpus
+
+    s = stage.settings
+    w = s.workload
+    layout = _layout(stage)
+    demand = kv_cache.cache_bytes(stage.layers, sequences=w.batch_size, tokens=w.seq_len, layout=layout)
+    capacity = gpus.capacity_bytes(s.gpu, s.gpu_memory)
+    if capacity is None:
+        return demand, (f"{stage.profile.name}: no --gpu given, so the KV cache shown is this workload's "
+                        "(batch x seq-len, whole blocks), not the pre-allocated pool",), {}
+    budget = int(s.runtime.gpu_memory_utilization * capacity)
+    per_token = kv_cache.bytes_per_token(stage.layers, replace(layout, block=1))
+    pool = runtimes.vllm_pool(budget - used, bytes_per_token=per_token, block_size=layout.block,
+                              seq_len=w.seq_len)
+    extra = {stage.profile.name: {"kv_cache_tokens": pool.tokens, "max_full_length_sequences":
+                                  pool.full_length_sequences, "num_blocks": pool.blocks, "block_size": layout.block,
+                                  "kv_cache_bytes_per_token": pool.bytes_per_token, "kv_cache_bytes": pool.bytes,
+                                  "budget_bytes": budget}}
+    notes: tuple[str, ...] = ()
+    if pool.bytes < demand:
+        notes = (f"{stage.profile.name}: the pool holds {pool.tokens} tokens, fewer than batch x seq-len "
+                 f"({w.batch_size * w.seq_len}); requests would queue or the engine would refuse to start",)
+    return pool.bytes, notes, extra
+
+
+# --- llama.cpp ------------------------------------------------------------------------------------------------
+
+def _llama_cpp(arch: Architecture, settings: Settings, fmt: weights.WeightFormat) -> Result:
+    s, w = settings, settings.workload
+    gpu_layers, output_on_gpu = runtimes.llama_cpp_gpu_layers(arch.num_layers, s.runtime.n_gpu_layers)
+    first_gpu = arch.num_layers - gpu_layers
+    file_type = fmt.name.removeprefix("gguf-") if fmt.method == "gguf" else (
+        "BF16" if settings.precision.dtype == "bf16" else "F16")
+    seen_block, weight_bytes = False, 0
+    for tensor, kind in weights.gguf_tensor_types(arch, file_type):
+        seen_block = seen_block or tensor.layer is not None
+        on_gpu = tensor.layer >= first_gpu if tensor.layer is not None else (seen_block and output_on_gpu)
+        weight_bytes += tensor_type_bytes(kind, tensor.elements) if on_gpu else 0
+    layers = tuple(arch.layers())[first_gpu:]
+    context = runtimes.llama_cpp_context(w.batch_size * w.seq_len)
+    layout = CacheLayout(element_bytes=kv_cache.element_bytes(s.precision.kv_dtype, "fp16", ggml=True),
+                         latent=True, cap_window=False)
+    cache = kv_cache.cache_bytes(layers, sequences=1, tokens=context, layout=layout)
+    heads = max((layer.attention.heads for layer in layers), default=0)
+    compute = runtimes.llama_cpp_compute_bytes(context=context, heads=heads, hidden=arch.hidden_size,
+                                               vocab=arch.vocab_size, flash=s.runtime.attention == "flash",
+                                               logits_on_gpu=output_on_gpu) if layers else 0
+    src = runtimes.PROFILES["llama.cpp"].source
+    components = (
+        Component(name="weights", bytes=weight_bytes, level="device", formula="GGUF tensors of the offloaded "
+                  "blocks (and the output layer when -ngl exceeds them)", inputs={"gpu_layers": gpu_layers},
+                  source=fmt.source),
+        Component(name="kv_cache", bytes=cache, level="device", formula="offloaded layers x n_ctx (padded to 256) "
+                  "x K+V per token, f16 by default", inputs={"n_ctx": context}, source=src),
+        Component(name="activations", bytes=compute, level="device", formula="compute buffer: largest graph "
+                  "moment of one n_ubatch", source=src),
+        overhead.cuda_context(),
+    )
+    notes = ("llama.cpp allocates outside PyTorch: every component is at device level",
+             "llama.cpp's sliding-window cache cap (SWA without --swa-full) is not modelled: full n_ctx is counted")
+    return components, notes, {"llama.cpp": {"n_ctx": context, "gpu_layers": gpu_layers,
+                                             "output_on_gpu": output_on_gpu}}
+
+
+# --- shared pieces ----------------------------------------------------------------------------------------
+
+def _weights(stage: Stage) -> Component:
+    par = stage.settings.parallelism
+    return Component(name="weights", bytes=stage.weights_bytes,
+                     formula="sum over this GPU's tensor slices of their bytes in the format",
+                     inputs={"format": stage.fmt.name, "dtype": stage.settings.precision.dtype, "tp": par.tensor,
+                             "pp_stage": stage.index}, source=stage.fmt.source)
+
+
+def _hopper(settings: Settings) -> bool:
+    if not settings.gpu:
+        return False
+    from vramfit import gpus
+
+    return gpus.lookup(settings.gpu).architecture == "hopper"
+
+
+def _draft(settings: Settings) -> tuple[Component, ...]:
+    """Speculative decoding: the draft model's own weights and KV cache (same sequences and length)."""
+    name = settings.runtime.draft_model
+    if not name:
+        return ()
+    from vramfit.model.sources import load_model
+
+    draft = load_model(name)
+    w = settings.workload
+    dense = weights.resolve("none", settings.precision.dtype)
+    wbytes = weights.model_weight_bytes(draft.architecture, dense, settings.precision.dtype)
+    layout = CacheLayout(element_bytes=kv_cache.element_bytes(settings.precision.kv_dtype, settings.precision.dtype),
+                         latent=settings.runtime.name != "transformers", cap_window=True)
+    sequences = kv_cache.sequences_in_cache(w.batch_size, w.num_beams, w.num_return_sequences)
+    cache = kv_cache.cache_bytes(tuple(draft.architecture.layers()), sequences=sequences, tokens=w.seq_len,
+                                 layout=layout)
+    return (Component(name="draft_weights", bytes=wbytes, formula="draft model parameters x dtype bytes",
+                      inputs={"draft": name}, source="vramfit.memory.weights"),
+            Component(name="draft_kv_cache", bytes=cache, formula="draft model's KV cache for the same sequences",
+                      inputs={"draft": name}, source="vramfit.memory.kv_cache"))

@@ -1,0 +1,103 @@
+"""Memory no tensor formula explains: the CUDA context, library workspaces, and the caching allocator's rounding.
+
+Each constant names the measurement or source it comes from:
+
+- CUDA context + loaded kernels, seen by nvidia-smi but not by torch.cuda counters ("device" level):
+  1343 MiB, measured by the Hugging Face docs after `torch.ones((1, 1)).to("cuda")` (model_memory_anatomy.md;
+  row hf-bertlarge-load of /work/shared/truth/published-measurements.jsonl: V100, CUDA 11.2, PyTorch of
+  early 2022). Newer stacks load kernels lazily (CUDA_MODULE_LOADING=LAZY, default since PyTorch 1.13 /
+  CUDA 11.7) and usually need less; we keep the measured figure until a newer measurement replaces it.
+- vLLM's non-torch memory (context, cuBLAS/NCCL handles, custom all-reduce buffers): 1.79 GiB on one GPU and
+  3.58 GiB per GPU at tensor parallel 2, from vLLM's own profiler log (rows vllm-llama3-8b-tp1-profile and
+  vllm-llama3-8b-tp2-profile).
+- cuBLAS workspace, allocated through PyTorch's caching allocator (so "allocated"):
+  aten/src/ATen/cuda/CublasHandlePool.cpp `parseChosenWorkspaceSize`: ":4096:2:16:8" = 4096 KiB x 2 +
+  16 KiB x 8 = 8,519,680 bytes by default, 4096 KiB x 8 = 32 MiB on Hopper (sm90). One per handle/stream.
+- Caching-allocator rounding (c10/cuda/CUDACachingAllocator.cpp): requests round up to 512 bytes
+  (`kMinBlockSize`); requests up to 1 MiB come from 2 MiB segments (`kSmallBuffer`), requests up to 10 MiB
+  from 20 MiB segments (`kLargeBuffer`), larger ones get a segment rounded up to 2 MiB (`kRoundLarge`).
+  What a tensor occupies in reserved memory beyond its bytes is its segment's rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from vramfit.result import Component
+from vramfit.units import KiB, MiB
+
+CUDA_CONTEXT_BYTES = 1343 * MiB
+CUDA_CONTEXT_SOURCE = ("HF model_memory_anatomy: 1343 MiB after torch.ones((1,1)).to('cuda') on V100/CUDA 11.2 "
+                       "(published-measurements row hf-bertlarge-load)")
+VLLM_NON_TORCH_BYTES = {1: int(1.79 * 1024 * MiB), 2: int(3.58 * 1024 * MiB)}
+VLLM_NON_TORCH_SOURCE = ("vLLM profiler log, Llama-3-8B on 80 GB GPUs: non_torch_memory 1.79 GiB (tp 1), "
+                         "3.58 GiB per GPU (tp 2) (rows vllm-llama3-8b-tp1/tp2-profile)")
+CUBLAS_WORKSPACE_BYTES = 4096 * KiB * 2 + 16 * KiB * 8
+CUBLAS_WORKSPACE_HOPPER_BYTES = 4096 * KiB * 8
+_SMALL_REQUEST = 1 * MiB
+_SMALL_SEGMENT = 2 * MiB
+_MEDIUM_REQUEST = 10 * MiB
+_MEDIUM_SEGMENT = 20 * MiB
+_LARGE_ROUND = 2 * MiB
+_MIN_BLOCK = 512
+
+
+def cuda_context() -> Component:
+    return Component(name="cuda_context", bytes=CUDA_CONTEXT_BYTES, level="device",
+                     formula="measured constant", source=CUDA_CONTEXT_SOURCE)
+
+
+def vllm_non_torch(tensor_parallel: int) -> Component:
+    """vLLM's non-torch memory per GPU; tp > 2 takes the tp 2 figure (the all-reduce buffers do not grow)."""
+    nbytes = VLLM_NON_TORCH_BYTES[1 if tensor_parallel == 1 else 2]
+    return Component(name="cuda_context", bytes=nbytes, level="device",
+                     formula="measured non_torch_memory of vLLM's profiler", inputs={"tp": tensor_parallel},
+                     source=VLLM_NON_TORCH_SOURCE)
+
+
+def cublas_workspace(hopper: bool = False) -> Component:
+    nbytes = CUBLAS_WORKSPACE_HOPPER_BYTES if hopper else CUBLAS_WORKSPACE_BYTES
+    return Component(name="workspace", bytes=nbytes, formula=":4096:2:16:8 -> 2 x 4 MiB + 8 x 16 KiB "
+                     "(32 MiB on sm90)", inputs={"hopper": hopper},
+                     source="PyTorch aten/src/ATen/cuda/CublasHandlePool.cpp parseChosenWorkspaceSize")
+
+
+def block_bytes(request: int) -> int:
+    """What the allocator hands out for a request: rounded up to 512 bytes (counted as allocated)."""
+    return -(-max(request, 1) // _MIN_BLOCK) * _MIN_BLOCK
+
+
+def segment_bytes(request: int) -> int:
+    """The segment a request alone would be cut from, as reserved memory sees it (large requests only;
+    small and medium ones share 2 MiB / 20 MiB segments)."""
+    if request <= _SMALL_REQUEST:
+        return block_bytes(request)
+    if request <= _MEDIUM_REQUEST:
+        return block_bytes(request)
+    return -(-request // _LARGE_ROUND) * _LARGE_ROUND
+
+
+def reserve_bytes(requests: Iterable[int]) -> int:
+    """Reserved beyond allocated for tensors that stay alive: the 2 MiB rounding of each large tensor's
+    segment, plus one partly used 2 MiB small-pool segment and 20 MiB medium segment when such tensors exist."""
+    sizes = list(requests)
+    large = sum(segment_bytes(s) - block_bytes(s) for s in sizes if s > _MEDIUM_REQUEST)
+    small = sum(block_bytes(s) for s in sizes if s <= _SMALL_REQUEST)
+    medium = sum(block_bytes(s) for s in sizes if _SMALL_REQUEST < s <= _MEDIUM_REQUEST)
+    small_pad = (-small) % _SMALL_SEGMENT
+    medium_pad = (-medium) % _MEDIUM_SEGMENT
+    return large + small_pad + medium_pad
+
+
+def allocator_reserve(requests: Iterable[int]) -> Component:
+    nbytes = reserve_bytes(requests)
+    return Component(name="allocator_reserve", bytes=nbytes, level="reserved",
+                     formula="per live tensor: segment rounding (2 MiB for > 10 MiB) + unused tail of the shared "
+                             "2 MiB / 20 MiB segments",
+                     source="PyTorch c10/cuda/CUDACachingAllocator.cpp kMinBlockSize, kSmallBuffer, kLargeBuffer, "
+                            "kRoundLarge")
+
+
+def rounding_bytes(requests: Iterable[int]) -> int:
+    """Allocated beyond the tensors' bytes: each request rounded up to 512 bytes."""
+    return sum(block_bytes(s) - s for s in requests)

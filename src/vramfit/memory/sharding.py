@@ -1,0 +1,103 @@
+"""Which tensors, and which slice of each, one GPU holds under tensor, pipeline and expert parallelism.
+
+Tensor parallelism as Megatron-LM and vLLM lay it out (vllm/model_executor/layers/linear.py and
+vocab_parallel_embedding.py): column-parallel q, k, v, gate, up (and MLA's q_b, kv_b) split their output
+rows; row-parallel o and down split their input columns; k and v split by kv heads but never below one head
+per rank (replicated beyond); MLA's q_a and kv_a are `ReplicatedLinear`; norms and the MoE router are
+replicated; the token embedding and lm_head are vocab-parallel, the vocabulary padded to a multiple of 64
+(`DEFAULT_VOCAB_PADDING_SIZE`) and split. Routed experts split their intermediate size over the tensor
+ranks, or, with expert parallelism, whole experts over the expert ranks (`FusedMoE`).
+
+Pipeline parallelism splits the blocks into contiguous stages (vllm/distributed/utils.py `get_pp_indices`:
+L // pp each, the remainder going one each to the stages before the last); the first stage holds the
+embedding, the last the final norm and the head (a tied head becomes its own copy there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from vramfit.errors import InvalidSetting
+from vramfit.memory.kv_cache import kv_heads_per_rank
+from vramfit.memory.tensors import WeightTensor, weight_tensors
+from vramfit.model.architecture import Architecture, Attention, Layer, MixtureOfExperts
+
+_COLUMN = ("attn_q", "attn_q_b", "attn_kv_b", "ffn_gate", "ffn_up", "ffn_gate_up")
+_ROW = ("attn_output", "ffn_down")
+_VOCAB_PADDING = 64
+
+
+def stage_layer_counts(layers: int, stages: int) -> list[int]:
+    """get_pp_indices: layers // stages each; the remainder adds one to each stage before the last."""
+    if stages > layers:
+        raise InvalidSetting(f"pp: {stages} pipeline stages exceed the model's {layers} layers; lower --pp")
+    counts = [layers // stages] * stages
+    for i in range(2, layers % stages + 2):
+        counts[-i] += 1
+    return counts
+
+
+def stage_layers(arch: Architecture, stage: int, stages: int) -> tuple[Layer, ...]:
+    layers = tuple(arch.layers())
+    counts = stage_layer_counts(len(layers), stages)
+    start = sum(counts[:stage])
+    return layers[start:start + counts[stage]]
+
+
+def validate_tensor_parallel(arch: Architecture, tensor: int) -> None:
+    """Heads and MLP widths must split evenly (kv heads are checked by `kv_heads_per_rank`)."""
+    for layer in set(arch.layers()):
+        attn = layer.attention
+        if attn.heads % tensor:
+            raise InvalidSetting(f"tp: {attn.heads} attention heads cannot be split over {tensor} GPUs; "
+                                 "choose --tp dividing the number of heads")
+        if isinstance(attn, Attention):
+            kv_heads_per_rank(attn.kv_heads, tensor)
+        mlp = layer.mlp.expert if isinstance(layer.mlp, MixtureOfExperts) else layer.mlp
+        if mlp.intermediate_size % tensor:
+            raise InvalidSetting(f"tp: MLP width {mlp.intermediate_size} cannot be split over {tensor} GPUs; "
+                                 "choose --tp dividing it")
+
+
+def rank_tensors(arch: Architecture, *, tensor: int = 1, stage: int = 0, stages: int = 1,
+                 expert: int = 1) -> list[WeightTensor]:
+    """The tensors (sliced) one GPU holds: pipeline stage `stage` of `stages`, one tensor-parallel rank."""
+    counts = stage_layer_counts(arch.num_layers, stages)
+    first, last = sum(counts[:stage]), sum(counts[:stage + 1])
+    out, seen_block = [], False
+    for t in weight_tensors(arch):
+        seen_block = seen_block or t.layer is not None
+        if t.layer is None:
+            keep = stage == (stages - 1 if seen_block else 0)   # head side after the blocks, embedding before
+        else:
+            keep = first <= t.layer < last
+        if keep:
+            out.append(shard(t, tensor, expert))
+    if stages > 1 and arch.head.tied and arch.head.output is not None and stage == stages - 1:
+        emb = arch.embedding.tokens
+        out.append(shard(WeightTensor(role="output", rows=emb.rows, cols=emb.dim), tensor, expert))
+    return out
+
+
+def shard(t: WeightTensor, tensor: int, expert: int = 1) -> WeightTensor:
+    """One rank's slice of a tensor."""
+    if t.expert and expert > 1:
+        return replace(t, count=-(-t.count // expert))
+    role = t.parent or t.role
+    if tensor == 1:
+        return t
+    if t.role in ("token_embd", "output") or role == "output" and t.role == "bias":
+        padded = -(-t.rows // _VOCAB_PADDING) * _VOCAB_PADDING
+        return replace(t, rows=padded // tensor)
+    base = role.split("_exps")[0].split("_shexp")[0]
+    if base in ("attn_k", "attn_v"):
+        return replace(t, rows=t.rows // min(tensor, t.kv_heads))
+    if base == "attn_qkv":
+        kv_rows = 2 * t.kv_heads * t.head_dim
+        per_rank_kv = 2 * kv_heads_per_rank(t.kv_heads, tensor) * t.head_dim
+        return replace(t, rows=(t.rows - kv_rows) // tensor + per_rank_kv)
+    if base in _COLUMN:
+        return replace(t, rows=t.rows // tensor)
+    if base in _ROW and t.matrix:
+        return replace(t, cols=t.cols // tensor)
+    return t

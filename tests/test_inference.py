@@ -1,0 +1,145 @@
+"""The inference planner: components that add up, peaks over phases, runtimes, parallel layouts, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vramfit.cli import main
+from vramfit.errors import InvalidSetting
+from vramfit.estimate import estimate
+from vramfit.memory import forward, kv_cache, overhead, runtimes
+from vramfit.model.sources import load_model
+from vramfit.settings import Settings
+from vramfit.units import GiB, MiB
+
+LLAMA3 = "meta-llama/Meta-Llama-3-8B"
+
+
+@pytest.fixture(scope="module")
+def llama3():  # type: ignore[no-untyped-def]
+    return load_model(LLAMA3)
+
+
+def test_components_sum_to_total_and_levels_make_the_peaks(llama3) -> None:  # type: ignore[no-untyped-def]
+    result = estimate(llama3, Settings(), seq_len=4096, new_tokens=512, batch_size=2)
+    memory = result.memory.as_dict()
+    assert sum(v for k, v in memory.items() if k != "total") == memory["total"]
+    assert result.peak.device == memory["total"]
+    assert result.peak.allocated <= result.peak.reserved <= result.peak.device
+    assert memory["weights"] == 2 * 8_030_261_248
+
+
+def test_json_contract_from_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", LLAMA3, "--mode", "inference", "--batch-size", "1", "--seq-len", "1024",
+                 "--dtype", "bf16", "--kv-dtype", "fp8", "--attention", "flash", "--runtime", "transformers",
+                 "--gpus", "1", "--tp", "1", "--pp", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("weights", "kv_cache", "activations", "logits", "cuda_context", "workspace", "allocator_reserve"):
+        assert key in out["memory"]
+    assert set(out["peak"]) == {"allocated", "reserved", "device"}
+
+
+def test_eager_attention_materializes_scores_and_sdpa_does_not(llama3) -> None:  # type: ignore[no-untyped-def]
+    sdpa = estimate(llama3, Settings(), seq_len=8192, attention="sdpa").memory["activations"]
+    eager = estimate(llama3, Settings(), seq_len=8192, attention="eager").memory["activations"]
+    scores = 32 * 8192 * 8192  # heads x T x T, one sequence
+    assert eager - sdpa >= scores * (2 + 4 + 2)
+
+
+def test_generate_keeps_logits_of_the_last_position_only(llama3) -> None:  # type: ignore[no-untyped-def]
+    generating = estimate(llama3, Settings(), seq_len=4096, new_tokens=16, batch_size=4).memory["logits"]
+    vocab = 128256
+    assert generating <= 4 * vocab * (2 + 4 + 4)   # decode: dtype logits + fp32 copy + sampling copy
+    forward_only = forward.logits_bytes(vocab, rows=4 * 4096, element_bytes=2, fp32_copies=0)
+    assert forward_only == 4 * 4096 * vocab * 2
+
+
+def test_peak_is_prefill_or_decode_not_their_sum(llama3) -> None:  # type: ignore[no-untyped-def]
+    long_prompt = estimate(llama3, Settings(), seq_len=8192, new_tokens=8, attention="eager")
+    assert "prefill" in " ".join(long_prompt.notes)
+    long_output = estimate(llama3, Settings(), seq_len=8192, new_tokens=8000, batch_size=8)
+    assert "decode" in " ".join(long_output.notes)
+    assert long_output.memory["kv_cache"] == 8 * GiB
+
+
+def test_beams_multiply_the_cache(llama3) -> None:  # type: ignore[no-untyped-def]
+    one = estimate(llama3, Settings(), seq_len=2048, new_tokens=1024).memory["kv_cache"]
+    beams = estimate(llama3, Settings(), seq_len=2048, new_tokens=1024, num_beams=4).memory["kv_cache"]
+    assert beams == 4 * one
+
+
+def test_vllm_reports_pool_tokens_and_full_length_sequences(llama3) -> None:  # type: ignore[no-untyped-def]
+    result = estimate(llama3, Settings(), name="vllm", seq_len=8192, gpu_memory=80 * GiB)
+    pool = result.extra["vllm"]
+    used = result.memory["weights"] + result.memory["activations"] + result.memory["logits"] + \
+        result.memory["cuda_context"]
+    per_block = 16 * 32 * 2 * 8 * 128 * 2   # block x layers x K,V x kv heads x head_dim x bf16
+    assert pool["num_blocks"] == (int(0.9 * 80 * GiB) - used) // per_block
+    assert pool["kv_cache_tokens"] == 16 * pool["num_blocks"]
+    assert pool["max_full_length_sequences"] == pool["num_blocks"] // (8192 // 16)
+    assert result.memory["kv_cache"] == pool["num_blocks"] * per_block
+
+
+def test_tensor_parallel_halves_weights_and_replicates_norms(llama3) -> None:  # type: ignore[no-untyped-def]
+    tp2 = estimate(llama3, Settings(), tensor=2, gpus=2).memory["weights"]
+    norms = 2 * 4096 * (2 * 32 + 1)
+    assert tp2 == (2 * 8_030_261_248 - norms) // 2 + norms
+
+
+def test_pipeline_reports_the_most_loaded_stage(llama3) -> None:  # type: ignore[no-untyped-def]
+    pp2 = estimate(llama3, Settings(), pipeline=2, gpus=2)
+    layer = 2 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096)
+    head = 2 * (128256 * 4096 + 4096)
+    assert pp2.memory["weights"] == 16 * layer + head   # the last stage: 16 layers, final norm and lm_head
+
+
+def test_invalid_tensor_parallel_names_the_field(llama3) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidSetting, match="tp"):
+        estimate(llama3, Settings(), tensor=3, gpus=3)
+
+
+def test_gguf_needs_llama_cpp_and_llama_cpp_offload_is_partial(llama3) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidSetting, match="llama.cpp"):
+        estimate(llama3, Settings(), quant="gguf-Q4_K_M")
+    full = estimate(llama3, Settings(), name="llama.cpp", quant="gguf-Q4_K_M", seq_len=4096)
+    half = estimate(llama3, Settings(), name="llama.cpp", quant="gguf-Q4_K_M", seq_len=4096, n_gpu_layers=16)
+    assert half.memory["weights"] < full.memory["weights"] / 2
+    assert half.memory["kv_cache"] == full.memory["kv_cache"] // 2
+    assert full.memory["kv_cache"] == GiB // 2   # 4096-token context, f16 K and V
+
+
+def test_config_quantization_config_is_honored_without_quant() -> None:
+    deepseek = load_model("deepseek-ai/DeepSeek-V3")
+    result = estimate(deepseek, Settings(), name="vllm", tensor=8, gpus=8, seq_len=4096)
+    assert any("FP8" in note for note in result.notes)
+    assert result.memory["weights"] < 700 * GiB / 8
+
+
+def test_llama_cpp_compute_buffer_without_flash_holds_the_scores() -> None:
+    no_fa = runtimes.llama_cpp_compute_bytes(context=8192, heads=32, hidden=4096, vocab=128256, flash=False,
+                                             logits_on_gpu=True)
+    assert no_fa == 512 * 8192 * 32 * 4 + 512 * 8192 * 2
+    fa = runtimes.llama_cpp_compute_bytes(context=8192, heads=32, hidden=4096, vocab=128256, flash=True,
+                                          logits_on_gpu=True)
+    assert fa == 512 * 128256 * 4 + 512 * 4096 * 4
+
+
+def test_allocator_rounds_large_segments_to_2_mib() -> None:
+    assert overhead.block_bytes(1) == 512
+    assert overhead.reserve_bytes([11 * MiB + 1]) == 12 * MiB - (11 * MiB + 512)
+    assert overhead.CUBLAS_WORKSPACE_BYTES == 8_519_680
+
+
+def test_memory_grows_with_batch_and_length(llama3) -> None:  # type: ignore[no-untyped-def]
+    totals = [estimate(llama3, Settings(), batch_size=b, seq_len=s, new_tokens=s // 2).memory.total
+              for b, s in ((1, 512), (2, 512), (2, 1024), (4, 2048))]
+    assert totals == sorted(totals)
+
+
+def test_kv_heads_replicated_when_tp_exceeds_them(llama3) -> None:  # type: ignore[no-untyped-def]
+    layers = tuple(llama3.architecture.layers())
+    layout = kv_cache.CacheLayout(element_bytes=kv_cache.element_bytes("auto", "bf16"), latent=False,
+                                  cap_window=True, tensor=16)
+    assert kv_cache.cache_bytes(layers, sequences=1, tokens=8192, layout=layout) == GiB // 8
