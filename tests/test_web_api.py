@@ -104,7 +104,8 @@ def test_gpu_list_carries_usable_bytes(client: TestClient) -> None:
 
 def test_openapi_documents_the_routes_and_the_settings_schema(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
-    assert {"/api/estimate", "/api/catalog", "/api/gpus"} <= set(schema["paths"])
+    assert {"/api/estimate", "/api/catalog", "/api/gpus", "/api/fit", "/api/check", "/api/max-batch",
+            "/api/max-context", "/api/plan"} <= set(schema["paths"])
     assert {"Settings", "Workload", "Estimate", "Component"} <= set(schema["components"]["schemas"])
     assert client.get("/docs").status_code == 200
 
@@ -116,3 +117,52 @@ def test_page_and_assets_are_served_locally(client: TestClient) -> None:
     assert "https://" not in page
     for asset in ("/static/vramfit.js", "/static/vramfit.css"):
         assert client.get(asset).status_code == 200
+
+
+def _model(name: str) -> Any:
+    from vramfit.model.sources import load_model
+
+    return load_model(name)
+
+
+def test_check_equals_the_python_api(client: TestClient) -> None:
+    from vramfit import search
+
+    body = client.post("/api/check", json={"model": "meta-llama/Llama-3.1-8B",
+                                           "settings": {"gpu": "rtx-4090"}}).json()
+    check = search.check(_model("meta-llama/Llama-3.1-8B"), Settings(gpu="rtx-4090"))
+    assert (body["fits"], body["total_bytes"], body["capacity_bytes"], body["headroom_bytes"]) == (
+        check.fits, check.total_bytes, check.capacity_bytes, check.headroom_bytes)
+
+
+@pytest.mark.parametrize(("route", "function"), [("max-batch", "max_batch"), ("max-context", "max_context")])
+def test_largest_equals_the_python_api(client: TestClient, route: str, function: str) -> None:
+    from vramfit import search
+
+    settings = {"gpu": "rtx-4090", "workload": {"batch_size": 2, "seq_len": 4096}}
+    body = client.post(f"/api/{route}", json={"model": "Qwen/Qwen3-8B", "settings": settings}).json()
+    found = getattr(search, function)(_model("Qwen/Qwen3-8B"), settings_from_dict(settings))
+    assert (body["value"], body["limited_by"]) == (found.value, found.limited_by)
+    assert body["at_value"]["total_bytes"] == found.at_value.total_bytes
+
+
+def test_fit_and_plan_equal_the_python_api(client: TestClient) -> None:
+    from vramfit import gpus, search
+
+    model = _model("meta-llama/Llama-3.1-70B")
+    fits = client.post("/api/fit", json={"model": "meta-llama/Llama-3.1-70B", "gpus": ["rtx-4090", "h100-80gb"],
+                                         "max_gpus": 8}).json()
+    expected_fit = search.fit(model, Settings(), gpus=[gpus.lookup("rtx-4090"), gpus.lookup("h100-80gb")],
+                              max_gpus=8)
+    assert [(f["gpu"]["id"], f["count"]) for f in fits] == [(f.gpu.id, f.count) for f in expected_fit]
+    planned = client.post("/api/plan", json={"model": "meta-llama/Llama-3.1-70B", "gpus": 4,
+                                             "gpu": "h100-80gb"}).json()
+    expected_plan = search.plan(model, Settings(), 4, gpu="h100-80gb")
+    assert [r["description"] for r in planned["layouts"]] == [r.layout.describe() for r in expected_plan.layouts]
+    assert planned["layouts"], "70B in bf16 on 4 H100s has layouts that fit"
+
+
+def test_searches_need_a_gpu(client: TestClient) -> None:
+    response = client.post("/api/max-batch", json={"model": "Qwen/Qwen3-8B"})
+    assert response.status_code == 422
+    assert "--gpu" in response.json()["detail"]

@@ -6,7 +6,11 @@ Routes (OpenAPI docs at /docs, the schema at /openapi.json):
     GET  /api/catalog?q=      catalog search (vramfit.model.catalog.search_catalog)
     GET  /api/gpus            the GPU catalog (vramfit.gpus): sold and usable bytes, for the page's verdicts
     POST /api/estimate        EstimateRequest -> vramfit.result.Estimate
-    POST /api/fit, /api/max-batch, /api/max-context, /api/plan   the searches in vramfit.search
+    POST /api/fit             FitRequest -> the fewest GPUs of each kind (vramfit.search.fit)
+    POST /api/check           EstimateRequest -> does it fit settings.gpu (vramfit.search.check)
+    POST /api/max-batch       LargestRequest -> the largest batch that fits (vramfit.search.max_batch)
+    POST /api/max-context     LargestRequest -> the longest context that fits (vramfit.search.max_context)
+    POST /api/plan            PlanRequest -> parallel layouts of N GPUs, best first (vramfit.search.plan)
 
 A request names a catalog id or carries a pasted config.json; never a path on the server, and never the
 network unless the operator started the server with --allow-network. Bodies are capped at `max_body_bytes`
@@ -34,7 +38,19 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 from vramfit.estimate import estimate
 from vramfit.model.loaded import Model
 from vramfit.result import Estimate
-from vramfit.web.schemas import CatalogModel, EstimateRequest, GPUCapacity, ModelRequest
+from vramfit.web.schemas import (
+    CatalogModel,
+    CheckOut,
+    EstimateRequest,
+    FitRequest,
+    GpuFitOut,
+    GPUCapacity,
+    LargestOut,
+    LargestRequest,
+    ModelRequest,
+    PlanOut,
+    PlanRequest,
+)
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY_BYTES = 1024**2
@@ -89,29 +105,44 @@ def _routes(app: FastAPI) -> None:
 
     @app.post("/api/estimate", response_model=Estimate, summary="Per-GPU memory, component by component")
     def estimate_route(body: EstimateRequest, request: Request) -> Estimate:
-        return estimate(load(body, allow_network=request.app.state.allow_network), body.settings)
+        return estimate(_model(body, request), body.settings)
 
     _search_routes(app)
 
 
 def _search_routes(app: FastAPI) -> None:
-    """fit, max-batch, max-context and plan: each runs vramfit.search on the request's model and settings."""
-    try:
-        from vramfit import search
-    except ImportError:
-        return
-    for path, name in (("fit", "fit"), ("max-batch", "max_batch"), ("max-context", "max_context"),
-                       ("plan", "plan")):
-        function = getattr(search, name, None)
-        if function is not None:
-            _search_route(app, path, function)
+    """fit, max-batch, max-context and plan: vramfit.search on the request's model and settings."""
+    from vramfit import search
+
+    @app.post("/api/fit", response_model=list[GpuFitOut], summary="Fewest GPUs of each kind that fit, and how")
+    def fit_route(body: FitRequest, request: Request) -> list[GpuFitOut]:
+        from vramfit import gpus
+
+        chosen = [gpus.lookup(name) for name in body.gpus] if body.gpus is not None else list(gpus.CATALOG)
+        found = search.fit(_model(body, request), body.settings, gpus=chosen, max_gpus=body.max_gpus)
+        return [GpuFitOut.of(f) for f in found]
+
+    @app.post("/api/check", response_model=CheckOut, summary="Does it fit the GPU settings.gpu names?")
+    def check_route(body: EstimateRequest, request: Request) -> CheckOut:
+        return CheckOut.of(search.check(_model(body, request), body.settings))
+
+    @app.post("/api/max-batch", response_model=LargestOut, summary="Largest batch that fits settings.gpu")
+    def max_batch_route(body: LargestRequest, request: Request) -> LargestOut:
+        limit = {"limit": body.limit} if body.limit else {}
+        return LargestOut.of(search.max_batch(_model(body, request), body.settings, **limit))
+
+    @app.post("/api/max-context", response_model=LargestOut, summary="Longest context that fits settings.gpu")
+    def max_context_route(body: LargestRequest, request: Request) -> LargestOut:
+        return LargestOut.of(search.max_context(_model(body, request), body.settings, limit=body.limit))
+
+    @app.post("/api/plan", response_model=PlanOut, summary="Parallel layouts of N GPUs that fit, best first")
+    def plan_route(body: PlanRequest, request: Request) -> PlanOut:
+        return PlanOut.of(search.plan(_model(body, request), body.settings, body.gpus, gpu=body.gpu,
+                                      global_batch=body.global_batch, top=body.top))
 
 
-def _search_route(app: FastAPI, path: str, function: Callable[..., Any]) -> None:
-    def route(body: EstimateRequest, request: Request) -> Any:
-        return function(load(body, allow_network=request.app.state.allow_network), body.settings)
-
-    app.post(f"/api/{path}", summary=(function.__doc__ or path).strip().splitlines()[0])(route)
+def _model(body: ModelRequest, request: Request) -> Model:
+    return load(body, allow_network=request.app.state.allow_network)
 
 
 def load(body: ModelRequest, *, allow_network: bool) -> Model:

@@ -4,17 +4,24 @@ A request names its model by catalog id (`model`) or carries a pasted config.jso
 `vramfit.settings.Settings` the Python API takes; pydantic validates the dataclass fields' types and Literal
 choices, `Settings.validate()` then applies the same rules as the CLI. Keys a dataclass does not have are
 rejected (pydantic would otherwise drop them silently, and a typo would give a silently wrong number).
-Responses are `vramfit.result.Estimate` itself; searches add their own small result types.
+Responses are `vramfit.result.Estimate` itself, and for the searches `vramfit.search`'s result dataclasses
+with their derived properties (fits, headroom, relative step cost) written out as fields, since JSON has no
+properties: `CheckOut.of(check)` and friends copy them, nothing is recomputed here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vramfit.gpus import GPU
+from vramfit.result import Estimate
 from vramfit.settings import LoRA, Parallelism, Precision, Runtime, Settings, Training, Workload
+
+if TYPE_CHECKING:
+    from vramfit import search
 
 _PARTS: dict[str, type] = {"workload": Workload, "precision": Precision, "training": Training,
                            "parallelism": Parallelism, "runtime": Runtime}
@@ -80,3 +87,107 @@ class GPUCapacity(BaseModel):
     name: str
     memory_bytes: int
     usable_bytes: int
+
+
+class FitRequest(EstimateRequest):
+    """fit: for each GPU, the fewest (1, 2, 4, ... max_gpus) that run the workload, and how."""
+
+    gpus: list[str] | None = Field(default=None, max_length=64,
+                                   description="GPU names from the catalog (default: every GPU in it)")
+    max_gpus: int = Field(default=8, ge=1, le=1024, description="largest GPU count tried")
+
+
+class LargestRequest(EstimateRequest):
+    """max-batch / max-context on the GPU that settings.gpu or settings.gpu_memory names."""
+
+    limit: int | None = Field(default=None, ge=1, description="search bound (default: vramfit.search's)")
+
+
+class PlanRequest(EstimateRequest):
+    """plan: the parallel layouts of `gpus` GPUs that fit, best first."""
+
+    gpus: int = Field(ge=1, le=4096, description="GPUs in all")
+    gpu: str | None = Field(default=None, max_length=100, description="GPU name (default: settings.gpu)")
+    global_batch: int | None = Field(default=None, ge=1, description="training: sequences per optimizer step")
+    top: int = Field(default=5, ge=1, le=50, description="layouts returned")
+
+
+class CheckOut(BaseModel):
+    """vramfit.search.Check: one estimate against one GPU's usable memory."""
+
+    fits: bool
+    total_bytes: int
+    capacity_bytes: int
+    headroom_bytes: int
+    estimate: Estimate
+
+    @classmethod
+    def of(cls, check: search.Check) -> CheckOut:
+        return cls(fits=check.fits, total_bytes=check.total_bytes, capacity_bytes=check.capacity_bytes,
+                   headroom_bytes=check.headroom_bytes, estimate=check.estimate)
+
+
+class LargestOut(BaseModel):
+    """vramfit.search.Largest: the largest batch or context that fits, and what stopped the search."""
+
+    name: str
+    value: int
+    limited_by: str
+    capacity_bytes: int
+    at_value: CheckOut | None
+    above: CheckOut | None
+    calls: int
+
+    @classmethod
+    def of(cls, found: search.Largest) -> LargestOut:
+        return cls(name=found.name, value=found.value, limited_by=found.limited_by,
+                   capacity_bytes=found.capacity_bytes, calls=found.calls,
+                   at_value=CheckOut.of(found.at_value) if found.at_value else None,
+                   above=CheckOut.of(found.above) if found.above else None)
+
+
+class RankedOut(BaseModel):
+    """vramfit.search.Ranked: a layout that fits, its memory, and its step cost relative to the ideal."""
+
+    layout: dict[str, Any]
+    description: str
+    check: CheckOut
+    step_relative: float
+    step_parts_s: dict[str, float]
+    step_ideal_s: float
+
+    @classmethod
+    def of(cls, ranked: search.Ranked) -> RankedOut:
+        return cls(layout=dataclasses.asdict(ranked.layout), description=ranked.layout.describe(),
+                   check=CheckOut.of(ranked.check), step_relative=ranked.cost.relative,
+                   step_parts_s=dict(ranked.cost.parts_s), step_ideal_s=ranked.cost.ideal_s)
+
+
+class PlanOut(BaseModel):
+    """vramfit.search.PlanResult."""
+
+    gpus: int
+    gpu: str
+    capacity_bytes: int
+    layouts: list[RankedOut]
+    considered: int
+    estimated: int
+    notes: list[str]
+
+    @classmethod
+    def of(cls, result: search.PlanResult) -> PlanOut:
+        return cls(gpus=result.gpus, gpu=result.gpu, capacity_bytes=result.capacity_bytes,
+                   layouts=[RankedOut.of(r) for r in result.layouts], considered=result.considered,
+                   estimated=result.estimated, notes=list(result.notes))
+
+
+class GpuFitOut(BaseModel):
+    """vramfit.search.GpuFit: the fewest GPUs of one kind that run the workload (count 0: none up to max)."""
+
+    gpu: GPU
+    count: int
+    best: RankedOut | None
+
+    @classmethod
+    def of(cls, found: search.GpuFit) -> GpuFitOut:
+        return cls(gpu=found.gpu, count=found.count, best=RankedOut.of(found.best) if found.best else None)
