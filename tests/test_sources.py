@@ -226,11 +226,25 @@ def test_unknown_model_type_names_the_file(tmp_path: Path) -> None:
 
 # The hub, replaced at huggingface_hub's boundary.
 
-def _hub_metadata(counts: dict[str, int]) -> SimpleNamespace:
-    tensors = {name: SimpleNamespace(dtype=dtype, data_offsets=(0, 2 * count)) for name, (dtype, count) in
-               enumerate(counts.items())}
-    return SimpleNamespace(parameter_count=counts, files_metadata={"model.safetensors": SimpleNamespace(
-        tensors=tensors)})
+def _hub_metadata(tensors: dict[str, tuple[str, list[int]]]) -> Any:
+    """What get_safetensors_metadata returns, built from huggingface_hub's own dataclasses."""
+    from huggingface_hub.utils import SafetensorsFileMetadata, SafetensorsRepoMetadata, TensorInfo
+
+    infos, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        size = 2 * _elements(shape)  # BF16: 2 bytes per element
+        infos[name] = TensorInfo(dtype=dtype, shape=shape, data_offsets=(offset, offset + size))
+        offset += size
+    files = {"model.safetensors": SafetensorsFileMetadata(metadata={}, tensors=infos)}
+    return SafetensorsRepoMetadata(metadata=None, sharded=False, files_metadata=files,
+                                   weight_map=dict.fromkeys(infos, "model.safetensors"))
+
+
+def _elements(shape: list[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
 
 
 def _http_error(cls: type[Exception], message: str) -> Exception:
@@ -245,12 +259,14 @@ def test_hub_reads_config_and_safetensors_metadata(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
                         lambda repo_id, filename, **kw: calls.append((repo_id, filename)) or str(path))
     monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata",
-                        lambda repo_id, **kw: _hub_metadata({"BF16": TINY_PARAMETERS}))
+                        lambda repo_id, **kw: _hub_metadata(tiny_tensors("BF16")))
     model = load_model("acme/remote", allow_network=True)
     assert calls == [("acme/remote", "config.json")]
     assert model.source == "hub"
     assert model.stored is not None
     assert (model.stored.elements_by_dtype, model.stored.bytes) == ({"BF16": TINY_PARAMETERS}, 2 * TINY_PARAMETERS)
+    assert model.stored.tensors == 3 + 2 * 9
+    assert model.notes == ()
 
 
 def test_hub_is_not_asked_without_allow_network(monkeypatch: pytest.MonkeyPatch) -> None:

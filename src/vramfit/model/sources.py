@@ -62,8 +62,9 @@ def load_model(spec: str, *, allow_network: bool = False) -> Model:
     if not allow_network:
         close = close_matches(spec)
         hint = f" (close catalog ids: {', '.join(close)})" if close else ""
-        raise ModelNotFound(f"{spec}: not in the built-in catalog{hint} nor in the local Hugging Face cache "
-                            f"({hub_cache_dir()}); pass --allow-network to read it from the hub, or {_LOCAL_FIX}")
+        raise ModelNotFound(f"{spec}: no such folder here, not in the built-in catalog{hint} nor in the local "
+                            f"Hugging Face cache ({hub_cache_dir()}); pass --allow-network to read it from the "
+                            f"hub, or {_LOCAL_FIX}")
     return _from_hub(spec)
 
 
