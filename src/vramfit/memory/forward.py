@@ -106,3 +106,12 @@ def logits_bytes(vocab: int, *, rows: int, element_bytes: int, fp32_copies: int)
     matrix") so rows = sequences; then `outputs.logits[:, -1].to(copy=True, dtype=torch.float32)`: one fp32
     copy, and sampling's softmax one more. A plain forward (no generation) returns all B*T positions."""
     return rows * vocab * (element_bytes + 4 * fp32_copies)
+
+
+def sampler_bytes(vocab: int, *, rows: int, element_bytes: int) -> int:
+    """vLLM's top-k/top-p sampler on `rows` x vocab logits (vllm/v1/sample/ops/topk_topp_sampler.py
+    `apply_top_k_top_p`): the model-dtype logits, their fp32 copy, `logits.sort` values (fp32) and indices
+    (int64), the softmax of the sorted values (cumsum in place) and the bool top-p mask, all alive at once:
+    e + 4 + 4 + 8 + 4 + 1 bytes per element. (vLLM V0's sampler kept the cumsum and an inverse index as
+    well: 12 bytes more per element.)"""
+    return rows * vocab * (element_bytes + 4 + 4 + 8 + 4 + 1)

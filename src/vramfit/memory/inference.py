@@ -39,6 +39,7 @@ class Stage:
     index: int
     last: bool
     weight_requests: tuple[int, ...]
+    dequantized_bytes: int = 0   # the largest matrix a prefill matmul dequantizes (bnb 4-bit)
 
     @property
     def element_bytes(self) -> int:
@@ -97,11 +98,13 @@ def _check_layout(arch: Architecture, settings: Settings, fmt: weights.WeightFor
 def _stage(arch: Architecture, settings: Settings, fmt: weights.WeightFormat, profile: Profile,
            index: int) -> Stage:
     par, dtype = settings.parallelism, settings.precision.dtype
-    tensors = sharding.rank_tensors(arch, tensor=par.tensor, stage=index, stages=par.pipeline, expert=par.expert)
+    tensors = sharding.rank_tensors(arch, tensor=par.tensor, stage=index, stages=par.pipeline, expert=par.expert,
+                                    vocab_parallel=profile.vocab_parallel)
     requests = tuple(weights.tensor_bytes(fmt, t, dtype) for t in tensors)
     return Stage(arch=arch, settings=settings, fmt=fmt, profile=profile,
                  layers=sharding.stage_layers(arch, index, par.pipeline), index=index,
-                 last=index == par.pipeline - 1, weight_requests=requests)
+                 last=index == par.pipeline - 1, weight_requests=requests,
+                 dequantized_bytes=weights.dequantized_matrix_bytes(fmt, tensors, dtype))
 
 
 def _layout(stage: Stage, *, prefill: bool = False) -> CacheLayout:
@@ -151,23 +154,30 @@ def _on_demand(stage: Stage) -> Result:
 Moment = tuple[str, int, int, int]  # name, cache, activations, logits
 
 
+def _prefill_cache(stage: Stage, sequences: int) -> int:
+    """The cache during the prefill: the prompt's, or the whole length where it is allocated up front."""
+    w = stage.settings.workload
+    tokens = w.seq_len if stage.profile.cache_before_prefill else w.prompt_len
+    return kv_cache.cache_bytes(stage.layers, sequences=sequences, tokens=tokens, layout=_layout(stage, prefill=True))
+
+
 def _prefill_moment(stage: Stage, sequences: int) -> Moment:
     w = stage.settings.workload
     prompt = w.prompt_len
-    cache = kv_cache.cache_bytes(stage.layers, sequences=sequences, tokens=prompt, layout=_layout(stage, prefill=True))
+    cache = _prefill_cache(stage, sequences)
     chunk = min(w.prefill_chunk or prompt, prompt)
     p = forward.Pass(sequences=sequences, tokens=chunk, context=prompt, element_bytes=stage.element_bytes,
                      attention=stage.settings.runtime.attention)
-    return "prefill", cache, forward.prefill_bytes(stage.arch, stage.layers, p), 0
+    dequantized = stage.dequantized_bytes if chunk > 1 else 0
+    return "prefill", cache, forward.prefill_bytes(stage.arch, stage.layers, p) + dequantized, 0
 
 
 def _head_moment(stage: Stage, sequences: int) -> Moment:
     w = stage.settings.workload
-    cache = kv_cache.cache_bytes(stage.layers, sequences=sequences, tokens=w.prompt_len,
-                                 layout=_layout(stage, prefill=True))
+    cache = _prefill_cache(stage, sequences)
     if not stage.last:
         return "head", cache, 0, 0
-    rows = sequences if w.new_tokens else sequences * w.prompt_len
+    rows = sequences if w.new_tokens and not stage.profile.all_position_logits else sequences * w.prompt_len
     hidden = forward.resident_bytes(stage.arch.hidden_size, forward.Pass(
         sequences=sequences, tokens=w.prompt_len, context=w.prompt_len, element_bytes=stage.element_bytes))
     logits = forward.logits_bytes(stage.arch.vocab_size, rows=rows, element_bytes=stage.element_bytes,
@@ -198,8 +208,9 @@ def _preallocated(stage: Stage) -> Result:
                      attention="flash")
     activations = forward.prefill_bytes(stage.arch, stage.layers, p)
     seqs = min(s.runtime.max_num_seqs or runtimes.VLLM_MAX_NUM_SEQS, tokens)
-    logits = forward.logits_bytes(stage.arch.vocab_size, rows=seqs, element_bytes=stage.element_bytes,
-                                  fp32_copies=2) if stage.last else 0
+    hidden = tokens * stage.arch.hidden_size * stage.element_bytes
+    logits = forward.sampler_bytes(stage.arch.vocab_size, rows=seqs, element_bytes=stage.element_bytes) + hidden \
+        if stage.last else 0
     activations, logits = (activations, 0) if activations >= logits else (0, logits)
     context = overhead.vllm_non_torch(s.parallelism.tensor)
     used = stage.weights_bytes + activations + logits + context.bytes
@@ -210,8 +221,9 @@ def _preallocated(stage: Stage) -> Result:
                   "peak - non-torch, in whole blocks", source=stage.profile.source),
         Component(name="activations", bytes=activations,
                   formula=f"profiling forward of max_num_batched_tokens={tokens}", source="vramfit.memory.forward"),
-        Component(name="logits", bytes=logits, formula=f"sampler dummy run: {seqs} rows x vocab x (dtype + 2 x fp32)",
-                  source="vLLM gpu_model_runner._dummy_sampler_run"),
+        Component(name="logits", bytes=logits, formula=f"sampler dummy run: {seqs} rows x vocab x (dtype + 21) "
+                  "+ the batch's hidden states", source="vLLM gpu_model_runner._dummy_sampler_run; "
+                  "v1/sample/ops/topk_topp_sampler.py apply_top_k_top_p"),
         context,
     )
     return components, notes, extra

@@ -11,6 +11,9 @@ forward and overhead.
   `determine_available_memory`, vllm/v1/core/kv_cache_utils.py `get_num_blocks`: available //
   (block_size x page bytes per token x layers)).
 - SGLang: the same pre-allocation (`mem_fraction_static`), MLA latent cache, page size 1 by default.
+- litgpt: like transformers, but its KV cache is allocated for prompt + new tokens before the prefill,
+  the prefill returns logits for every prompt position, and its tensor parallelism (generate/tp.py) leaves
+  the embedding and lm_head whole on every rank.
 - llama.cpp: weights of the offloaded layers (`-ngl N` puts the last N blocks on the GPU; the output layer
   too when N exceeds the block count; the token embedding stays on the host: llama-model.cpp
   `i_gpu_start = n_layer - n_gpu_layers`), a KV cache for the full context allocated up front, padded to
@@ -41,6 +44,9 @@ class Profile:
     preallocates: bool        # a fixed fraction of the GPU becomes the KV pool
     prefill_keeps_prompt: bool  # sliding layers keep the whole prompt after prefill (transformers' view)
     source: str
+    vocab_parallel: bool = True   # tensor parallelism splits the embedding and lm_head
+    cache_before_prefill: bool = False  # the whole cache (prompt + new tokens) exists before the prefill
+    all_position_logits: bool = False   # the forward returns logits for every prompt position
 
 
 PROFILES = {
@@ -56,6 +62,12 @@ PROFILES = {
     "llama.cpp": Profile(name="llama.cpp", latent_mla=True, cap_window=False, paged=False, preallocates=False,
                          prefill_keeps_prompt=False,
                          source="llama.cpp llama-kv-cache.cpp, llama-context.cpp, ggml-alloc.c"),
+    "litgpt": Profile(name="litgpt", latent_mla=False, cap_window=False, paged=False, preallocates=False,
+                      prefill_keeps_prompt=False, vocab_parallel=False, cache_before_prefill=True,
+                      all_position_logits=True,
+                      source="litgpt generate/base.py (model.set_kv_cache(max_seq_length=prompt + new tokens) "
+                             "before the prefill; GPT.forward returns logits for all positions), generate/tp.py "
+                             "(shards attention qkv/proj and MLP only: wte and lm_head are replicated)"),
 }
 
 

@@ -60,7 +60,7 @@ def validate_tensor_parallel(arch: Architecture, tensor: int) -> None:
 
 
 def rank_tensors(arch: Architecture, *, tensor: int = 1, stage: int = 0, stages: int = 1,
-                 expert: int = 1) -> list[WeightTensor]:
+                 expert: int = 1, vocab_parallel: bool = True) -> list[WeightTensor]:
     """The tensors (sliced) one GPU holds: pipeline stage `stage` of `stages`, one tensor-parallel rank."""
     counts = stage_layer_counts(arch.num_layers, stages)
     first, last = sum(counts[:stage]), sum(counts[:stage + 1])
@@ -72,21 +72,24 @@ def rank_tensors(arch: Architecture, *, tensor: int = 1, stage: int = 0, stages:
         else:
             keep = first <= t.layer < last
         if keep:
-            out.append(shard(t, tensor, expert))
+            out.append(shard(t, tensor, expert, vocab_parallel=vocab_parallel))
     if stages > 1 and arch.head.tied and arch.head.output is not None and stage == stages - 1:
         emb = arch.embedding.tokens
-        out.append(shard(WeightTensor(role="output", rows=emb.rows, cols=emb.dim), tensor, expert))
+        out.append(shard(WeightTensor(role="output", rows=emb.rows, cols=emb.dim), tensor, expert,
+                         vocab_parallel=vocab_parallel))
     return out
 
 
-def shard(t: WeightTensor, tensor: int, expert: int = 1) -> WeightTensor:
-    """One rank's slice of a tensor."""
+def shard(t: WeightTensor, tensor: int, expert: int = 1, *, vocab_parallel: bool = True) -> WeightTensor:
+    """One rank's slice of a tensor (embedding and head whole on every rank unless vocab_parallel)."""
     if t.expert and expert > 1:
         return replace(t, count=-(-t.count // expert))
     role = t.parent or t.role
     if tensor == 1:
         return t
     if t.role in ("token_embd", "output") or role == "output" and t.role == "bias":
+        if not vocab_parallel:
+            return t
         padded = -(-t.rows // _VOCAB_PADDING) * _VOCAB_PADDING
         return replace(t, rows=padded // tensor)
     base = role.split("_exps")[0].split("_shexp")[0]

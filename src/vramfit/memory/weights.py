@@ -339,6 +339,17 @@ def model_weight_bytes(arch: Architecture, fmt: WeightFormat, dtype: str) -> int
     return sum(tensor_bytes(fmt, t, dtype) for t in weight_tensors(arch))
 
 
+def dequantized_matrix_bytes(fmt: WeightFormat, tensors: list[WeightTensor], dtype: str) -> int:
+    """bitsandbytes 4-bit matmuls with more than one token dequantize the whole weight to the compute dtype
+    (bitsandbytes/autograd/_functions.py `matmul_4bit`: the gemv_4bit kernel only for a single row, else
+    `MatMul4Bit.forward`: F.dequantize_4bit(B, quant_state).to(A.dtype)); the largest such copy is a
+    transient of every prefill. Other formats: 0 (kernels read the packed weight)."""
+    if fmt.method != "bitsandbytes" or fmt.name == "bnb-int8":
+        return 0
+    sizes = [t.rows * t.cols for t in tensors if t.matrix and not fmt.keeps(t)]
+    return max(sizes, default=0) * DTYPE_BYTES[dtype]
+
+
 def quantized_linear_bytes(rows: int, cols: int, *, quant: str | None, dtype: str, bias: bool = False) -> int:
     """Bytes of one Linear (out=rows, in=cols) in a format: for reuse (QLoRA base weights, per-layer sums)."""
     fmt = resolve(quant or "none", dtype)
