@@ -143,3 +143,32 @@ def test_kv_heads_replicated_when_tp_exceeds_them(llama3) -> None:  # type: igno
     layout = kv_cache.CacheLayout(element_bytes=kv_cache.element_bytes("auto", "bf16"), latent=False,
                                   cap_window=True, tensor=16)
     assert kv_cache.cache_bytes(layers, sequences=1, tokens=8192, layout=layout) == GiB // 8
+
+
+def test_draft_model_adds_its_weights_and_cache(llama3) -> None:  # type: ignore[no-untyped-def]
+    draft = load_model("meta-llama/Llama-3.2-1B-Instruct").architecture
+    result = estimate(llama3, Settings(), seq_len=4096, new_tokens=256, draft_model="meta-llama/Llama-3.2-1B-Instruct")
+    assert result.memory["draft_weights"] == 2 * draft.parameter_count().total
+    per_token = sum(2 * layer.attention.kv_heads * layer.attention.head_dim * 2 for layer in draft.layers())
+    assert result.memory["draft_kv_cache"] == 4096 * per_token
+
+
+def test_chunked_prefill_bounds_the_prefill_transient(llama3) -> None:  # type: ignore[no-untyped-def]
+    whole = estimate(llama3, Settings(), seq_len=16384, new_tokens=16, batch_size=2)
+    chunked = estimate(llama3, Settings(), seq_len=16384, new_tokens=16, batch_size=2, prefill_chunk=2048)
+    assert chunked.memory["activations"] < whole.memory["activations"] / 4
+
+
+def test_sglang_keeps_the_mla_latent_and_fp8_cache_halves_the_pool_bytes_per_token() -> None:
+    deepseek = load_model("deepseek-ai/DeepSeek-V3")
+    result = estimate(deepseek, Settings(), name="sglang", tensor=8, gpus=8, seq_len=4096, gpu="H200")
+    assert result.extra["sglang"]["kv_cache_bytes_per_token"] == 61 * 576 * 2
+    fp8 = estimate(deepseek, Settings(), name="sglang", tensor=8, gpus=8, seq_len=4096, gpu="H200", kv_dtype="fp8")
+    assert fp8.extra["sglang"]["kv_cache_bytes_per_token"] == 61 * 576
+
+
+def test_unknown_runtime_quant_pairs_name_the_fix(llama3) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidSetting, match="gguf"):
+        estimate(llama3, Settings(), name="llama.cpp", quant="bnb-nf4")
+    with pytest.raises(InvalidSetting, match="pp"):
+        estimate(llama3, Settings(), pipeline=64, gpus=64)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from vramfit.model.architecture import (
     Architecture,
     Attention,
+    FeedForward,
     GatedMLP,
     LatentAttention,
     Layer,
@@ -59,10 +60,9 @@ def mlp_bytes(layer: Layer, p: Pass) -> int:
     return _ffn_width_bytes(mlp, rows, p.element_bytes)
 
 
-def _ffn_width_bytes(mlp: object, rows: int, element_bytes: int) -> int:
-    width = mlp.intermediate_size  # type: ignore[attr-defined]
+def _ffn_width_bytes(mlp: FeedForward, rows: int, element_bytes: int) -> int:
     tensors = 3 if isinstance(mlp, GatedMLP) else 2
-    return tensors * rows * width * element_bytes
+    return tensors * rows * mlp.intermediate_size * element_bytes
 
 
 def attention_bytes(layer: Layer, p: Pass) -> int:

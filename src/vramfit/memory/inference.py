@@ -238,8 +238,9 @@ def _pool(stage: Stage, used: int) -> tuple[int, tuple[str, ...], dict[str, Any]
     demand = kv_cache.cache_bytes(stage.layers, sequences=w.batch_size, tokens=w.seq_len, layout=layout)
     capacity = gpus.capacity_bytes(s.gpu, s.gpu_memory)
     if capacity is None:
-        return demand, (f"{stage.profile.name}: no --gpu given, so the KV cache shown is this workload's "
-                        "(batch x seq-len, whole blocks), not the pre-allocated pool",), {}
+        note = (f"{stage.profile.name}: no --gpu given, so the KV cache shown is this workload's "
+                "(batch x seq-len, whole blocks), not the pre-allocated pool")
+        return demand, (note,), {}
     budget = int(s.runtime.gpu_memory_utilization * capacity)
     per_token = kv_cache.bytes_per_token(stage.layers, replace(layout, block=1))
     pool = runtimes.vllm_pool(budget - used, bytes_per_token=per_token, block_size=layout.block,
@@ -250,24 +251,32 @@ def _pool(stage: Stage, used: int) -> tuple[int, tuple[str, ...], dict[str, Any]
                                   "budget_bytes": budget}}
     notes: tuple[str, ...] = ()
     if pool.bytes < demand:
-        notes = (f"{stage.profile.name}: the pool holds {pool.tokens} tokens, fewer than batch x seq-len "
-                 f"({w.batch_size * w.seq_len}); requests would queue or the engine would refuse to start",)
+        short = (f"{stage.profile.name}: the pool holds {pool.tokens} tokens, fewer than batch x seq-len "
+                 f"({w.batch_size * w.seq_len}); requests would queue or the engine would refuse to start")
+        notes = (short,)
     return pool.bytes, notes, extra
 
 
 # --- llama.cpp ------------------------------------------------------------------------------------------------
 
+def _llama_cpp_weights(arch: Architecture, fmt: weights.WeightFormat, dtype: str, *, first_gpu: int,
+                       output_on_gpu: bool) -> int:
+    """GGUF bytes of the tensors on the GPU: blocks from `first_gpu` on, the head side when offloaded,
+    never the token embedding (it stays in host memory)."""
+    file_type = fmt.name.removeprefix("gguf-") if fmt.method == "gguf" else ("BF16" if dtype == "bf16" else "F16")
+    seen_block, total = False, 0
+    for tensor, kind in weights.gguf_tensor_types(arch, file_type):
+        seen_block = seen_block or tensor.layer is not None
+        on_gpu = tensor.layer >= first_gpu if tensor.layer is not None else (seen_block and output_on_gpu)
+        total += tensor_type_bytes(kind, tensor.elements) if on_gpu else 0
+    return total
+
+
 def _llama_cpp(arch: Architecture, settings: Settings, fmt: weights.WeightFormat) -> Result:
     s, w = settings, settings.workload
     gpu_layers, output_on_gpu = runtimes.llama_cpp_gpu_layers(arch.num_layers, s.runtime.n_gpu_layers)
     first_gpu = arch.num_layers - gpu_layers
-    file_type = fmt.name.removeprefix("gguf-") if fmt.method == "gguf" else (
-        "BF16" if settings.precision.dtype == "bf16" else "F16")
-    seen_block, weight_bytes = False, 0
-    for tensor, kind in weights.gguf_tensor_types(arch, file_type):
-        seen_block = seen_block or tensor.layer is not None
-        on_gpu = tensor.layer >= first_gpu if tensor.layer is not None else (seen_block and output_on_gpu)
-        weight_bytes += tensor_type_bytes(kind, tensor.elements) if on_gpu else 0
+    weight_bytes = _llama_cpp_weights(arch, fmt, s.precision.dtype, first_gpu=first_gpu, output_on_gpu=output_on_gpu)
     layers = tuple(arch.layers())[first_gpu:]
     context = runtimes.llama_cpp_context(w.batch_size * w.seq_len)
     layout = CacheLayout(element_bytes=kv_cache.element_bytes(s.precision.kv_dtype, "fp16", ggml=True),

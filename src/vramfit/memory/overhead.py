@@ -68,12 +68,7 @@ def block_bytes(request: int) -> int:
 
 
 def segment_bytes(request: int) -> int:
-    """The segment a request alone would be cut from, as reserved memory sees it (large requests only;
-    small and medium ones share 2 MiB / 20 MiB segments)."""
-    if request <= _SMALL_REQUEST:
-        return block_bytes(request)
-    if request <= _MEDIUM_REQUEST:
-        return block_bytes(request)
+    """The segment of its own a large request (> 10 MiB) gets: rounded up to 2 MiB (`kRoundLarge`)."""
     return -(-request // _LARGE_ROUND) * _LARGE_ROUND
 
 

@@ -16,8 +16,8 @@ from vramfit.model.architecture import (
     Attention,
     FeedForward,
     GatedMLP,
-    Layer,
     LatentAttention,
+    Layer,
     Linear,
     MixtureOfExperts,
     Norm,
@@ -85,8 +85,10 @@ def _head_tensors(arch: Architecture) -> Iterator[WeightTensor]:
     for part in head.transform:
         if isinstance(part, Norm):
             yield from _norm_tensors(part, None)
-        else:
+        elif isinstance(part, Linear):
             yield from _linear_tensors(part, "head_transform", None)
+        else:  # a lone learned vector (BERT's untied MLM bias): 1-D, kept as stored
+            yield WeightTensor(role="bias", rows=part.rows * part.dim, cols=1, parent="output")
     if head.output is None:
         return
     if head.tied:
@@ -116,10 +118,11 @@ def _attention_tensors(attn: Attention | LatentAttention, index: int, *, prefix:
         roles = ["attn_qkv", "attn_output"]
     else:
         roles = ["attn_q", "attn_k", "attn_v", "attn_output"]
-    kv = {} if isinstance(attn, LatentAttention) else {"kv_heads": attn.kv_heads, "head_dim": attn.head_dim}
+    kv_heads, head_dim = (0, 0) if isinstance(attn, LatentAttention) else (attn.kv_heads, attn.head_dim)
     for linear, role in zip(linears, roles):
-        heads = kv if role in ("attn_k", "attn_v", "attn_qkv") else {}
-        yield from _linear_tensors(linear, role.replace("attn", prefix, 1), index, **heads)
+        split = role in ("attn_k", "attn_v", "attn_qkv")
+        yield from _linear_tensors(linear, role.replace("attn", prefix, 1), index, kv_heads=kv_heads if split else 0,
+                                   head_dim=head_dim if split else 0)
     for norm in attn.norms():
         yield from _norm_tensors(norm, index)
     for table in attn.tables():
