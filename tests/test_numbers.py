@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vramfit.errors import InvalidSetting
 from vramfit.model.architecture import (
@@ -139,3 +141,15 @@ def test_impossible_numbers_name_the_flag(kwargs: dict[str, int], flag: str) -> 
     params = kwargs.pop("params")
     with pytest.raises(InvalidSetting, match=flag):
         model_from_numbers(params, **kwargs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(params=st.integers(min_value=50_000_000, max_value=2_000_000_000_000))
+def test_any_count_gets_a_standard_shape_whose_total_is_the_count(params: int) -> None:
+    model = model_from_numbers(params)
+    arch = model.architecture
+    assert arch.hidden_size == 128 * arch.num_layers
+    # Only the rounding of the solved MLP width separates the total from the stated count: half a column of
+    # the three SwiGLU matrices in every layer.
+    assert abs(arch.parameter_count().total - params) <= 3 * arch.hidden_size * arch.num_layers // 2
+    assert len(model.assumed) == 6  # the decoder kind, vocab, shape, heads, kv_heads, intermediate_size
