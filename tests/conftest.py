@@ -24,16 +24,24 @@ def _build_on_meta(config: Mapping[str, Any]) -> Any:
 
 
 @pytest.fixture(scope="session")
-def transformers_parameters() -> Callable[[Mapping[str, Any]], int]:
-    """sum(p.numel() for p in model.parameters()) of the transformers model for a config; parameters()
-    yields a tied weight once. Cached per config for the whole session."""
-    cache: dict[str, int] = {}
+def transformers_model() -> Callable[[Mapping[str, Any]], Any]:
+    """The transformers model for a config, built on the meta device once per session."""
+    cache: dict[str, Any] = {}
 
-    def count(config: Mapping[str, Any]) -> int:
+    def build(config: Mapping[str, Any]) -> Any:
         key = json.dumps(config, sort_keys=True)
         if key not in cache:
-            model = _build_on_meta(config)
-            cache[key] = sum(parameter.numel() for parameter in model.parameters())
+            cache[key] = _build_on_meta(config)
         return cache[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def transformers_parameters(transformers_model: Callable[[Mapping[str, Any]], Any]) -> Callable[[Mapping[str, Any]], int]:
+    """sum(p.numel() for p in model.parameters()) of the transformers model for a config; parameters()
+    yields a tied weight once."""
+    def count(config: Mapping[str, Any]) -> int:
+        return sum(parameter.numel() for parameter in transformers_model(config).parameters())
 
     return count

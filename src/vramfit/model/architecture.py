@@ -339,7 +339,7 @@ class Head:
 
     output: Linear | None
     tied: bool = False
-    transform: tuple[Linear | Norm, ...] = ()
+    transform: tuple[Linear | Norm | Table, ...] = ()  # Table: a lone learned vector (BERT's untied MLM bias)
 
     def parameters(self) -> int:
         transform = _sum_parts(self.transform)

@@ -15,12 +15,12 @@ from typing import Any
 
 from vramfit.errors import InvalidConfig, UnsupportedArchitecture
 from vramfit.model.architecture import Architecture
-from vramfit.model.readers import decoders, moe
+from vramfit.model.readers import classic, decoders, encoders, moe
 from vramfit.model.readers.fields import ALIASES, Fields
 
 Reader = Callable[[Fields], Architecture]
 
-_FAMILIES = (decoders, moe)
+_FAMILIES = (decoders, moe, classic, encoders)
 READERS: dict[str, Reader] = {name: reader for family in _FAMILIES for name, reader in family.READERS.items()}
 DEFAULTS: dict[str, dict[str, Any]] = {name: family.DEFAULTS[name] for family in _FAMILIES
                                        for name in family.READERS}

@@ -88,14 +88,18 @@ def class_name(f: Fields, *, prefix: str, classes: Sequence[str]) -> str:
     return str(name)
 
 
+LM_HEAD_CLASSES = ("ForCausalLM", "LMHeadModel")
+
+
 def causal_lm(f: Fields, *, name: str, layers: Sequence[Layer], final_norm: Norm | None,
-              embedding: Embedding | None = None, head_name: str = "lm_head", head_bias: bool = False) -> Architecture:
-    """A decoder-only model: token table, layers, final norm, and (for *ForCausalLM) the vocabulary head,
-    whose weight is the token table when tie_word_embeddings (with the model type's default) says so."""
+              embedding: Embedding | None = None, head_bias: bool = False) -> Architecture:
+    """A decoder-only model: token table, layers, final norm, and (for *ForCausalLM, *LMHeadModel) the
+    vocabulary head `lm_head`, from the token table's width, whose weight is the token table when
+    tie_word_embeddings (with the model type's default) says so."""
     hidden, vocab = f.integer("hidden_size"), f.integer("vocab_size")
     embedding = embedding or Embedding(tokens=Table(name="embed_tokens", rows=vocab, dim=hidden))
-    output = Linear(name=head_name, in_features=hidden, out_features=vocab, bias=head_bias)
-    head = Head(output=output, tied=f.flag("tie_word_embeddings")) if name.endswith("ForCausalLM") \
+    output = Linear(name="lm_head", in_features=embedding.tokens.dim, out_features=vocab, bias=head_bias)
+    head = Head(output=output, tied=f.flag("tie_word_embeddings")) if name.endswith(LM_HEAD_CLASSES) \
         else Head(output=None)
     return Architecture(model_type=f.model_type, class_name=name, hidden_size=hidden, vocab_size=vocab,
                         embedding=embedding, head=head, decoder=Stack(layers=tuple(layers), final_norm=final_norm),
