@@ -269,6 +269,22 @@ def test_hub_reads_config_and_safetensors_metadata(tmp_path: Path, monkeypatch: 
     assert model.notes == ()
 
 
+def test_hub_header_trouble_after_the_config_is_only_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY))
+
+    def timeout(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("read timed out")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(path))
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", timeout)
+    model = load_model("acme/remote", allow_network=True)
+    assert (model.source, model.stored) == ("hub", None)
+    assert model.architecture.parameter_count().total == TINY_PARAMETERS
+    assert "TimeoutError: read timed out" in model.notes[0]
+
+
 def test_hub_is_not_asked_without_allow_network(monkeypatch: pytest.MonkeyPatch) -> None:
     huggingface_hub = pytest.importorskip("huggingface_hub")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("hub asked"))

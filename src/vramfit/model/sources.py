@@ -102,7 +102,7 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def _build(name: str, config: dict[str, Any], *, source: str, label: str,
-           stored: StoredTensors | None = None) -> Model:
+           stored: StoredTensors | None = None, extra_notes: tuple[str, ...] = ()) -> Model:
     """Read the architecture; errors name where the config came from."""
     from vramfit.model.hf_config import read_architecture
 
@@ -113,7 +113,7 @@ def _build(name: str, config: dict[str, Any], *, source: str, label: str,
         raise UnsupportedArchitecture(f"{label}: {error}{custom}") from error
     except VramfitError as error:
         raise type(error)(f"{label}: {error}") from error
-    notes = _stored_notes(architecture.parameter_count().total, stored, config)
+    notes = _stored_notes(architecture.parameter_count().total, stored, config) + extra_notes
     return Model(name=name, architecture=architecture, source=source, config=config, stored=stored, notes=notes)
 
 
@@ -180,24 +180,32 @@ def _from_hub(repo_id: str) -> Model:
                            f"it with: pip install 'vramfit[hub]'. Or {_LOCAL_FIX}") from error
     try:
         config_file = huggingface_hub.hf_hub_download(repo_id, "config.json")
-        stored = _hub_stored(huggingface_hub, repo_id)
     except Exception as error:  # the hub client raises many types (HTTP, offline, auth); each becomes one line
         raise _hub_error(repo_id, error) from error
-    return _build(repo_id, read_config(Path(str(config_file))), source="hub", label=f"{repo_id} config.json",
-                  stored=stored)
+    config = read_config(Path(str(config_file)))
+    stored, note = _hub_stored(huggingface_hub, repo_id)
+    return _build(repo_id, config, source="hub", label=f"{repo_id} config.json", stored=stored, extra_notes=note)
 
 
-def _hub_stored(huggingface_hub: Any, repo_id: str) -> StoredTensors | None:
-    """Per-dtype element counts from the hub's safetensors headers (HTTP range requests, no weights)."""
+def _hub_stored(huggingface_hub: Any, repo_id: str) -> tuple[StoredTensors | None, tuple[str, ...]]:
+    """Per-dtype element counts from the hub's safetensors headers (HTTP range requests, no weights).
+
+    Optional: the parameter count comes from config.json, so a repository without safetensors, or headers
+    that cannot be read, leave `stored` empty (the latter with a note) instead of failing.
+    """
     from huggingface_hub.errors import NotASafetensorsRepoError
 
     try:
         metadata = huggingface_hub.get_safetensors_metadata(repo_id)
     except NotASafetensorsRepoError:
-        return None
+        return None, ()
+    except Exception as error:  # noqa: BLE001 - any hub trouble here only loses the optional stored summary
+        return None, ((f"safetensors headers of {repo_id} could not be read ({type(error).__name__}: "
+                       f"{_first_line(error)}); stored dtypes unknown"),)
     infos = [info for file in metadata.files_metadata.values() for info in file.tensors.values()]
-    return StoredTensors(elements_by_dtype=dict(metadata.parameter_count), tensors=len(infos),
-                         bytes=sum(info.data_offsets[1] - info.data_offsets[0] for info in infos))
+    stored = StoredTensors(elements_by_dtype=dict(metadata.parameter_count), tensors=len(infos),
+                           bytes=sum(info.data_offsets[1] - info.data_offsets[0] for info in infos))
+    return stored, ()
 
 
 def _hub_error(repo_id: str, error: Exception) -> VramfitError:
