@@ -156,6 +156,17 @@ def test_cache_uses_the_revision_refs_main_names(empty_cache: Path) -> None:
     assert cached_snapshot("acme/tiny") == empty_cache / "models--acme--tiny" / "snapshots" / "old"
 
 
+def test_cache_layout_agrees_with_huggingface_hub(empty_cache: Path) -> None:
+    # huggingface_hub's own reader of its cache layout finds the same config.json as the hand-written one.
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    _cache_snapshot(empty_cache, "acme/tiny", "0123abcd")
+    _cache_snapshot(empty_cache, "acme/tiny", "fedc9876", main=False)
+    theirs = huggingface_hub.try_to_load_from_cache("acme/tiny", "config.json", cache_dir=empty_cache)
+    snapshot = cached_snapshot("acme/tiny")
+    assert snapshot is not None
+    assert Path(str(theirs)) == snapshot / "config.json"
+
+
 def test_cache_location_follows_huggingface_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("HF_HUB_CACHE")
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
