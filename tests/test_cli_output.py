@@ -136,6 +136,8 @@ def test_every_estimate_flag_states_its_default() -> None:
     ("heads * kv_heads", {"heads": 32, "kv_heads": 8}, "32 * 8"),          # no partial replacement
     ("N * bytes_per_param", {"N": 1_000_000, "bytes_per_param": 0.5}, "1,000,000 * 0.5"),
     ("B * T", {}, "B * T"),
+    ("bytes in the format", {"format": "bf16", "bytes": 2}, "2 in the format"),   # text stays out
+    ("n * flag", {"n": 3, "flag": True}, "3 * flag"),
 ])
 def test_substitute_replaces_whole_names_only(formula: str, inputs: dict[str, Any], expected: str) -> None:
     assert substitute(formula, inputs) == expected

@@ -4,7 +4,14 @@
     >>> result = vramfit.estimate("meta-llama/Llama-3.1-8B", batch_size=4, seq_len=8192)
     >>> result.memory.total, result.peak.allocated
 
+In a notebook an `Estimate` shows itself as a Markdown table. The searches take a loaded model and settings
+that name a GPU:
+
+    >>> model = vramfit.load_model("meta-llama/Llama-3.1-8B")
+    >>> vramfit.max_batch(model, vramfit.Settings(gpu="h100-80gb")).value
+
 Importing vramfit and estimating never imports torch or transformers (only `vramfit.truth` does).
+docs/API.md lists every public name.
 """
 
 from vramfit.errors import (
@@ -18,7 +25,9 @@ from vramfit.errors import (
 from vramfit.estimate import estimate
 from vramfit.model.architecture import Architecture
 from vramfit.model.loaded import Model
+from vramfit.model.sources import load_model
 from vramfit.result import Component, Estimate, MemoryBreakdown, Parameters, Peak
+from vramfit.search import check, fit, max_batch, max_context, plan, what_to_change
 from vramfit.settings import LoRA, Parallelism, Precision, Runtime, Settings, Training, Workload
 
 __all__ = [
@@ -42,5 +51,12 @@ __all__ = [
     "UnsupportedArchitecture",
     "VramfitError",
     "Workload",
+    "check",
     "estimate",
+    "fit",
+    "load_model",
+    "max_batch",
+    "max_context",
+    "plan",
+    "what_to_change",
 ]

@@ -176,12 +176,15 @@ def _check_units(units: str) -> None:
 def substitute(formula: str, inputs: dict[str, Any]) -> str:
     """The formula with each input's name replaced by its value: '2 * L * B' with L=32, B=4 -> '2 * 32 * 4'.
 
-    Names are matched as whole identifiers, longest first, so `kv_heads` is never half-replaced by `heads`."""
-    if not formula or not inputs:
+    Names are matched as whole identifiers, longest first, so `kv_heads` is never half-replaced by `heads`.
+    Only numbers are put in: a text input (format=bf16) stays beside the formula, since formulas written in
+    words use such names as ordinary words."""
+    numbers = {k: v for k, v in inputs.items() if k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if not formula or not numbers:
         return formula
-    names = sorted((k for k in inputs if k), key=len, reverse=True)
+    names = sorted(numbers, key=len, reverse=True)
     pattern = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(re.escape(n) for n in names) + r")(?![A-Za-z0-9_])")
-    return pattern.sub(lambda m: _value_text(inputs[m.group(1)]), formula)
+    return pattern.sub(lambda m: _value_text(numbers[m.group(1)]), formula)
 
 
 def _value_text(value: Any) -> str:

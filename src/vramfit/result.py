@@ -104,6 +104,12 @@ class Estimate:
             **({"extra": self.extra} if self.extra else {}),
         }
 
+    def _repr_markdown_(self) -> str:
+        """How Jupyter shows an Estimate: the components table, peaks and notes (vramfit.report)."""
+        from vramfit.report import render_markdown
+
+        return render_markdown(self)
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Plan:
