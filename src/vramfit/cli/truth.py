@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vramfit.cli.common import add_model_arguments, add_settings_arguments, model_from_args, settings_from_args
 from vramfit.errors import InvalidSetting
 from vramfit.units import format_bytes
 
@@ -19,6 +20,43 @@ DEFAULT_TRUTH_DIR = Path("data/truth")
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_validate(subparsers)
+    _register_trace(subparsers)
+
+
+def _register_trace(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "trace", help="run the real step on fake tensors (no memory, no GPU) and report its peak by category")
+    add_model_arguments(parser)
+    add_settings_arguments(parser)
+    parser.add_argument("--json", action="store_true",
+                        help='print {"peak": {"allocated": bytes}, "breakdown": {...}, "settings": {...}}')
+    parser.add_argument("--record", metavar="FILE.jsonl", help="also append the result as a truth row to FILE")
+    parser.set_defaults(handler=run_trace)
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    from vramfit.truth.trace import require_torch
+
+    require_torch()
+    from vramfit.truth.trace import trace, trace_row
+
+    model, settings = model_from_args(args), settings_from_args(args)
+    result = trace(model, settings)
+    if args.record:
+        from vramfit.truth.rows import append_row
+
+        append_row(args.record, trace_row(result, model_id=args.model or model.name))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else render_trace(result.to_dict()))
+    return 0
+
+
+def render_trace(data: dict[str, Any]) -> str:
+    lines = [f"{data['model']}: traced peak {format_bytes(data['peak']['allocated'])} allocated "
+             f"({data['seconds']} s on fake tensors)"]
+    lines += [f"  {name:<16} {format_bytes(size):>14}" for name, size in sorted(data["breakdown"].items())]
+    lines += [f"  rank {i}: {format_bytes(size)}" for i, size in enumerate(data.get("ranks", []))]
+    lines += [f"note: {note}" for note in data["notes"]]
+    return "\n".join(lines)
 
 
 def _register_validate(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,0 +1,383 @@
+"""Trace one real step without memory: the transformers model built from its config under FakeTensorMode
+on the CPU device (no weights, no GPU), the step run for real, every live storage counted.
+
+What runs (the "real step"):
+- inference, new_tokens = 0: one forward over batch x seq_len tokens under no_grad (full logits).
+- inference, new_tokens > 0: what `generate` does, greedy: a prefill of the prompt with logits_to_keep=1
+  and a DynamicCache(config) (transformers generation/utils.py sets logits_to_keep=1 and copies the last
+  logits to fp32 each step), then decode steps of one token. To stay fast, all but the last
+  DECODE_STEPS generated tokens are appended to the cache in one update per layer (the same tensor sizes
+  a token-by-token decode leaves behind), then the last steps run for real.
+- training: a warm-up that creates the optimizer state (fake gradients + optimizer.step()), then the
+  measured step: grad_accum micro-batches of forward (labels = inputs, use_cache=False) and backward,
+  then optimizer.step(). PEFT LoRA/DoRA adapters, gradient checkpointing (non-reentrant) and the chosen
+  optimizer are the real ones; torch optimizers run with foreach=True, their default on CUDA.
+
+Where fake tensors cannot follow, `Untraceable` says so and names `vramfit measure` on a GPU.
+Known small differences from a GPU: the optimizer's step counters are CPU scalars on a GPU too but are
+counted here (512 bytes per parameter tensor); "flash" attention is traced as sdpa (neither materialises
+the attention matrix); autocast (amp) follows the CPU autocast op lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from vramfit.errors import InvalidSetting, MissingExtra
+from vramfit.model.loaded import Model
+from vramfit.settings import Settings
+
+DECODE_STEPS = 4
+_MEASURE = "run the same step on a GPU with `vramfit measure` instead"
+
+
+class Untraceable(InvalidSetting):
+    """A setting whose step fake tensors cannot run; the message names the alternative."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TraceResult:
+    """The traced peak (bytes of live storages, 512-byte rounded) and what was live at it."""
+
+    model: str
+    peak_bytes: int
+    breakdown: dict[str, int]
+    settings: Settings
+    seconds: float
+    ranks: tuple[int, ...] = ()          # each rank's peak, for multi-rank traces
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "peak": {"allocated": self.peak_bytes}, "breakdown": dict(self.breakdown),
+                "settings": self.settings.to_dict(), "seconds": round(self.seconds, 2),
+                **({"ranks": list(self.ranks)} if self.ranks else {}), "notes": list(self.notes)}
+
+
+def trace_row(result: TraceResult, *, model_id: str, row_id: str | None = None, group: str = "") -> Any:
+    """The result as a truth row (kind traced, measure allocated), with the environment that produced it."""
+    import torch
+    import transformers
+
+    from vramfit.truth.rows import TruthRow
+
+    return TruthRow(id=row_id or f"trace/{model_id}/{_settings_tag(result.settings)}", kind="traced",
+                    model=model_id, settings=result.settings.to_dict(), truth={"allocated": result.peak_bytes},
+                    measure="allocated", group=group, breakdown={**result.breakdown, "ranks": list(result.ranks)},
+                    env={"torch": torch.__version__, "transformers": transformers.__version__,
+                         "seconds": round(result.seconds, 2)},
+                    source={"tool": "vramfit trace", "notes": list(result.notes)})
+
+
+def _settings_tag(settings: Settings) -> str:
+    w, t = settings.workload, settings.training
+    tag = f"{settings.mode}-b{w.batch_size}-s{w.seq_len}-{settings.precision.dtype}"
+    if settings.mode == "inference":
+        return tag + f"-new{w.new_tokens}-{settings.runtime.attention}"
+    return tag + f"-{t.finetune}-{t.optimizer}-ckpt-{t.grad_ckpt}-ga{w.grad_accum}"
+
+
+def require_torch() -> Any:
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError:
+        raise MissingExtra("trace and measure need torch and transformers: pip install 'vramfit[truth]'") from None
+    return torch
+
+
+def check_traceable(settings: Settings) -> None:
+    """Refuse, with the reason and the alternative, what fake tensors or this tracer cannot run."""
+    p, t, w, r = settings.precision, settings.training, settings.workload, settings.runtime
+    training = settings.mode == "training"
+    reasons = [
+        (p.quant is not None, f"quant {p.quant}: quantized kernels (bitsandbytes, GPTQ, AWQ) cannot run on fake "
+                              "tensors"),
+        (training and t.finetune == "qlora", "finetune qlora: bitsandbytes 4-bit kernels cannot run on fake tensors"),
+        (p.kv_dtype != "auto", f"kv_dtype {p.kv_dtype}: quantized KV caches are not traced"),
+        (r.name != "transformers", f"runtime {r.name}: only transformers steps are traced"),
+        (training and t.optimizer in ("adamw-8bit", "paged-adamw-8bit", "lion"),
+         f"optimizer {t.optimizer}: not a torch optimizer (bitsandbytes / third party)"),
+        (training and t.grad_ckpt == "selective", "grad_ckpt selective: transformers has no selective checkpointing"),
+        (training and t.activation_offload, "activation_offload: not traced"),
+        (training and t.framework != "transformers", f"framework {t.framework}: only transformers steps are traced"),
+        (w.num_beams > 1 or w.num_return_sequences > 1, "beam search / several sequences: not traced"),
+        (w.prefill_chunk is not None, "prefill_chunk: chunked prefill is a serving-engine feature, not traced"),
+        (settings.parallelism.gpus > 1, "several GPUs: multi-rank tracing is not available yet"),
+        (settings.parallelism.offload != "none", "offload: CPU/NVMe offloading is not traced"),
+    ]
+    for refused, reason in reasons:
+        if refused:
+            raise Untraceable(f"{reason}; {_MEASURE}")
+
+
+def trace(model: Model | str, settings: Settings, *, fake: bool = True) -> TraceResult:
+    """The traced peak of one step of `model` under `settings`. fake=False runs the same step on real CPU
+    tensors (random weights; only for tiny models: tests use it to check the fake trace against it)."""
+    torch = require_torch()
+    if isinstance(model, str):
+        from vramfit.model.sources import load_model
+
+        model = load_model(model)
+    settings = settings.validate()
+    check_traceable(settings)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from vramfit.truth.tracker import LiveTensorTracker
+
+    start = time.perf_counter()
+    notes: list[str] = []
+    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+    with mode, _fake_failures(), _unpadded_inputs():
+        module = build_model(model, settings, notes)
+        with LiveTensorTracker() as tracker:
+            tracker.mark(module.parameters(), "parameters")
+            tracker.mark(module.buffers(), "buffers")
+            if settings.mode == "training":
+                train_step(torch, module, settings, tracker)
+            else:
+                infer_step(torch, module, settings, tracker)
+    return TraceResult(model=model.name, peak_bytes=tracker.peak_bytes, breakdown=tracker.breakdown(),
+                       settings=settings, seconds=time.perf_counter() - start, notes=tuple(notes))
+
+
+@contextlib.contextmanager
+def _fake_failures() -> Iterator[None]:
+    """Data-dependent operators (some MoE routing, nonzero, item) end a fake trace: say so and name measure."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+
+    try:
+        yield
+    except (DataDependentOutputException, DynamicOutputShapeException) as error:
+        raise Untraceable(f"the step uses a data-dependent operator ({error}) that fake tensors cannot run; "
+                          f"{_MEASURE}") from None
+
+
+@contextlib.contextmanager
+def _unpadded_inputs() -> Iterator[None]:
+    """Let transformers see the inputs as a GPU run would: neither padded nor packed.
+
+    On real tensors transformers' masking_utils reads the inputs, finds no padding and no packed sequences,
+    and lets SDPA apply causality itself (no mask tensor; GQA handled by SDPA's enable_gqa). Fake tensors
+    cannot be read, so it would assume the worst: build a full boolean mask and repeat K and V to every
+    head. The traced inputs are never padded or packed, so the answer the data would give is given here."""
+    from transformers import masking_utils
+
+    is_tracing, find_packed = masking_utils.is_tracing, masking_utils.find_packed_sequence_indices
+    masking_utils.is_tracing = lambda tensor=None: is_tracing(None)
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.is_tracing, masking_utils.find_packed_sequence_indices = is_tracing, find_packed
+
+
+# --- the model -------------------------------------------------------------------------------------------
+
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def hf_config(model: Model, settings: Settings, notes: list[str]) -> Any:
+    """The transformers config from the model's config.json, with the attention implementation set."""
+    import transformers
+
+    if not model.config:
+        raise Untraceable(f"{model.name}: no config.json (a model described by numbers) has no real model to run; "
+                          "pass a hub id or a config.json")
+    fields = {key: value for key, value in model.config.items() if key not in ("model_type", "quantization_config")}
+    config = transformers.AutoConfig.for_model(model.config["model_type"], **fields)
+    attention = settings.runtime.attention
+    if attention == "flash":
+        notes.append("attention flash traced as sdpa: flash-attention kernels do not exist on the CPU; neither "
+                     "materialises the attention matrix")
+        attention = "sdpa"
+    config._attn_implementation = attention
+    return config
+
+
+def build_model(model: Model, settings: Settings, notes: list[str]) -> Any:
+    """The model class config.json names (its `architectures`), built from the config in the step's dtype,
+    wrapped by PEFT for LoRA/DoRA, with gradient checkpointing when asked; call under FakeTensorMode."""
+    import torch
+    import transformers
+
+    config = hf_config(model, settings, notes)
+    dtype = getattr(torch, _DTYPES[settings.precision.dtype])
+    names = model.config.get("architectures") or []
+    cls = getattr(transformers, names[0], None) if names else None
+    factory = cls._from_config if cls is not None else transformers.AutoModelForCausalLM.from_config
+    try:
+        module = factory(config, dtype=dtype)
+    except ValueError as error:
+        if "attn_implementation" in str(error) or "sdpa" in str(error).lower():
+            raise Untraceable(f"{model.name}: {error}; pass --attention eager") from None
+        raise
+    if settings.mode == "training":
+        module = prepare_training(module, settings)
+    return module
+
+
+def prepare_training(module: Any, settings: Settings) -> Any:
+    t = settings.training
+    module.train()
+    if t.grad_ckpt == "full":
+        if hasattr(module, "activation_checkpointing_enable"):   # transformers >= 5.x's name
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if t.finetune in ("lora", "dora"):
+        module = with_lora(module, settings)
+    if t.frozen_layers:
+        for name, parameter in module.named_parameters():
+            if _layer_index(name) is not None and _layer_index(name) < t.frozen_layers:  # type: ignore[operator]
+                parameter.requires_grad_(False)
+    return module
+
+
+def _layer_index(name: str) -> int | None:
+    parts = name.split(".")
+    for before, after in zip(parts, parts[1:]):
+        if before in ("layers", "h", "layer", "blocks") and after.isdigit():
+            return int(after)
+    return None
+
+
+def with_lora(module: Any, settings: Settings) -> Any:
+    """PEFT's own adapters. Its injection moves each adapter to the base layer's device and dtype with
+    `Module.to()`, which fake parameters refuse ("Couldn't swap"); on one device that move only changes the
+    dtype, and PEFT's default autocast_adapter_dtype=True casts bf16/fp16 adapters back to fp32 afterwards,
+    so adapters created in fp32 and left unmoved end where PEFT leaves them. Both moves are skipped while
+    the adapters are injected."""
+    import peft
+    import torch
+    from peft.tuners import tuners_utils
+
+    lora = settings.training.lora
+    targets: Any = "all-linear" if lora.targets == ("all-linear",) else list(lora.targets)
+    config = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                             use_dora=settings.training.finetune == "dora", task_type="CAUSAL_LM")
+    original_move = tuners_utils.BaseTunerLayer._move_adapter_to_device_of_base_layer
+    original_to = torch.nn.Module.to
+    tuners_utils.BaseTunerLayer._move_adapter_to_device_of_base_layer = lambda self, *a, **k: None  # type: ignore
+    torch.nn.Module.to = lambda self, *a, **k: self  # type: ignore[method-assign]
+    try:
+        with warnings.catch_warnings():   # PEFT calls transformers' deprecated is_gradient_checkpointing
+            warnings.simplefilter("ignore", FutureWarning)
+            return peft.get_peft_model(module, config)
+    finally:
+        tuners_utils.BaseTunerLayer._move_adapter_to_device_of_base_layer = original_move  # type: ignore
+        torch.nn.Module.to = original_to  # type: ignore[method-assign]
+
+
+# --- the steps -------------------------------------------------------------------------------------------
+
+
+def _tokens(torch: Any, module: Any, batch: int, length: int) -> Any:
+    return torch.zeros(batch, length, dtype=torch.long)
+
+
+def infer_step(torch: Any, module: Any, settings: Settings, tracker: Any) -> None:
+    w = settings.workload
+    module.eval()
+    with torch.no_grad():
+        if w.new_tokens == 0:
+            out = module(input_ids=_tokens(torch, module, w.batch_size, w.seq_len))
+            tracker.mark(_cache_tensors(getattr(out, "past_key_values", None)), "kv_cache")
+            return
+        generate(torch, module, settings, tracker)
+
+
+def generate(torch: Any, module: Any, settings: Settings, tracker: Any) -> None:
+    """Greedy generation as transformers' generate runs it (see the module docstring)."""
+    from transformers import DynamicCache
+
+    w = settings.workload
+    cache = DynamicCache(config=module.config)
+    ids = _tokens(torch, module, w.batch_size, w.prompt_len)
+    ids = _next(torch, module, ids, ids, cache, tracker, logits_to_keep=1)
+    skipped = max(0, w.new_tokens - 1 - DECODE_STEPS)
+    if skipped:
+        _grow_cache(torch, cache, skipped)
+        ids = torch.cat([ids, _tokens(torch, module, w.batch_size, skipped)], dim=-1)
+    for _ in range(w.new_tokens - 1 - skipped):
+        ids = _next(torch, module, ids, ids[:, -1:], cache, tracker)
+
+
+def _next(torch: Any, module: Any, ids: Any, step_input: Any, cache: Any, tracker: Any, **kwargs: Any) -> Any:
+    out = module(input_ids=step_input, past_key_values=cache, use_cache=True, **kwargs)
+    logits = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
+    del out
+    token = logits.argmax(dim=-1, keepdim=True)
+    tracker.mark(_cache_tensors(cache), "kv_cache")
+    return torch.cat([ids, token], dim=-1)
+
+
+def _grow_cache(torch: Any, cache: Any, tokens: int) -> None:
+    """Append `tokens` positions to every layer, as that many decode steps would (one cat per layer)."""
+    for layer in cache.layers:
+        keys, values = layer.keys, layer.values
+        shape_k = (*keys.shape[:-2], tokens, keys.shape[-1])
+        shape_v = (*values.shape[:-2], tokens, values.shape[-1])
+        layer.update(keys.new_zeros(shape_k), values.new_zeros(shape_v))
+
+
+def _cache_tensors(cache: Any) -> list[Any]:
+    layers = getattr(cache, "layers", None) or []
+    return [tensor for layer in layers for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None))]
+
+
+def train_step(torch: Any, module: Any, settings: Settings, tracker: Any) -> None:
+    """Warm-up (optimizer state), then the measured step: micro-batches, backward, optimizer.step()."""
+    w = settings.workload
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizer = make_optimizer(torch, trainable, settings.training.optimizer)
+    for parameter in trainable:
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    tracker.mark(_optimizer_tensors(optimizer), "optimizer_state")
+    tracker.reset_peak()
+    autocast = _autocast(torch, settings)
+    for _ in range(w.grad_accum):
+        ids = _tokens(torch, module, w.batch_size, w.seq_len)
+        with autocast():
+            loss = module(input_ids=ids, labels=ids, use_cache=False).loss / w.grad_accum
+        loss.backward()
+        del loss
+        tracker.mark((p.grad for p in trainable), "gradients")
+    optimizer.step()
+    tracker.mark(_optimizer_tensors(optimizer), "optimizer_state")
+    tracker.mark((p.grad for p in trainable), "gradients")
+
+
+def _autocast(torch: Any, settings: Settings) -> Any:
+    amp = settings.precision.amp
+    if amp is None:
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type="cpu", dtype=dtype)
+
+
+def make_optimizer(torch: Any, parameters: list[Any], name: str) -> Any:
+    """torch's optimizers as a training script makes them, foreach as on CUDA (fused for adamw-fused)."""
+    optim = torch.optim
+    makers = {
+        "adamw": lambda: optim.AdamW(parameters, lr=1e-5, foreach=True),
+        "adamw-fused": lambda: optim.AdamW(parameters, lr=1e-5, fused=True),
+        "adam": lambda: optim.Adam(parameters, lr=1e-5, foreach=True),
+        "sgd": lambda: optim.SGD(parameters, lr=1e-5, foreach=True),
+        "sgd-momentum": lambda: optim.SGD(parameters, lr=1e-5, momentum=0.9, foreach=True),
+        "adafactor": lambda: optim.Adafactor(parameters, lr=1e-2, foreach=True),
+    }
+    if name not in makers:
+        raise Untraceable(f"optimizer {name}: not a torch optimizer; {_MEASURE}")
+    return makers[name]()
+
+
+def _optimizer_tensors(optimizer: Any) -> list[Any]:
+    return [value for state in optimizer.state.values() for value in state.values()
+            if hasattr(value, "untyped_storage")]
