@@ -336,3 +336,19 @@ def test_missing_hub_client_gives_the_pip_line(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes `import huggingface_hub` fail
     with pytest.raises(MissingExtra, match=r"pip install 'vramfit\[hub\]'"):
         load_model("acme/remote", allow_network=True)
+
+
+def test_default_weight_dtype_is_what_transformers_loads(tmp_path: Path) -> None:
+    # Analytic versus real: from_pretrained with its default dtype="auto" on the same folder. Slow alone (about
+    # 8 s importing transformers and its Llama module), well under a second when other tests imported them.
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    fields = {k: v for k, v in TINY.items() if k not in ("architectures", "model_type")}
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields)).save_pretrained(tmp_path)  # F32 weights
+    config = json.loads((tmp_path / "config.json").read_text())
+    for declared in (None, "bfloat16"):
+        config = {k: v for k, v in config.items() if k not in ("dtype", "torch_dtype")}
+        (tmp_path / "config.json").write_text(json.dumps(config | ({"dtype": declared} if declared else {})))
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+        ours = load_model(str(tmp_path)).weight_dtype
+        assert {"fp32": torch.float32, "bf16": torch.bfloat16}[ours] == loaded.dtype, declared
