@@ -14,11 +14,11 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="the plot extra is not installed: pip install 'vramfit[plot]'")
 
-from vramfit import plot  # noqa: E402
-from vramfit.cli import main  # noqa: E402
-from vramfit.errors import InvalidSetting, MissingExtra  # noqa: E402
-from vramfit.result import Component, Estimate, MemoryBreakdown, Parameters, Peak  # noqa: E402
-from vramfit.settings import Settings  # noqa: E402
+from vramfit import plot
+from vramfit.cli import main
+from vramfit.errors import InvalidSetting, MissingExtra
+from vramfit.result import Component, Estimate, MemoryBreakdown, Parameters, Peak
+from vramfit.settings import Settings
 
 GiB = 1024**3
 

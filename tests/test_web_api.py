@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 pytest.importorskip("fastapi", reason="the web extra is not installed: pip install 'vramfit[web]'")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-import vramfit  # noqa: E402
-from vramfit.model.catalog import catalog_config  # noqa: E402
-from vramfit.settings import Settings, settings_from_dict  # noqa: E402
-from vramfit.web.app import create_app  # noqa: E402
+import vramfit
+from vramfit.model.catalog import catalog_config
+from vramfit.settings import Settings, settings_from_dict
+from vramfit.web.app import create_app
 
 MODELS = ["meta-llama/Llama-3.1-8B", "Qwen/Qwen3-30B-A3B", "deepseek-ai/DeepSeek-V3", "google/gemma-2-9b"]
 

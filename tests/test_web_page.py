@@ -26,11 +26,11 @@ if not os.access(CHROMIUM, os.X_OK):
                 ".ci/run does this)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
 pytest.importorskip("uvicorn", reason="pip install uvicorn (the test extra)")
-import uvicorn  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
+import uvicorn
+from fastapi.testclient import TestClient
 
-from vramfit.model.catalog import catalog_config  # noqa: E402
-from vramfit.web.app import create_app  # noqa: E402
+from vramfit.model.catalog import catalog_config
+from vramfit.web.app import create_app
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -186,3 +186,18 @@ def test_bad_input_shows_the_api_message(page: Any, server: str) -> None:
     page.goto(f"{server}/?model=meta-llama/Llama-3.1-8B&batch_size=0")
     page.wait_for_selector("#error:not([hidden])", timeout=15_000)
     assert "batch_size" in page.text_content("#error")
+
+
+def test_choosing_a_gpu_shows_its_limits_and_capacity(page: Any, server: str, api: TestClient) -> None:
+    page.goto(f"{server}/?model=meta-llama/Llama-3.1-8B&seq_len=8192")
+    page.wait_for_selector("body[data-state=ready]")
+    page.select_option("#gpu", "rtx-4090")
+    page.wait_for_selector("#limits:not([hidden])", timeout=15_000)
+    body = {"model": "meta-llama/Llama-3.1-8B", "settings": {"gpu": "rtx-4090", "workload": {"seq_len": 8192}}}
+    batch = api.post("/api/max-batch", json=body).json()
+    context = api.post("/api/max-context", json=body).json()
+    limits = page.locator("#limits")
+    assert int(limits.get_attribute("data-max-batch")) == batch["value"]
+    assert int(limits.get_attribute("data-max-context")) == context["value"]
+    assert page.locator("#chart line").count() == 1          # the capacity line
+    assert parse_qs(urlparse(page.url).query)["gpu"] == ["rtx-4090"]

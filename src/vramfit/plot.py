@@ -8,7 +8,7 @@ and the file's suffix (.png or .svg) picks the format. Sizes are labelled GiB or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -91,7 +91,7 @@ def _colours(result: Estimate) -> list[str]:
     return out
 
 
-def sweep(model: Model, settings: Settings, axis: Axis, values: Sequence[int]) -> list[SweepPoint]:
+def sweep(model: Model, settings: Settings, axis: Axis, values: Iterable[int]) -> list[SweepPoint]:
     """Estimates at each batch size or context length (seq_len), other settings unchanged."""
     from vramfit.estimate import estimate
 

@@ -10,8 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vramfit.cli.common import add_model_arguments, add_settings_arguments, model_from_args, settings_from_args
+from vramfit.cli.common import (
+    add_model_arguments,
+    add_settings_arguments,
+    model_from_args,
+    settings_from_args,
+)
 from vramfit.estimate import estimate
+from vramfit.progress import progress
 from vramfit.report import Format, render_estimate
 from vramfit.settings import Settings
 
@@ -64,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
             _wrote(plot.plot_breakdown(result, args.plot, units=args.units, capacity_bytes=capacity))
         if args.plot_sweep:
             axis, path = args.plot_sweep
-            points = plot.sweep(model, settings, axis, plot.default_values(axis, settings))
+            values = plot.default_values(axis, settings)
+            points = plot.sweep(model, settings, axis, progress(values, label=f"estimating over {axis}"))
             _wrote(plot.plot_sweep(points, axis, path, units=args.units, capacity_bytes=capacity,
                                    title=result.model))
     return 0

@@ -43,8 +43,8 @@ from vramfit.web.schemas import (
     CheckOut,
     EstimateRequest,
     FitRequest,
-    GpuFitOut,
     GPUCapacity,
+    GpuFitOut,
     LargestOut,
     LargestRequest,
     ModelRequest,
@@ -71,7 +71,7 @@ def create_app(*, allow_network: bool = False, max_body_bytes: int = DEFAULT_MAX
     app.add_exception_handler(VramfitError, _vramfit_error)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _routes(app)
-    app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
     return app
 
 

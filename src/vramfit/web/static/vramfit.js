@@ -21,6 +21,7 @@ const FIELDS = {
   pipeline: [["parallelism", "pipeline"], "int", "1"],
   zero_stage: [["parallelism", "zero_stage"], "int", "0"],
   runtime: [["runtime", "name"], "text", "transformers"],
+  gpu: [["gpu"], "optional", ""],
 };
 const PAGE_ONLY = { model: "", config: "", units: "GiB" };
 const DIVISOR = { GiB: 1024 ** 3, GB: 1e9 };
@@ -100,6 +101,24 @@ async function update() {
   if (mine !== sequence) return;
   if (!response.ok) return showError(messageOf(answer));
   show(answer);
+  if (body.settings.gpu) showLimits(body, mine);
+  else $("limits").hidden = true;
+}
+
+async function showLimits(body, mine) {
+  const ask = (route) => fetch(`/api/${route}`, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+  }).then((r) => (r.ok ? r.json() : null));
+  const [batch, context] = await Promise.all([ask("max-batch"), ask("max-context")]);
+  if (mine !== sequence || !batch || !context) return;
+  const limits = $("limits");
+  const name = (gpus.find((g) => g.id === body.settings.gpu) || { name: body.settings.gpu }).name;
+  limits.textContent = `On one ${name}: largest batch ${batch.value.toLocaleString("en-US")} ` +
+    `(limited by ${batch.limited_by}) at this context; longest context ${context.value.toLocaleString("en-US")} ` +
+    `tokens (limited by ${context.limited_by}) at this batch.`;
+  limits.dataset.maxBatch = batch.value;
+  limits.dataset.maxContext = context.value;
+  limits.hidden = false;
 }
 
 function messageOf(answer) {
@@ -124,12 +143,14 @@ function show(estimate) {
   $("error").hidden = true;
   $("status").textContent = "";
   const p = estimate.parameters;
-  $("headline").textContent =
-    `${estimate.model}: ${p.total.toLocaleString("en-US")} parameters, ${p.trainable.toLocaleString("en-US")} trainable`;
+  const training = estimate.settings.workload.mode === "training";
+  $("headline").textContent = `${estimate.model}: ${p.total.toLocaleString("en-US")} parameters` +
+    (training ? `, ${p.trainable.toLocaleString("en-US")} trainable` : "") +
+    (p.active !== p.total ? `, ${p.active.toLocaleString("en-US")} active per token` : "");
   const components = estimate.memory.components;
   const colours = coloursFor(components);
   drawTable(components, colours, estimate.peak.device);
-  drawChart(components, colours, estimate.peak.device);
+  drawChart(components, colours, estimate.peak.device, capacityOf($("gpu").value));
   $("peaks").textContent = `peak allocated ${sized(estimate.peak.allocated)} · reserved ` +
     `${sized(estimate.peak.reserved)} · device (nvidia-smi) ${sized(estimate.peak.device)}`;
   $("peaks").dataset.allocated = estimate.peak.allocated;
@@ -174,13 +195,20 @@ function drawTable(components, colours, total) {
   $("breakdown").tFoot.replaceChildren(foot);
 }
 
-function drawChart(components, colours, total) {
+function capacityOf(id) {
+  const gpu = gpus.find((g) => g.id === id);
+  return gpu ? gpu.usable_bytes : 0;
+}
+
+// One stacked bar, as wide as the larger of the total and the chosen GPU's usable memory (a red line).
+function drawChart(components, colours, total, capacity) {
   const svg = $("chart");
   const ns = "http://www.w3.org/2000/svg";
   const parts = [];
+  const scale = Math.max(total, capacity);
   let x = 0;
   components.forEach((c, i) => {
-    const width = total > 0 ? (100 * c.bytes) / total : 0;
+    const width = scale > 0 ? (100 * c.bytes) / scale : 0;
     const rect = document.createElementNS(ns, "rect");
     for (const [k, v] of Object.entries({ x: `${x}%`, y: 0, width: `${width}%`, height: 48, fill: colours[i] })) {
       rect.setAttribute(k, v);
@@ -190,9 +218,25 @@ function drawChart(components, colours, total) {
     title.textContent = `${c.name}: ${sized(c.bytes)}`;
     rect.append(title);
     parts.push(rect);
+    if (width > 12) parts.push(label(ns, `${x + 0.5}%`, 30, c.name, "#fff"));
     x += width;
   });
+  if (capacity) {
+    const at = `${(100 * capacity) / scale}%`;
+    const line = document.createElementNS(ns, "line");
+    for (const [k, v] of Object.entries({ x1: at, x2: at, y1: 0, y2: 64, stroke: "#c00000", "stroke-width": 3 })) {
+      line.setAttribute(k, v);
+    }
+    parts.push(line, label(ns, at, 62, ` capacity ${sized(capacity)}`, "#c00000"));
+  }
   svg.replaceChildren(...parts);
+}
+
+function label(ns, x, y, text, colour) {
+  const node = document.createElementNS(ns, "text");
+  for (const [k, v] of Object.entries({ x, y, fill: colour, "font-size": 12 })) node.setAttribute(k, v);
+  node.textContent = text;
+  return node;
 }
 
 function drawVerdicts(deviceBytes) {
@@ -217,13 +261,16 @@ async function searchCatalog() {
 async function loadGpus() {
   const response = await fetch("/api/gpus");
   gpus = response.ok ? await response.json() : [];
+  const chosen = new URLSearchParams(location.search).get("gpu") || "";
+  $("gpu").append(...gpus.map((g) => element("option", g.name, { value: g.id })));
+  $("gpu").value = chosen;
 }
 
 async function start() {
+  await Promise.all([loadGpus(), searchCatalog()]);   // the GPU list first: the URL may name one
   readUrl();
   for (const id of allIds()) $(id).addEventListener("input", schedule);
   $("model").addEventListener("input", searchCatalog);
-  await Promise.all([loadGpus(), searchCatalog()]);
   update();
 }
 
