@@ -101,3 +101,20 @@ def test_cli_writes_both_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "GPU capacity 24.00 GiB" in bar.read_text()
     assert "batch size" in sweep.read_text()
     assert f"wrote {bar}" in capsys.readouterr().err
+
+
+def test_unwritable_path_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-folder" / "bar.svg"
+    assert main(["estimate", "Qwen/Qwen3-0.6B", "--plot", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vramfit: error: --plot: cannot write")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flags", [["--plot", "bar.jpg"], ["--plot-sweep", "heads", "s.svg"],
+                                   ["--plot-sweep", "batch", "s.pdf"]])
+def test_bad_plot_flags_fail_before_any_output(capsys: pytest.CaptureFixture[str], flags: list[str]) -> None:
+    assert main(["estimate", "Qwen/Qwen3-0.6B", *flags]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("vramfit: error: --plot")

@@ -201,3 +201,23 @@ def test_choosing_a_gpu_shows_its_limits_and_capacity(page: Any, server: str, ap
     assert int(limits.get_attribute("data-max-context")) == context["value"]
     assert page.locator("#chart line").count() == 1          # the capacity line
     assert parse_qs(urlparse(page.url).query)["gpu"] == ["rtx-4090"]
+
+
+@pytest.mark.parametrize("path", ["/?model=Qwen/Qwen3-8B", "/docs"])
+def test_every_request_stays_on_the_server(page: Any, server: str, path: str) -> None:
+    """No CDN: the page and the API docs load only what the app itself serves."""
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(f"{server}{path}")
+    page.wait_for_selector("body[data-state=ready]", timeout=15_000)
+    assert requested
+    assert [url for url in requested if not url.startswith(server)] == []
+
+
+def test_api_docs_list_every_route(page: Any, server: str, api: TestClient) -> None:
+    page.goto(f"{server}/docs")
+    page.wait_for_selector("body[data-state=ready]", timeout=15_000)
+    headings = set(page.locator("#routes h3").all_text_contents())
+    for path, methods in api.get("/openapi.json").json()["paths"].items():
+        assert {f"{method.upper()} {path}" for method in methods} <= headings
+    assert page.locator("#type-Settings").count() == 1

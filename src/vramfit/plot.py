@@ -54,7 +54,11 @@ def _checked_path(path: str | Path) -> Path:
 
 
 def _save(figure: Any, path: Path) -> Path:
-    figure.savefig(path, format=path.suffix.lower().lstrip("."), dpi=120)
+    try:
+        figure.savefig(path, format=path.suffix.lower().lstrip("."), dpi=120)
+    except OSError as error:
+        raise InvalidSetting(f"--plot: cannot write {str(path)!r} ({error.strerror or error}); "
+                             "pass a path in a folder that exists and that you can write to") from error
     return path
 
 

@@ -16,6 +16,7 @@ from vramfit.cli.common import (
     model_from_args,
     settings_from_args,
 )
+from vramfit.errors import InvalidSetting
 from vramfit.estimate import estimate
 from vramfit.progress import progress
 from vramfit.report import Format, render_estimate
@@ -57,6 +58,7 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_plot_arguments(args)
     model = model_from_args(args)
     settings = settings_from_args(args, model)
     result = estimate(model, settings)
@@ -75,6 +77,19 @@ def run(args: argparse.Namespace) -> int:
             _wrote(plot.plot_sweep(points, axis, path, units=args.units, capacity_bytes=capacity,
                                    title=result.model))
     return 0
+
+
+def _check_plot_arguments(args: argparse.Namespace) -> None:
+    """Refuse a bad axis or file suffix before any work, not after the table is printed."""
+    paths = [args.plot] if args.plot else []
+    if args.plot_sweep:
+        axis, path = args.plot_sweep
+        if axis not in ("batch", "context"):
+            raise InvalidSetting(f"--plot-sweep: unknown axis {axis!r}; choose batch or context")
+        paths.append(path)
+    for path in paths:
+        if not path.lower().endswith((".png", ".svg")):
+            raise InvalidSetting(f"--plot: {path!r} must end in .png or .svg, which picks the image format")
 
 
 def _wrote(path: object) -> None:

@@ -1,6 +1,7 @@
 """The FastAPI app behind `vramfit serve`: a thin HTTP layer over the Python API, and the page that calls it.
 
-Routes (OpenAPI docs at /docs, the schema at /openapi.json):
+Routes (the OpenAPI schema at /openapi.json, rendered at /docs by a local script: FastAPI's own Swagger UI
+and ReDoc pages load their code from a CDN, so they are switched off):
 
     GET  /                    the page (static/index.html; its JS and CSS are served from /static, no CDN)
     GET  /api/catalog?q=      catalog search (vramfit.model.catalog.search_catalog)
@@ -65,7 +66,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 def create_app(*, allow_network: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The app; `allow_network` lets requests name hub ids outside the catalog (read from the hub)."""
-    app = FastAPI(title="vramfit", version=_version(),
+    app = FastAPI(title="vramfit", version=_version(), docs_url=None, redoc_url=None,
                   description="Exact, explained per-GPU memory of LLM inference and training.")
     app.state.allow_network = allow_network
     app.add_exception_handler(VramfitError, _vramfit_error)
@@ -88,6 +89,11 @@ def _routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        """The OpenAPI docs rendered by static/docs.js (FastAPI's Swagger UI would load from a CDN)."""
+        return FileResponse(STATIC / "docs.html")
 
     @app.get("/api/catalog", response_model=list[CatalogModel], summary="Search the built-in model catalog")
     def catalog(q: str = "", limit: int = 50) -> list[CatalogModel]:
