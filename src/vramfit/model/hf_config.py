@@ -15,12 +15,12 @@ from typing import Any
 
 from vramfit.errors import InvalidConfig, UnsupportedArchitecture
 from vramfit.model.architecture import Architecture
-from vramfit.model.readers import classic, decoders, encoders, moe
+from vramfit.model.readers import chatglm, classic, decoders, encoders, moe
 from vramfit.model.readers.fields import ALIASES, Fields
 
 Reader = Callable[[Fields], Architecture]
 
-_FAMILIES = (decoders, moe, classic, encoders)
+_FAMILIES = (decoders, moe, classic, encoders, chatglm)
 READERS: dict[str, Reader] = {name: reader for family in _FAMILIES for name, reader in family.READERS.items()}
 DEFAULTS: dict[str, dict[str, Any]] = {name: family.DEFAULTS[name] for family in _FAMILIES
                                        for name in family.READERS}
@@ -37,8 +37,24 @@ def read_architecture(config: Mapping[str, Any]) -> Architecture:
     if not isinstance(model_type, str) or not model_type:
         raise InvalidConfig("config.json has no model_type; add the model_type of its transformers config "
                             f"(one of: {', '.join(SUPPORTED)})")
+    _refuse_multimodal(config, model_type)
     reader = READERS.get(model_type)
     if reader is None:
         raise UnsupportedArchitecture(f"model_type {model_type!r} is not supported yet; supported model_types: "
                                       f"{', '.join(SUPPORTED)}")
     return reader(Fields(config, model_type=model_type, defaults=DEFAULTS[model_type]))
+
+
+def _refuse_multimodal(config: Mapping[str, Any], model_type: str) -> None:
+    """A config with a nested text_config and a vision (or audio) tower: counting the text model alone would be
+    a silently wrong total, and vramfit has no vision-tower parts yet, so it says so and how to proceed."""
+    towers = [key for key in ("vision_config", "audio_config") if key in config]
+    if "text_config" not in config and not towers:
+        return
+    text = config.get("text_config")
+    text_type = text.get("model_type") if isinstance(text, Mapping) else None
+    hint = (f"; to estimate the language model alone, pass its text_config as a config.json of its own "
+            f"(model_type {text_type!r}, architectures naming its *ForCausalLM class)" if text_type in READERS else "")
+    raise UnsupportedArchitecture(f"model_type {model_type!r} is multimodal ({', '.join(towers) or 'text_config'} "
+                                  f"nested in config.json) and vramfit does not count vision or audio towers "
+                                  f"yet{hint}")

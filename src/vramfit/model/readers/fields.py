@@ -22,7 +22,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "hidden_size": ("n_embd", "n_embed", "d_model"),
     "num_hidden_layers": ("n_layer", "num_layers"),
     "num_attention_heads": ("n_head", "num_heads"),
-    "num_key_value_heads": ("num_kv_heads",),
+    "num_key_value_heads": ("num_kv_heads", "n_head_kv"),
     "max_position_embeddings": ("n_positions",),
     "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "ffn_hidden_size"),
     "head_dim": ("d_kv",),
