@@ -28,6 +28,7 @@ from vramfit.model.architecture import (
     Head,
     Layer,
     Linear,
+    NormKind,
     Stack,
     Table,
 )
