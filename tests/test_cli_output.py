@@ -54,8 +54,13 @@ def fixed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli_estimate, "estimate", lambda model, settings: fixed_estimate(settings))
 
 
+# The same model and workload by numbers, so --explain's seed figures are Llama-3.1-8B's at batch 4 x 8192.
+LLAMA_8B = ["--params", "8B", "--hidden-size", "4096", "--layers", "32", "--heads", "32", "--kv-heads", "8",
+            "--batch-size", "4", "--seq-len", "8192"]
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    assert main(["estimate", "--params", "8B", *args]) == 0
+    assert main(["estimate", *LLAMA_8B, *args]) == 0
     return capsys.readouterr().out
 
 
@@ -103,7 +108,7 @@ def plain_settings() -> Settings:
     from vramfit.cli import build_parser
     from vramfit.cli.common import settings_from_args
 
-    return settings_from_args(build_parser().parse_args(["estimate", "--params", "8B"]))
+    return settings_from_args(build_parser().parse_args(["estimate", *LLAMA_8B]))
 
 
 @pytest.mark.usefixtures("fixed")
@@ -187,3 +192,17 @@ def test_progress_without_total_counts() -> None:
     bar = Progress(None, label="trace", stream=io.StringIO(), force=True)
     bar.advance(5)
     assert bar.line().startswith("trace 5 done")
+
+
+def test_seed_figures_sit_beside_ours_for_a_real_model() -> None:
+    """The seeds' KV formula counts every query head: for Llama-3.1-8B (32 heads, 8 kv heads) it is 4x ours."""
+    import vramfit
+    from vramfit.report import with_textbook
+
+    model = vramfit.load_model("meta-llama/Llama-3.1-8B")
+    result = with_textbook(vramfit.estimate(model, batch_size=4, seq_len=8192), model)
+    kv = next(c for c in result.memory.components if c.name == "kv_cache")
+    seed = 2 * 4 * 8192 * 4096 * 2 * 32
+    assert f"= {seed:,} bytes, {seed / kv.bytes:.2f}x ours" in kv.textbook
+    assert "[S1]" in kv.textbook
+    assert result.memory.total == vramfit.estimate(model, batch_size=4, seq_len=8192).memory.total

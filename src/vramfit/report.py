@@ -11,14 +11,18 @@ four formats.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from vramfit.result import Component, Estimate
+from vramfit.result import Component, Estimate, MemoryBreakdown
 from vramfit.units import format_bytes, format_count
+
+if TYPE_CHECKING:
+    from vramfit.model.loaded import Model
 
 Format = Literal["table", "json", "csv", "markdown"]
 FORMATS: tuple[Format, ...] = ("table", "json", "csv", "markdown")
@@ -218,3 +222,70 @@ def explain_text(result: Estimate) -> str:
         parts += [f"    {line}" for line in explain_component(c)]
         parts.append("")
     return "\n".join(parts).rstrip()
+
+
+# ---------------------------------------------------------------------------------------------- the seeds' figures
+
+def with_textbook(result: Estimate, model: Model) -> Estimate:
+    """The estimate with the seeds' figure beside ours for each component the seeds give a formula for
+    (weights, KV cache, activations, gradients, optimizer states): their formula with this model's numbers put
+    in, its value, and its ratio to ours. Where the memory model left `Component.textbook` empty, the seed
+    formula's own description (vramfit.textbook, which says where it comes from and what it leaves out) is used.
+    """
+    figures = _seed_figures(result, model)
+    components = tuple(_with_figure(c, figures.get(c.name)) for c in result.memory.components)
+    return dataclasses.replace(result, memory=MemoryBreakdown(components=components))
+
+
+def _with_figure(c: Component, figure: tuple[str, float, str] | None) -> Component:
+    if figure is None:
+        return c
+    filled, value, description = figure
+    ratio = f", {value / c.bytes:.2f}x ours" if c.bytes else ""
+    said = (c.textbook or description).rstrip()
+    text = f"{said}{'' if said.endswith('.') else '.'} Seed figure here: {filled} = {value:,.0f} bytes{ratio}."
+    return dataclasses.replace(c, textbook=text)
+
+
+def _seed_figures(result: Estimate, model: Model) -> dict[str, tuple[str, float, str]]:
+    """name -> (seed formula with numbers, its bytes, its description) for the terms the seeds cover."""
+    from vramfit import textbook
+
+    settings, n = result.settings, result.parameters.total
+    d = textbook.dims_of(model.architecture, settings.workload.batch_size, settings.workload.seq_len)
+    out: dict[str, tuple[str, float, str]] = {}
+    dtype = settings.precision.dtype
+    if dtype in textbook.PRECISION_BYTES and settings.precision.quant is None:
+        width = textbook.PRECISION_BYTES[dtype]
+        out["weights"] = (f"{n:,} x {width:g}", textbook.weights_bytes(n, dtype), _doc(textbook.weights_bytes))
+    kv = settings.precision.kv_dtype
+    kv = settings.precision.compute_dtype if kv == "auto" else kv
+    if kv in textbook.PRECISION_BYTES and settings.mode == "inference":
+        width = textbook.PRECISION_BYTES[kv]
+        filled = f"2 x {d.batch} x {d.seq:,} x {d.hidden:,} x {width:g} x {d.layers}"
+        out["kv_cache"] = (filled, textbook.kv_cache_bytes(d, kv), _doc(textbook.kv_cache_bytes))
+    if settings.mode == "training":
+        out.update(_training_figures(result, d))
+    return out
+
+
+def _training_figures(result: Estimate, d: Any) -> dict[str, tuple[str, float, str]]:
+    """Activations (Korthikanti's 34 + 5as/h), fp32 gradients and optimizer states, per the seeds."""
+    from vramfit import textbook
+
+    trainable = result.parameters.trainable
+    filled = (f"{d.seq:,} x {d.batch} x {d.hidden:,} x (34 + 5 x {d.heads} x {d.seq:,} / {d.hidden:,})"
+              f" x {d.layers}")
+    out = {"activations": (filled, textbook.activations_bytes(d), _doc(textbook.activations_bytes)),
+           "gradients": (f"4 x {trainable:,}", 4.0 * trainable,
+                         "[S0]/[S4] fp32 gradients, 4 bytes per trainable parameter.")}
+    state = textbook.OPTIMIZER_BYTES_PER_PARAMETER.get(result.settings.training.optimizer)
+    if state is not None:
+        out["optimizer_states"] = (f"{state} x {trainable:,}", float(state * trainable),
+                                   f"[S2]/[S3] {state} bytes of optimizer state per trainable parameter.")
+    return out
+
+
+def _doc(function: Any) -> str:
+    """A seed function's docstring as one line: its source, formula and what it leaves out."""
+    return " ".join((function.__doc__ or "").split())

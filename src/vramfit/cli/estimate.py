@@ -19,7 +19,7 @@ from vramfit.cli.common import (
 from vramfit.errors import InvalidSetting
 from vramfit.estimate import estimate
 from vramfit.progress import progress
-from vramfit.report import Format, render_estimate
+from vramfit.report import Format, render_estimate, with_textbook
 from vramfit.settings import Settings
 
 
@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, model)
     result = estimate(model, settings)
     fmt: Format = args.format
-    print(render_estimate(result, fmt, args.units, args.explain))
+    shown = with_textbook(result, model) if args.explain else result
+    print(render_estimate(shown, fmt, args.units, args.explain))
     if args.plot or args.plot_sweep:
         from vramfit import plot
 
