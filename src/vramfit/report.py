@@ -233,17 +233,20 @@ def with_textbook(result: Estimate, model: Model) -> Estimate:
     formula's own description (vramfit.textbook, which says where it comes from and what it leaves out) is used.
     """
     figures = _seed_figures(result, model)
-    components = tuple(_with_figure(c, figures.get(c.name)) for c in result.memory.components)
+    gpus = result.settings.parallelism.gpus
+    # The seeds' formulas are for one GPU holding everything.
+    after = f" The seeds count one GPU holding everything; ours is per GPU of {gpus}." if gpus > 1 else ""
+    components = tuple(_with_figure(c, figures.get(c.name), after) for c in result.memory.components)
     return dataclasses.replace(result, memory=MemoryBreakdown(components=components))
 
 
-def _with_figure(c: Component, figure: tuple[str, float, str] | None) -> Component:
+def _with_figure(c: Component, figure: tuple[str, float, str] | None, after: str = "") -> Component:
     if figure is None:
         return c
     filled, value, description = figure
     ratio = f", {value / c.bytes:.2f}x ours" if c.bytes else ""
     said = (c.textbook or description).rstrip()
-    text = f"{said}{'' if said.endswith('.') else '.'} Seed figure here: {filled} = {value:,.0f} bytes{ratio}."
+    text = f"{said}{'' if said.endswith('.') else '.'} Seed figure here: {filled} = {value:,.0f} bytes{ratio}.{after}"
     return dataclasses.replace(c, textbook=text)
 
 
