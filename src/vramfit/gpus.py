@@ -188,7 +188,7 @@ CATALOG: tuple[GPU, ...] = (
 )
 
 _BY_ID = {gpu.id: gpu for gpu in CATALOG}
-_VENDOR_WORDS = re.compile(r"\b(nvidia|geforce|tesla|amd|instinct|apple|radeon)\b")
+_VENDOR_WORDS = re.compile(r"\b(nvidia|geforce|tesla|amd|instinct|radeon)\b")  # "apple" is part of ids
 
 
 def normalize(name: str) -> str:
@@ -223,10 +223,17 @@ def lookup(name: str) -> GPU:
     for suffix in ("gb", "-gb"):
         if (key + suffix) in _INDEX:
             return _INDEX[key + suffix]
-    near = difflib.get_close_matches(key, list(_INDEX), n=4, cutoff=0.4)
-    hint = ", ".join(dict.fromkeys(_INDEX[n].id for n in near)) or ", ".join(gpu_ids())
+    hint = ", ".join(_near(key)) or ", ".join(gpu_ids())
     raise InvalidSetting(f"--gpu: unknown GPU {name!r}; did you mean {hint}? "
                          "Or state the capacity with --gpu-memory, e.g. 24GiB")
+
+
+def _near(key: str) -> list[str]:
+    """Ids the typed key starts (a model sold in several sizes: 'a100' -> a100-40gb, a100-80gb), then the
+    closest spellings."""
+    sizes = [gpu.id for gpu in CATALOG if gpu.id.startswith(key + "-")]
+    close = [_INDEX[n].id for n in difflib.get_close_matches(key, list(_INDEX), n=4, cutoff=0.4)]
+    return list(dict.fromkeys(sizes + close))[:5]
 
 
 def capacity_bytes(gpu: str | None, gpu_memory: int | None) -> int | None:

@@ -205,6 +205,7 @@ class Layout:
     offload: str = "none"
     micro_batch: int = 1
     grad_accum: int = 1
+    training: bool = True     # False: micro_batch is the batch each replica serves, no options apply
 
     @property
     def gpus(self) -> int:
@@ -224,7 +225,8 @@ class Layout:
         parts += [_sharding_name(self)] if self.zero_stage or self.fsdp != "none" else []
         parts += [f"checkpointing {self.grad_ckpt}"] if self.grad_ckpt != "none" else []
         parts += [f"offload {self.offload}"] if self.offload != "none" else []
-        parts += [f"micro-batch {self.micro_batch} x {self.grad_accum} accumulation"]
+        parts += [f"micro-batch {self.micro_batch} x {self.grad_accum} accumulation" if self.training else
+                  f"batch {self.micro_batch} per replica"]
         return ", ".join(parts)
 
 
@@ -249,17 +251,31 @@ class StepCost:
         return self.total_s / self.ideal_s if self.ideal_s else 1.0
 
 
+MARGIN = 0.05   # headroom below 5% of the GPU is penalized in the ranking (see `score`)
+
+
+def score(relative_cost: float, headroom_bytes: int, capacity_bytes: int, margin: float = MARGIN) -> float:
+    """What `plan` ranks by: the relative step cost, raised when the headroom is under `margin` of the GPU,
+    linearly up to twice the cost at zero headroom. Estimates carry an error band (the truth tests state
+    theirs) and allocators fragment, so a layout that fits by a hair is worth less than one that is a little
+    slower but safe. Never below the step cost, so the step cost's lower bound still bounds the score."""
+    short = max(0.0, margin * capacity_bytes - headroom_bytes) / (margin * capacity_bytes) if margin else 0.0
+    return relative_cost * (1 + short)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Ranked:
-    """A layout that fits, with its memory and its step cost."""
+    """A layout that fits, with its memory, its step cost and its score (step cost with the headroom
+    penalty; lower is better)."""
 
     layout: Layout
     check: Check
     cost: StepCost
+    score: float
 
     def explain(self) -> list[str]:
         lines = [f"{self.layout.describe()}: step {self.cost.relative:.2f}x ideal, "
-                 f"headroom {self.check.headroom_bytes / 2**30:.2f} GiB"]
+                 f"headroom {self.check.headroom_bytes / 2**30:.2f} GiB, score {self.score:.2f}"]
         big = sorted(self.cost.parts_s.items(), key=lambda kv: -kv[1])
         lines += [f"    {name}: +{seconds / self.cost.ideal_s:.1%} of ideal" for name, seconds in big if seconds > 0]
         return lines
@@ -506,9 +522,10 @@ def _kv_width(model: Model) -> int:
 
 
 def plan(model: Model, settings: Settings, gpus: int, *, gpu: str | None = None, global_batch: int | None = None,
-         top: int = 5, network: Network | None = None) -> PlanResult:
-    """The layouts of `gpus` GPUs that fit, best first, ranked by relative step cost (`step_cost`) and then by
-    headroom (more first).
+         top: int = 5, network: Network | None = None, margin: float = MARGIN) -> PlanResult:
+    """The layouts of `gpus` GPUs that fit, best first, ranked by `score`: the relative step cost
+    (`step_cost`), penalized when the headroom is under `margin` of the GPU; ties go to more headroom.
+    Inference costs are per token served over all replicas (throughput), not one request's latency.
 
     Training: global_batch sequences per optimizer step (default: batch_size x grad_accum x gpus, the data
     parallel reading of the flags); each split takes a micro-batch dividing its per-replica batch.
@@ -526,12 +543,12 @@ def plan(model: Model, settings: Settings, gpus: int, *, gpu: str | None = None,
     if gpus < 1:
         raise InvalidSetting(f"--gpus: {gpus} must be 1 or more")
     gpu_entry = lookup(gpu or settings.gpu) if (gpu or settings.gpu) else None
-    return _Planner(model, settings, gpus, capacity, gpu_entry, network, global_batch, top).run()
+    return _Planner(model, settings, gpus, capacity, gpu_entry, network, global_batch, top, margin).run()
 
 
 class _Planner:
     def __init__(self, model: Model, settings: Settings, gpus: int, capacity: int, gpu: GPU | None,
-                 network: Network, global_batch: int | None, top: int) -> None:
+                 network: Network, global_batch: int | None, top: int, margin: float) -> None:
         self.model, self.settings, self.gpus, self.gpu, self.network, self.top = (
             model, settings, gpus, gpu, network, top)
         self.checker = Checker(model, capacity)
@@ -540,12 +557,14 @@ class _Planner:
         self.training = settings.mode == "training"
         self.costs = CostModel(model, settings, gpu, network)
         self.rejected: list[str] = []
+        self.alive: dict[Layout, bool] = {}
+        self.margin = margin
 
     def run(self) -> PlanResult:
         groups = [g for g in _groups(self.model, self.settings, self.gpus, self.network) if self._batch_ok(g)]
-        candidates = [c for g in groups if self._survives(g) for c in self._candidates(g)]
-        bounds = {c: self.costs.lower_bound(c) for c in candidates}
-        candidates.sort(key=lambda c: bounds[c])
+        candidates = [(c, g) for g in groups for c in self._candidates(g)]
+        bounds = {c: self.costs.lower_bound(c) for c, _ in candidates}
+        candidates.sort(key=lambda pair: bounds[pair[0]])
         ranked = self._walk(candidates, bounds)
         return PlanResult(gpus=self.gpus, gpu=self.gpu.id if self.gpu else "custom",
                           capacity_bytes=self.checker.capacity, layouts=tuple(ranked), considered=len(candidates),
@@ -570,7 +589,7 @@ class _Planner:
         options = _options(group, self.settings) if self.training else [group]
         batch = self._per_replica(group)
         return [replace(option, micro_batch=1, grad_accum=batch) if self.training else
-                replace(option, micro_batch=batch, grad_accum=1) for option in options]
+                replace(option, micro_batch=batch, grad_accum=1, training=False) for option in options]
 
     def _settings(self, layout: Layout) -> Settings:
         return self.settings.replace(**layout.changes())
@@ -584,24 +603,31 @@ class _Planner:
             return False
 
     def _survives(self, group: Layout) -> bool:
-        """One estimate: the split with its most saving options at micro-batch 1 (inference: as asked)."""
-        return self._fits(self._candidates(group)[0])
+        """One estimate per split, made the first time one of its candidates comes up: the split with its
+        most saving options at micro-batch 1 (inference: as asked). If that does not fit, nothing of it does."""
+        if group not in self.alive:
+            self.alive[group] = self._fits(self._candidates(group)[0])
+        return self.alive[group]
 
-    def _walk(self, candidates: list[Layout], bounds: dict[Layout, float]) -> list[Ranked]:
+    def _walk(self, candidates: list[tuple[Layout, Layout]], bounds: dict[Layout, float]) -> list[Ranked]:
         ranked: list[Ranked] = []
-        for layout in candidates:
-            if len(ranked) >= self.top and bounds[layout] > ranked[-1].cost.relative:
+        for layout, group in candidates:
+            if len(ranked) >= self.top and bounds[layout] > ranked[-1].score:
                 break
-            best = self._best_micro_batch(layout)
+            best = self._best_micro_batch(layout) if self._survives(group) else None
             if best is not None:
                 ranked.append(best)
-                ranked.sort(key=lambda r: (round(r.cost.relative, 3), -r.check.headroom_bytes))
+                ranked.sort(key=lambda r: (round(r.score, 3), -r.check.headroom_bytes))
                 ranked = ranked[: self.top]
         return ranked
 
     def _best_micro_batch(self, layout: Layout) -> Ranked | None:
         """Among micro-batches dividing the per-replica batch, the fitting one with the lowest step cost
-        (the largest on ties: fewer, fuller kernels). Inference keeps the batch as asked."""
+        (the largest on ties: fewer, fuller kernels). Inference keeps the batch as asked.
+
+        Memory grows with the micro-batch, so the fitting ones are those up to a bound; when the cheapest is
+        micro-batch 1 (a pipeline's bubble shrinks with more micro-batches) one estimate settles it,
+        otherwise a bisection finds the bound."""
         from dataclasses import replace
 
         if not self._fits(layout):
@@ -610,9 +636,17 @@ class _Planner:
         if self.training:
             batch = self._per_replica(layout)
             sizes = [replace(layout, micro_batch=m, grad_accum=batch // m) for m in _divisors(batch)]
-            last = largest(lambda i: self._fits(sizes[i]), 0, len(sizes) - 1)
-            choice = min(sizes[: last + 1], key=lambda c: (round(self.costs.cost(c).relative, 3), -c.micro_batch))
-        return Ranked(layout=choice, check=self.checker.check(self._settings(choice)), cost=self.costs.cost(choice))
+            order = sorted(sizes, key=lambda c: (round(self.costs.cost(c).relative, 3), -c.micro_batch))
+            if order[0].micro_batch != 1:
+                last = largest(lambda i: self._fits(sizes[i]), 0, len(sizes) - 1)
+                order = [c for c in order if c.micro_batch <= sizes[last].micro_batch]
+            choice = order[0]
+        return self._ranked(choice)
+
+    def _ranked(self, layout: Layout) -> Ranked:
+        check, cost = self.checker.check(self._settings(layout)), self.costs.cost(layout)
+        return Ranked(layout=layout, check=check, cost=cost,
+                      score=score(cost.relative, check.headroom_bytes, check.capacity_bytes, self.margin))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,60 @@
+"""Memory never decreases as batch or sequence length grows: the property every search in vramfit.search
+stands on (a bisection over a predicate that is not monotone returns a wrong boundary).
+
+Checked for every model of the catalog, in inference and training, on the three peaks an estimate reports.
+Models whose config the readers cannot read yet are skipped with the reader's own message, so they join the
+property the day they become readable.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from strategies import catalog_model, workload_settings
+
+import vramfit
+from vramfit.errors import UnsupportedArchitecture
+from vramfit.model.catalog import catalog_ids
+from vramfit.model.loaded import Model
+from vramfit.result import Peak
+from vramfit.settings import Settings
+
+# Kept small (every catalog model x 2 modes, three estimates per example): about 10 s for the whole file.
+EXAMPLES = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _model(model_id: str) -> Model:
+    try:
+        return catalog_model(model_id)
+    except UnsupportedArchitecture as error:
+        pytest.skip(f"not readable yet: {error}")
+
+
+def _peaks(model: Model, base: Settings, **changes: int) -> tuple[int, int, int]:
+    peak: Peak = vramfit.estimate(model, base.replace(**changes)).peak
+    return peak.allocated, peak.reserved, peak.device
+
+
+def _never_smaller(smaller: tuple[int, int, int], larger: tuple[int, int, int]) -> list[str]:
+    names = ("allocated", "reserved", "device")
+    return [f"{name}: {a:,} > {b:,}" for name, a, b in zip(names, smaller, larger) if a > b]
+
+
+@pytest.mark.parametrize("mode", ["inference", "training"])
+@pytest.mark.parametrize("model_id", catalog_ids())
+def test_memory_grows_with_batch_and_sequence_length(model_id: str, mode: str) -> None:
+    model = _model(model_id)
+
+    @EXAMPLES
+    @given(base=workload_settings(mode=mode), more_batch=st.integers(min_value=1, max_value=64),
+           more_tokens=st.integers(min_value=1, max_value=8192))
+    def check(base: Settings, more_batch: int, more_tokens: int) -> None:
+        batch, seq = base.workload.batch_size, base.workload.seq_len
+        here = _peaks(model, base)
+        drops = _never_smaller(here, _peaks(model, base, batch_size=batch + more_batch))
+        assert drops == [], f"{model_id} {mode}: batch {batch} -> {batch + more_batch} lowers memory: {drops}"
+        drops = _never_smaller(here, _peaks(model, base, seq_len=seq + more_tokens))
+        assert drops == [], f"{model_id} {mode}: seq_len {seq} -> {seq + more_tokens} lowers memory: {drops}"
+
+    check()
