@@ -322,3 +322,15 @@ def test_cli_unknown_gpu_is_an_error_with_suggestions(capsys: pytest.CaptureFixt
 def test_cli_needs_a_gpu(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["max-context", LLAMA_8B]) == 2
     assert "--gpu-memory" in capsys.readouterr().err
+
+
+def test_cli_estimate_json_says_whether_it_fits(capsys: pytest.CaptureFixture[str]) -> None:
+    """Real memory model: the contract keys, and the same verdict as search.check."""
+    model = catalog_model(LLAMA_8B)
+    for gpu in ("rtx-3060", "rtx-4090"):
+        data = _json(capsys, ["estimate", LLAMA_8B, "--gpu", gpu, "--json"])
+        verdict = search.check(model, Settings().replace(gpu=gpu, dtype=model.weight_dtype or "bf16"))
+        assert (data["fits"], data["gpu_memory_bytes"]) == (verdict.fits, lookup(gpu).usable_bytes)
+        assert data["fits"] == (data["peak"]["device"] <= data["gpu_memory_bytes"])
+    data = _json(capsys, ["estimate", LLAMA_8B, "--json"])
+    assert "fits" not in data and "gpu_memory_bytes" not in data

@@ -123,11 +123,23 @@ def render_markdown(result: Estimate, units: str = "GiB", explain: bool = False)
 
 
 def estimate_json(result: Estimate, explain: bool = False) -> dict[str, Any]:
-    """`Estimate.to_dict()`, plus each component's derivation when `explain` is asked for."""
+    """`Estimate.to_dict()`, plus each component's derivation when `explain` is asked for, and with a GPU named
+    (--gpu or --gpu-memory) its usable bytes and whether the device peak fits them (vramfit.search.Check)."""
     out = result.to_dict()
+    out.update(_fit_json(result))
     if explain:
         out["components"] = [_component_json(c) for c in result.memory.components]
     return out
+
+
+def _fit_json(result: Estimate) -> dict[str, Any]:
+    from vramfit.gpus import capacity_bytes
+    from vramfit.search import Check
+
+    capacity = capacity_bytes(result.settings.gpu, result.settings.gpu_memory)
+    if capacity is None:
+        return {}
+    return {"gpu_memory_bytes": capacity, "fits": Check(estimate=result, capacity_bytes=capacity).fits}
 
 
 def _component_json(c: Component) -> dict[str, Any]:
