@@ -172,3 +172,13 @@ def test_unknown_runtime_quant_pairs_name_the_fix(llama3) -> None:  # type: igno
         estimate(llama3, Settings(), name="llama.cpp", quant="bnb-nf4")
     with pytest.raises(InvalidSetting, match="pp"):
         estimate(llama3, Settings(), pipeline=64, gpus=64)
+
+
+def test_k_and_v_projections_are_replicated_beyond_the_kv_heads(llama3) -> None:  # type: ignore[no-untyped-def]
+    from vramfit.memory.sharding import rank_tensors
+
+    tensors = rank_tensors(llama3.architecture, tensor=16)
+    k_rows = {t.rows for t in tensors if t.role == "attn_k"}
+    q_rows = {t.rows for t in tensors if t.role == "attn_q"}
+    assert k_rows == {128}          # one whole kv head (8 heads over 16 ranks: each head on two ranks)
+    assert q_rows == {4096 // 16}   # query heads split evenly

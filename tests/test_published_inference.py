@@ -1,8 +1,10 @@
 """The inference rows of the published measurements, scored: predicted, measured, error per row, median by group.
 
-Two sets:
+Three sets:
 - the rows `vramfit.truth.published` converts (data/truth/published.jsonl, group published/inference),
   scored by `vramfit.truth.validate` exactly as `vramfit validate` does;
+- the lit-gpt rows among them again, run as the litgpt runtime they were measured on, with the double
+  quantization the row states (the converter maps them to transformers and to plain bnb-nf4);
 - rows the converter leaves unmapped because a token count or the measured quantity is not a peak, mapped
   here with the assumption stated beside each (source rows in /work/shared/truth/published-measurements.jsonl).
 
@@ -19,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from vramfit.errors import VramfitError
 from vramfit.estimate import estimate
 from vramfit.model.sources import load_model
 from vramfit.result import Estimate
-from vramfit.settings import Settings
-from vramfit.truth.rows import read_rows
+from vramfit.settings import Settings, settings_from_dict
+from vramfit.truth.rows import TruthRow, read_rows
 from vramfit.truth.validate import validate_rows
 from vramfit.units import GiB
 
@@ -108,10 +111,36 @@ def test_converted_inference_rows() -> None:
     assert all(s.oom_caught for s in report.ooms)
 
 
+def _as_litgpt(row: TruthRow) -> Settings:
+    """The converted settings of a lit-gpt row, run as litgpt (the converter maps every row to transformers),
+    with NF4 double quantization where the row says so (the converter keeps only bnb-nf4)."""
+    settings = settings_from_dict(row.settings)
+    if "double" in str(row.source.get("dtype_quant", "")):
+        settings = settings.replace(quant="bnb-nf4-dq")
+    return settings.replace(name="litgpt")
+
+
+@pytest.mark.skipif(not CONVERTED.exists(), reason="data/truth/published.jsonl not converted yet")
+def test_litgpt_rows_run_as_litgpt() -> None:
+    rows = []
+    for row in read_rows(CONVERTED):
+        if row.group != "published/inference" or not row.id.startswith("litgpt-rt-infer") or row.oom:
+            continue
+        try:
+            model = load_model(row.model)
+        except VramfitError:
+            continue
+        predicted = estimate(model, _as_litgpt(row)).peak.allocated
+        rows.append((row.id, "litgpt/single", predicted, int(row.truth["allocated"])))
+    medians = _table(rows)
+    assert len(rows) >= 10
+    assert medians["litgpt/single"] < 0.01
+
+
 def test_hand_mapped_inference_rows() -> None:
     rows = [(case.id, case.group, case.predict(), case.measured) for case in HAND_MAPPED]
     medians = _table(rows)
     assert medians["vllm/weights"] < 0.002
     assert medians["vllm/kv-pool"] < 0.02
-    assert medians["litgpt/tp"] < 0.07
+    assert medians["litgpt/tp"] < 0.02
     assert medians["vllm/profile-peak"] < 0.4   # known gap: see the note in vramfit.memory.forward.sampler_bytes

@@ -55,12 +55,14 @@ def plan(model: Model, settings: Settings) -> Plan:
     fmt = weights.resolve(quant_name(model, settings), settings.precision.dtype)
     profile = runtimes.profile(settings.runtime.name)
     _check_layout(arch, settings, fmt)
+    fmt = weights.every_linear(fmt) if profile.quantizes_every_linear else fmt
     count = arch.parameter_count()
     parameters = Parameters(total=count.total, trainable=count.total, active=count.active, by_part=count.by_part)
     if profile.name == "llama.cpp":
         components, notes, extra = _llama_cpp(arch, settings, fmt)
     else:
-        stages = [_stage(arch, settings, fmt, profile, s) for s in range(settings.parallelism.pipeline)]
+        stored = model.weight_dtype if profile.quantizes_stored_dtype else None
+        stages = [_stage(arch, settings, fmt, profile, s, stored) for s in range(settings.parallelism.pipeline)]
         results = [_run_stage(stage) for stage in stages]
         components, notes, extra = max(results, key=lambda r: sum(c.bytes for c in r[0]))
     draft = _draft(settings)
@@ -96,7 +98,7 @@ def _check_layout(arch: Architecture, settings: Settings, fmt: weights.WeightFor
 
 
 def _stage(arch: Architecture, settings: Settings, fmt: weights.WeightFormat, profile: Profile,
-           index: int) -> Stage:
+           index: int, quantized_from: str | None = None) -> Stage:
     par, dtype = settings.parallelism, settings.precision.dtype
     tensors = sharding.rank_tensors(arch, tensor=par.tensor, stage=index, stages=par.pipeline, expert=par.expert,
                                     vocab_parallel=profile.vocab_parallel)
@@ -104,7 +106,7 @@ def _stage(arch: Architecture, settings: Settings, fmt: weights.WeightFormat, pr
     return Stage(arch=arch, settings=settings, fmt=fmt, profile=profile,
                  layers=sharding.stage_layers(arch, index, par.pipeline), index=index,
                  last=index == par.pipeline - 1, weight_requests=requests,
-                 dequantized_bytes=weights.dequantized_matrix_bytes(fmt, tensors, dtype))
+                 dequantized_bytes=weights.dequantized_matrix_bytes(fmt, tensors, dtype, quantized_from))
 
 
 def _layout(stage: Stage, *, prefill: bool = False) -> CacheLayout:
@@ -249,11 +251,12 @@ def _pool(stage: Stage, used: int) -> tuple[int, tuple[str, ...], dict[str, Any]
                                   pool.full_length_sequences, "num_blocks": pool.blocks, "block_size": layout.block,
                                   "kv_cache_bytes_per_token": pool.bytes_per_token, "kv_cache_bytes": pool.bytes,
                                   "budget_bytes": budget}}
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = (f"{stage.profile.name}: CUDA graph capture happens after the pool is sized and is not "
+                              "counted here",)
     if pool.bytes < demand:
         short = (f"{stage.profile.name}: the pool holds {pool.tokens} tokens, fewer than batch x seq-len "
                  f"({w.batch_size * w.seq_len}); requests would queue or the engine would refuse to start")
-        notes = (short,)
+        notes += (short,)
     return pool.bytes, notes, extra
 
 

@@ -12,8 +12,11 @@ forward and overhead.
   (block_size x page bytes per token x layers)).
 - SGLang: the same pre-allocation (`mem_fraction_static`), MLA latent cache, page size 1 by default.
 - litgpt: like transformers, but its KV cache is allocated for prompt + new tokens before the prefill,
-  the prefill returns logits for every prompt position, and its tensor parallelism (generate/tp.py) leaves
-  the embedding and lm_head whole on every rank.
+  the prefill returns logits for every prompt position, its tensor parallelism (generate/tp.py) leaves
+  the embedding and lm_head whole on every rank, and with bitsandbytes (Lightning's BitsandbytesPrecision)
+  every nn.Linear is quantized, the lm_head included, from the checkpoint's tensors as stored (the plugin's
+  `_quantize_on_load_hook` hands the state-dict weight to quantize), so a float16 checkpoint run in bfloat16
+  dequantizes to float16 and then copies to bfloat16.
 - llama.cpp: weights of the offloaded layers (`-ngl N` puts the last N blocks on the GPU; the output layer
   too when N exceeds the block count; the token embedding stays on the host: llama-model.cpp
   `i_gpu_start = n_layer - n_gpu_layers`), a KV cache for the full context allocated up front, padded to
@@ -47,6 +50,8 @@ class Profile:
     vocab_parallel: bool = True   # tensor parallelism splits the embedding and lm_head
     cache_before_prefill: bool = False  # the whole cache (prompt + new tokens) exists before the prefill
     all_position_logits: bool = False   # the forward returns logits for every prompt position
+    quantizes_every_linear: bool = False  # bitsandbytes replaces the lm_head too (Lightning's plugin)
+    quantizes_stored_dtype: bool = False  # quantizes the checkpoint's tensors as stored, before any cast
 
 
 PROFILES = {
@@ -64,7 +69,7 @@ PROFILES = {
                          source="llama.cpp llama-kv-cache.cpp, llama-context.cpp, ggml-alloc.c"),
     "litgpt": Profile(name="litgpt", latent_mla=False, cap_window=False, paged=False, preallocates=False,
                       prefill_keeps_prompt=False, vocab_parallel=False, cache_before_prefill=True,
-                      all_position_logits=True,
+                      all_position_logits=True, quantizes_every_linear=True, quantizes_stored_dtype=True,
                       source="litgpt generate/base.py (model.set_kv_cache(max_seq_length=prompt + new tokens) "
                              "before the prefill; GPT.forward returns logits for all positions), generate/tp.py "
                              "(shards attention qkv/proj and MLP only: wte and lm_head are replicated)"),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vramfit.errors import InvalidConfig, InvalidSetting
@@ -69,6 +69,20 @@ def _keeps_non_linear_and_head(t: WeightTensor) -> bool:
     Embeddings, norms and biases are not Linear weights; routed experts in transformers 5 are fused
     nn.Parameter tensors (e.g. modeling_mixtral.py `MixtralExperts`), not nn.Linear, so they stay too."""
     return (not t.matrix or t.role in ("token_embd", "embedding_other", "output", "router") or t.expert)
+
+
+def _keeps_non_linear(t: WeightTensor) -> bool:
+    """Lightning Fabric's BitsandbytesPrecision (litgpt): every torch.nn.Linear becomes a bnb layer, lm_head,
+    router and experts included (lightning_fabric/plugins/precision/bitsandbytes.py: _ClassReplacementContextManager
+    {"torch.nn.Linear": linear_cls}, _convert_layers with an empty ignore_modules); embeddings and norms stay."""
+    return not t.matrix or t.role in ("token_embd", "embedding_other")
+
+
+def every_linear(fmt: WeightFormat) -> WeightFormat:
+    """The same bitsandbytes format applied to every Linear, the lm_head included (litgpt / Lightning)."""
+    if fmt.method != "bitsandbytes":
+        return fmt
+    return replace(fmt, keeps=_keeps_non_linear)
 
 
 def _keeps_outside_blocks(t: WeightTensor) -> bool:
@@ -339,15 +353,18 @@ def model_weight_bytes(arch: Architecture, fmt: WeightFormat, dtype: str) -> int
     return sum(tensor_bytes(fmt, t, dtype) for t in weight_tensors(arch))
 
 
-def dequantized_matrix_bytes(fmt: WeightFormat, tensors: list[WeightTensor], dtype: str) -> int:
-    """bitsandbytes 4-bit matmuls with more than one token dequantize the whole weight to the compute dtype
-    (bitsandbytes/autograd/_functions.py `matmul_4bit`: the gemv_4bit kernel only for a single row, else
-    `MatMul4Bit.forward`: F.dequantize_4bit(B, quant_state).to(A.dtype)); the largest such copy is a
-    transient of every prefill. Other formats: 0 (kernels read the packed weight)."""
+def dequantized_matrix_bytes(fmt: WeightFormat, tensors: list[WeightTensor], dtype: str,
+                             quantized_from: str | None = None) -> int:
+    """bitsandbytes 4-bit matmuls with more than one token dequantize the whole weight (bitsandbytes/autograd/
+    _functions.py `matmul_4bit`: the gemv_4bit kernel only for a single row, else `MatMul4Bit.forward`:
+    F.dequantize_4bit(B, quant_state).to(A.dtype)). dequantize_4bit returns the dtype the weight had when it
+    was quantized (quant_state.dtype); when that is not the compute dtype, `.to` makes a second copy while
+    the first is alive. The largest such matrix is a transient of every prefill. Other formats: 0."""
     if fmt.method != "bitsandbytes" or fmt.name == "bnb-int8":
         return 0
     sizes = [t.rows * t.cols for t in tensors if t.matrix and not fmt.keeps(t)]
-    return max(sizes, default=0) * DTYPE_BYTES[dtype]
+    copies = DTYPE_BYTES[dtype] + (DTYPE_BYTES[quantized_from] if quantized_from not in (None, dtype) else 0)
+    return max(sizes, default=0) * copies
 
 
 def quantized_linear_bytes(rows: int, cols: int, *, quant: str | None, dtype: str, bias: bool = False) -> int:
