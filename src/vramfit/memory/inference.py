@@ -251,8 +251,8 @@ def _pool(stage: Stage, used: int) -> tuple[int, tuple[str, ...], dict[str, Any]
                                   pool.full_length_sequences, "num_blocks": pool.blocks, "block_size": layout.block,
                                   "kv_cache_bytes_per_token": pool.bytes_per_token, "kv_cache_bytes": pool.bytes,
                                   "budget_bytes": budget}}
-    notes: tuple[str, ...] = (f"{stage.profile.name}: CUDA graph capture happens after the pool is sized and is not "
-                              "counted here",)
+    graphs = f"{stage.profile.name}: CUDA graph capture happens after the pool is sized and is not counted here"
+    notes: tuple[str, ...] = (graphs,)
     if pool.bytes < demand:
         short = (f"{stage.profile.name}: the pool holds {pool.tokens} tokens, fewer than batch x seq-len "
                  f"({w.batch_size * w.seq_len}); requests would queue or the engine would refuse to start")
