@@ -340,17 +340,21 @@ def _groups(model: Model, settings: Settings, gpus: int, network: Network) -> It
 
 
 def _options(layout: Layout, settings: Settings) -> list[Layout]:
-    """Memory-saving options for a training split, most saving first. Sharding: ZeRO stages (or FSDP
-    strategies when the user asked for FSDP); with one data-parallel rank sharding saves nothing and is kept
-    only as the carrier of offload. Offload as DeepSpeed allows it: optimizer with ZeRO 1-3, params with 3."""
+    """Memory-saving options for a training split, most saving first.
+
+    Sharding: ZeRO stages 3 and 2 (FSDP FULL_SHARD and SHARD_GRAD_OP when the user asked for FSDP). Stages 0
+    and 1 (and DDP) move the same bytes as stage 2 (ZeRO paper, sec. 7) and hold at least as much, so they
+    can never rank above it and are not enumerated. With one data-parallel rank sharding saves nothing: the
+    split runs unsharded, with stage 2 or 3 only as the carrier of offload, as DeepSpeed allows it (optimizer
+    offload from ZeRO-1 on, parameter offload with ZeRO-3). Checkpointing: full, selective, none."""
     from dataclasses import replace
 
     fsdp = settings.parallelism.fsdp != "none"
-    shardings = [("none", s) for s in (3, 2, 1, 0)] if not fsdp else [("full", 0), ("shard-grad-op", 0),
-                                                                        ("none", 0)]
+    shardings = [("full", 0, 3), ("shard-grad-op", 0, 2)] if fsdp else [("none", 3, 3), ("none", 2, 2)]
+    if layout.data == 1:
+        shardings.append(("none", 0, 0))
     out = []
-    for name, stage in shardings:
-        level = 3 if name == "full" else 2 if name == "shard-grad-op" else stage
+    for name, stage, level in shardings:
         for offload in ("params", "optimizer", "none"):
             if (offload == "params" and level < 3) or (offload == "optimizer" and level < 1):
                 continue
@@ -386,13 +390,15 @@ def step_cost(model: Model, settings: Settings, layout: Layout, gpu: GPU | None 
        (Rajbhandari et al. 2020, "ZeRO", sec. 7), where the extra parameter all-gathers happen for every
        micro-batch; PyTorch FSDP FULL_SHARD and SHARD_GRAD_OP move the same as ZeRO-3 and ZeRO-2 (Zhao et al.
        2023, "PyTorch FSDP", sec. 3). Psi is the parameters of one tensor/pipeline shard; gradients only for
-       trainable ones, parameter gathers for all.
+       trainable ones, parameter gathers for all. Routed experts, split e ways by expert parallelism, sync
+       over the d / e ranks that hold the same experts (Megatron-Core MoE, expert data parallelism).
     6. Pipeline: one activation and one gradient of b x s x h per micro-batch at each stage boundary.
     7. Context parallel: ring attention passes K and V around the ring, (c - 1) / c of them per layer
        forward and about twice that backward (Megatron-Core context parallel docs; Liu et al. 2023, "Ring
        Attention").
     8. Expert parallel: an all-to-all dispatch and combine of the k routed copies of each token per MoE layer,
-       forward and backward (Lepikhin et al. 2020, "GShard"; Rajbhandari et al. 2022, "DeepSpeed-MoE").
+       forward and backward, (e - 1) / e of them leaving the GPU (Lepikhin et al. 2020, "GShard"; Rajbhandari
+       et al. 2022, "DeepSpeed-MoE"); the group spans tensor x context x expert ranks.
     9. Offload: optimizer offload moves gradients down and parameters up once per step (Ren et al. 2021,
        "ZeRO-Offload"); parameter offload fetches the shard for every micro-batch forward and backward
        (Rajbhandari et al. 2021, "ZeRO-Infinity"). CPU optimizer time is not counted.
@@ -414,8 +420,9 @@ class CostModel:
         self.params, self.active = counts.total, counts.active
         self.trainable = trainable if trainable is not None else estimate(model, settings).parameters.trainable
         self.hidden, self.layers, self.kv_width = arch.hidden_size, arch.num_layers, _kv_width(model)
-        self.routed = max((layer.mlp.experts_per_token for layer in arch.layers()
-                           if isinstance(layer.mlp, MixtureOfExperts)), default=0)
+        moe = [layer.mlp for layer in arch.layers() if isinstance(layer.mlp, MixtureOfExperts)]
+        self.routed = max((mlp.experts_per_token for mlp in moe), default=0)
+        self.expert_params = sum(mlp.routed_parameters() for mlp in moe)
         self.seq = settings.workload.seq_len
         self.bytes = DTYPE_BYTES[settings.precision.compute_dtype]
         reference = gpu if gpu and gpu.dense_bf16_flops else lookup("h100-80gb")
@@ -445,7 +452,7 @@ class CostModel:
                 "recomputation": ideal * self._recompute_fraction(layout),
                 "tensor parallel": self._tensor_bytes(layout) / link(layout.tensor),
                 "context parallel": self._context_bytes(layout) / link(layout.tensor * layout.context),
-                "expert parallel": self._expert_bytes(layout) / link(layout.gpus // layout.pipeline),
+                "expert parallel": self._expert_bytes(layout) / link(layout.tensor * layout.context * layout.expert),
                 "data parallel": self._data_bytes(layout) / link(layout.gpus // layout.pipeline),
                 "pipeline transfers": self._pipeline_bytes(layout) / link(layout.gpus),
                 "offload transfers": self._offload_bytes(layout) / self.host}
@@ -489,14 +496,25 @@ class CostModel:
         return directions * (e - 1) / e * self._activation_bytes(layout) * self.routed * self._per_step(layout)
 
     def _data_bytes(self, layout: Layout) -> float:
-        d = layout.data
-        if d == 1 or not self.training:
+        """Dense parameters reduce over all d data-parallel ranks; routed experts, split e ways by expert
+        parallelism, over the d / e ranks holding the same experts (Megatron-Core's expert data parallel)."""
+        if layout.data == 1 or not self.training:
             return 0.0
         shard = layout.tensor * layout.pipeline
-        grads = 2 * self.trainable / shard * self.bytes
+        dense = (self.params - self.expert_params) / shard
+        experts = self.expert_params / (shard * layout.expert)
+        return (self._sync_bytes(dense, dense / self.params * self.trainable, layout, layout.data)
+                + self._sync_bytes(experts, experts / self.params * self.trainable, layout,
+                                   layout.data // layout.expert))
+
+    def _sync_bytes(self, params: float, trainable: float, layout: Layout, ranks: int) -> float:
+        """Bytes one GPU moves to keep `params` (of which `trainable` get gradients) in step over `ranks`
+        ranks: 2 x gradients per step, and for ZeRO-3 2 x parameters per micro-batch (ZeRO, sec. 7)."""
+        if ranks <= 1:
+            return 0.0
         level = 3 if layout.fsdp == "full" else 2 if layout.fsdp == "shard-grad-op" else layout.zero_stage
-        gathers = 2 * self.params / shard * self.bytes * layout.grad_accum if level == 3 else 0.0
-        return (d - 1) / d * (grads + gathers)
+        gathers = 2 * params * self.bytes * layout.grad_accum if level == 3 else 0.0
+        return (ranks - 1) / ranks * (2 * trainable * self.bytes + gathers)
 
     def _pipeline_bytes(self, layout: Layout) -> float:
         if layout.pipeline == 1:
