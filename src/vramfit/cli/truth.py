@@ -21,6 +21,39 @@ DEFAULT_TRUTH_DIR = Path("data/truth")
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_validate(subparsers)
     _register_trace(subparsers)
+    _register_measure(subparsers)
+
+
+def _register_measure(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "measure", help="run the same step for real on a CUDA GPU (random weights, no download) and record it")
+    add_model_arguments(parser)
+    add_settings_arguments(parser)
+    parser.add_argument("--out", metavar="FILE.jsonl",
+                        help="append the truth row here (default: data/truth/measured/<GPU name>.jsonl)")
+    parser.add_argument("--score", choices=("allocated", "reserved", "device"), default="allocated",
+                        help="the quantity validate compares estimates with (default: allocated)")
+    parser.add_argument("--group", default="", help="the row's group for validate's summaries")
+    parser.add_argument("--json", action="store_true", help="print the truth row as JSON")
+    parser.set_defaults(handler=run_measure)
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    from vramfit.truth.trace import require_torch
+
+    require_torch()
+    from vramfit.truth.measure import default_output, measure, record
+
+    model, settings = model_from_args(args), settings_from_args(args)
+    result = measure(model, settings)
+    path = args.out or default_output(result.env)
+    row = record(result, path, model_id=args.model or model.name, measure=args.score, group=args.group)
+    if args.json:
+        print(json.dumps(row.to_dict(), indent=2))
+    else:
+        figures = ", ".join(f"{k} {format_bytes(v)}" for k, v in row.truth.items()) or "out of memory"
+        print(f"{row.id}: {figures} on {result.env.get('gpu')} -> {path}")
+    return 0
 
 
 def _register_trace(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -115,6 +115,19 @@ def check_traceable(settings: Settings) -> None:
             raise Untraceable(f"{reason}; {_MEASURE}")
 
 
+def check_generation(model: Model, settings: Settings) -> None:
+    """Inference needs a decoder alone or an encoder alone: an encoder generates nothing (one forward pass),
+    and encoder-decoder inference is not traced."""
+    if settings.mode != "inference":
+        return
+    if model.architecture.encoder is not None and model.architecture.decoder is not None:
+        raise Untraceable(f"inference with the encoder-decoder {model.name} is not traced (what the decoder is "
+                          f"fed is a choice of the serving code); {_MEASURE}, or trace --mode training")
+    if settings.workload.new_tokens and model.architecture.decoder is None:
+        raise InvalidSetting(f"new_tokens: {model.name} is an encoder and generates no tokens; pass --new-tokens 0 "
+                             "(one forward pass)")
+
+
 def trace(model: Model | str, settings: Settings, *, fake: bool = True) -> TraceResult:
     """The traced peak of one step of `model` under `settings`. fake=False runs the same step on real CPU
     tensors (random weights; only for tiny models: tests use it to check the fake trace against it)."""
@@ -125,6 +138,7 @@ def trace(model: Model | str, settings: Settings, *, fake: bool = True) -> Trace
         model = load_model(model)
     settings = settings.validate()
     check_traceable(settings)
+    check_generation(model, settings)
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from vramfit.truth.tracker import LiveTensorTracker
@@ -132,15 +146,12 @@ def trace(model: Model | str, settings: Settings, *, fake: bool = True) -> Trace
     start = time.perf_counter()
     notes: list[str] = []
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
-    with mode, _fake_failures(), _unpadded_inputs():
-        module = build_model(model, settings, notes)
+    with mode, _fake_failures(), _unpadded_inputs() if fake else contextlib.nullcontext():
+        module = build_model(model, settings, notes, fake=fake)
         with LiveTensorTracker() as tracker:
             tracker.mark(module.parameters(), "parameters")
             tracker.mark(module.buffers(), "buffers")
-            if settings.mode == "training":
-                train_step(torch, module, settings, tracker)
-            else:
-                infer_step(torch, module, settings, tracker)
+            run_step(torch, module, settings, tracker, {})
     return TraceResult(model=model.name, peak_bytes=tracker.peak_bytes, breakdown=tracker.breakdown(),
                        settings=settings, seconds=time.perf_counter() - start, notes=tuple(notes))
 
@@ -199,7 +210,7 @@ def hf_config(model: Model, settings: Settings, notes: list[str]) -> Any:
     return config
 
 
-def build_model(model: Model, settings: Settings, notes: list[str]) -> Any:
+def build_model(model: Model, settings: Settings, notes: list[str], *, fake: bool = True) -> Any:
     """The model class config.json names (its `architectures`), built from the config in the step's dtype,
     wrapped by PEFT for LoRA/DoRA, with gradient checkpointing when asked; call under FakeTensorMode."""
     import torch
@@ -217,11 +228,11 @@ def build_model(model: Model, settings: Settings, notes: list[str]) -> Any:
             raise Untraceable(f"{model.name}: {error}; pass --attention eager") from None
         raise
     if settings.mode == "training":
-        module = prepare_training(module, settings)
+        module = prepare_training(module, settings, fake=fake)
     return module
 
 
-def prepare_training(module: Any, settings: Settings) -> Any:
+def prepare_training(module: Any, settings: Settings, *, fake: bool = True) -> Any:
     t = settings.training
     module.train()
     if t.grad_ckpt == "full":
@@ -230,7 +241,7 @@ def prepare_training(module: Any, settings: Settings) -> Any:
         else:
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if t.finetune in ("lora", "dora"):
-        module = with_lora(module, settings)
+        module = with_lora(module, settings, fake=fake)
     if t.frozen_layers:
         for name, parameter in module.named_parameters():
             if _layer_index(name) is not None and _layer_index(name) < t.frozen_layers:  # type: ignore[operator]
@@ -246,12 +257,12 @@ def _layer_index(name: str) -> int | None:
     return None
 
 
-def with_lora(module: Any, settings: Settings) -> Any:
+def with_lora(module: Any, settings: Settings, *, fake: bool = True) -> Any:
     """PEFT's own adapters. Its injection moves each adapter to the base layer's device and dtype with
     `Module.to()`, which fake parameters refuse ("Couldn't swap"); on one device that move only changes the
     dtype, and PEFT's default autocast_adapter_dtype=True casts bf16/fp16 adapters back to fp32 afterwards,
     so adapters created in fp32 and left unmoved end where PEFT leaves them. Both moves are skipped while
-    the adapters are injected."""
+    the adapters are injected into a fake model (a real one keeps PEFT's own moves)."""
     import peft
     import torch
     from peft.tuners import tuners_utils
@@ -260,6 +271,8 @@ def with_lora(module: Any, settings: Settings) -> Any:
     targets: Any = "all-linear" if lora.targets == ("all-linear",) else list(lora.targets)
     config = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                              use_dora=settings.training.finetune == "dora", task_type="CAUSAL_LM")
+    if not fake:
+        return peft.get_peft_model(module, config)
     original_move = tuners_utils.BaseTunerLayer._move_adapter_to_device_of_base_layer
     original_to = torch.nn.Module.to
     tuners_utils.BaseTunerLayer._move_adapter_to_device_of_base_layer = lambda self, *a, **k: None  # type: ignore
@@ -277,7 +290,8 @@ def with_lora(module: Any, settings: Settings) -> Any:
 
 
 def _tokens(torch: Any, module: Any, batch: int, length: int) -> Any:
-    return torch.zeros(batch, length, dtype=torch.long)
+    """Token ids on the model's device (their values never change the memory of a dense step)."""
+    return torch.zeros(batch, length, dtype=torch.long, device=next(module.parameters()).device)
 
 
 def infer_step(torch: Any, module: Any, settings: Settings, tracker: Any) -> None:
@@ -330,18 +344,29 @@ def _cache_tensors(cache: Any) -> list[Any]:
     return [tensor for layer in layers for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None))]
 
 
-def train_step(torch: Any, module: Any, settings: Settings, tracker: Any) -> None:
-    """Warm-up (optimizer state), then the measured step: micro-batches, backward, optimizer.step()."""
+def run_step(torch: Any, module: Any, settings: Settings, tracker: Any, state: dict[str, Any]) -> None:
+    """One step of the mode; `state` keeps the optimizer between calls (measure's warm-up, then its step)."""
+    if settings.mode == "training":
+        train_step(torch, module, settings, tracker, state)
+    else:
+        infer_step(torch, module, settings, tracker)
+
+
+def train_step(torch: Any, module: Any, settings: Settings, tracker: Any, state: dict[str, Any]) -> None:
+    """Warm-up (optimizer state) on the first call, then the measured step: micro-batches, backward,
+    optimizer.step(). The peak restarts after the warm-up, with the gradients already freed."""
     w = settings.workload
     trainable = [p for p in module.parameters() if p.requires_grad]
-    optimizer = make_optimizer(torch, trainable, settings.training.optimizer)
-    for parameter in trainable:
-        parameter.grad = torch.zeros_like(parameter)
-    optimizer.step()
+    if "optimizer" not in state:
+        state["optimizer"] = make_optimizer(torch, trainable, settings.training.optimizer)
+        for parameter in trainable:
+            parameter.grad = torch.zeros_like(parameter)
+        state["optimizer"].step()
+    optimizer = state["optimizer"]
     optimizer.zero_grad(set_to_none=True)
     tracker.mark(_optimizer_tensors(optimizer), "optimizer_state")
     tracker.reset_peak()
-    autocast = _autocast(torch, settings)
+    autocast = _autocast(torch, settings, trainable[0].device.type)
     for _ in range(w.grad_accum):
         ids = _tokens(torch, module, w.batch_size, w.seq_len)
         with autocast():
@@ -354,12 +379,12 @@ def train_step(torch: Any, module: Any, settings: Settings, tracker: Any) -> Non
     tracker.mark((p.grad for p in trainable), "gradients")
 
 
-def _autocast(torch: Any, settings: Settings) -> Any:
+def _autocast(torch: Any, settings: Settings, device_type: str) -> Any:
     amp = settings.precision.amp
     if amp is None:
         return contextlib.nullcontext
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type="cpu", dtype=dtype)
+    return lambda: torch.autocast(device_type=device_type, dtype=dtype)
 
 
 def make_optimizer(torch: Any, parameters: list[Any], name: str) -> Any:
