@@ -740,16 +740,52 @@ _INFERENCE_CHANGES: tuple[tuple[str, int, dict[str, Any], str], ...] = (
 )
 
 
-def what_to_change(model: Model, settings: Settings, *, max_gpus: int = 64, top: int = 8) -> list[Change]:
-    """Changes that make a workload fit, cheapest first (impact rank, then smaller new total), each with its
-    new estimate. Empty when nothing tried fits; the current settings' fit is not checked here."""
+def what_to_change(model: Model, settings: Settings, *, max_gpus: int = 64, top: int = 8,
+                   max_combined: int = 3) -> list[Change]:
+    """Changes that make a workload fit, cheapest first (impact, then smaller new total), each with its new
+    estimate: single changes and combinations of up to `max_combined` of them (impact adds up; a combination
+    is listed only when none of its parts already fits), the largest batch or context that fits, and the
+    fewest GPUs of this kind with their best layout. Empty when nothing tried fits."""
     settings = settings.validate()
     checker = Checker(model, required_capacity(settings))
-    tried = [_try(checker, settings, change) for change in _fixed_changes(settings)]
-    tried += _shrink_changes(model, settings)
-    tried += _more_gpus(model, settings, max_gpus)
-    fitting = [c for c in tried if c.check is not None and c.check.fits]
-    return sorted(fitting, key=lambda c: (c.impact, c.check.total_bytes if c.check else 0))[:top]
+    found = _combinations(checker, settings, _fixed_changes(settings), top, max_combined)
+    found += [c for c in _shrink_changes(model, settings) if c.check is not None and c.check.fits]
+    found += _more_gpus(model, settings, max_gpus)
+    return sorted(found, key=lambda c: (c.impact, c.check.total_bytes if c.check else 0))[:top]
+
+
+def _combinations(checker: Checker, settings: Settings, singles: list[Change], top: int,
+                  most: int) -> list[Change]:
+    """Fitting combinations of changes that touch different settings, visited cheapest first; a superset of
+    one that fits is skipped (it gives up more for nothing), and the walk stops once `top` fit and the
+    next would cost more than all of them."""
+    from itertools import combinations
+
+    groups = [combo for size in range(1, most + 1) for combo in combinations(singles, size) if _disjoint(combo)]
+    groups.sort(key=lambda combo: (sum(c.impact for c in combo), len(combo)))
+    found: list[tuple[tuple[Change, ...], Change]] = []
+    for combo in groups:
+        if len(found) >= top and sum(c.impact for c in combo) > max(f.impact for _, f in found):
+            break
+        if any(set(map(id, parts)) <= set(map(id, combo)) for parts, _ in found):
+            continue
+        tried = _try(checker, settings, _merge(combo))
+        if tried.check is not None and tried.check.fits:
+            found.append((combo, tried))
+    return [change for _, change in found]
+
+
+def _disjoint(combo: tuple[Change, ...]) -> bool:
+    keys = [key for change in combo for key in change.changes]
+    return len(keys) == len(set(keys))
+
+
+def _merge(combo: tuple[Change, ...]) -> Change:
+    merged: dict[str, Any] = {}
+    for change in combo:
+        merged.update(change.changes)
+    return Change(label=" + ".join(c.label for c in combo), impact=sum(c.impact for c in combo), changes=merged,
+                  why="; ".join(c.why for c in combo))
 
 
 def _fixed_changes(settings: Settings) -> list[Change]:
@@ -762,6 +798,11 @@ def _fixed_changes(settings: Settings) -> list[Change]:
         if _already(settings, values):
             continue
         out.append(Change(label=label, impact=impact, changes=values, why=why))
+    work = settings.workload
+    if settings.mode == "training" and work.batch_size > 1:
+        out.append(Change(label=f"micro-batch 1 with grad_accum {work.grad_accum * work.batch_size}", impact=1,
+                          changes={"batch_size": 1, "grad_accum": work.grad_accum * work.batch_size},
+                          why="same sequences per optimizer step, in more and smaller passes"))
     if settings.mode == "training" and settings.parallelism.data > 1:
         for stage in range(settings.parallelism.zero_stage + 1, 4):
             out.append(Change(label=f"ZeRO stage {stage}", impact=2, changes={"zero_stage": stage},
