@@ -334,3 +334,14 @@ def test_cli_estimate_json_says_whether_it_fits(capsys: pytest.CaptureFixture[st
         assert data["fits"] == (data["peak"]["device"] <= data["gpu_memory_bytes"])
     data = _json(capsys, ["estimate", LLAMA_8B, "--json"])
     assert "fits" not in data and "gpu_memory_bytes" not in data
+
+
+def test_vllm_max_batch_is_what_its_pool_holds() -> None:
+    """Real memory model, vLLM: the device peak is the pre-allocated pool whatever the batch, so the boundary
+    is the pool's; it must agree with the inference model's own count of full-length sequences."""
+    model = catalog_model(LLAMA_8B)
+    base = Settings().replace(gpu="h100-80gb", name="vllm", seq_len=8192)   # Runtime.name
+    found = search.max_batch(model, base)
+    assert found.limited_by == "memory" and found.above is not None and found.above.pool_short
+    answers = vramfit.estimate(model, base).extra["vllm"]
+    assert found.value == answers["max_full_length_sequences"]

@@ -79,7 +79,28 @@ class Check:
 
     @property
     def fits(self) -> bool:
-        return self.total_bytes <= self.capacity_bytes
+        """The device peak fits the GPU and, for a runtime that pre-allocates a KV-cache pool (vLLM,
+        SGLang), the pool holds the workload (`pool_short`)."""
+        return self.total_bytes <= self.capacity_bytes and not self.pool_short
+
+    @property
+    def pool_short(self) -> bool:
+        """True when a pre-allocated KV-cache pool holds fewer tokens than batch x seq_len, each sequence in
+        whole blocks (vLLM's paged allocation). A pool runtime's device peak is the pool it reserves, the same
+        for any batch; what runs out is the pool. Read from the estimate's runtime answers (`extra[runtime]`:
+        kv_cache_tokens, block_size), which only pool runtimes report."""
+        pool = self.pool_tokens
+        return pool is not None and pool[0] < pool[1]
+
+    @property
+    def pool_tokens(self) -> tuple[int, int] | None:
+        """(tokens the KV-cache pool holds, tokens the workload needs in whole blocks), for pool runtimes."""
+        work = self.estimate.settings.workload
+        for answers in self.estimate.extra.values():
+            if isinstance(answers, dict) and "kv_cache_tokens" in answers:
+                block = int(answers.get("block_size") or 1)
+                return int(answers["kv_cache_tokens"]), work.batch_size * -(-work.seq_len // block) * block
+        return None
 
     @property
     def headroom_bytes(self) -> int:

@@ -79,7 +79,8 @@ def _print(args: argparse.Namespace, data: dict[str, Any], lines: list[str]) -> 
 
 
 def _gib(n: int) -> str:
-    return format_bytes(n, "GiB")
+    """GiB, or MiB under one GiB so that a boundary's last step stays visible."""
+    return format_bytes(n, "GiB" if abs(n) >= 2**30 else "MiB")
 
 
 def run_max_batch(args: argparse.Namespace) -> int:
@@ -107,10 +108,17 @@ def _largest_lines(found: search.Largest, unit: str) -> list[str]:
     lines = [f"{found.name} {found.value:,} ({unit}) fits: {_gib(found.at_value.total_bytes)} of "
              f"{_gib(found.capacity_bytes)}, headroom {_gib(found.at_value.headroom_bytes)}"]
     if found.above is not None:
-        lines.append(f"{found.name} {found.value + 1:,} does not: {_gib(found.above.total_bytes)}")
+        lines.append(f"{found.name} {found.value + 1:,} does not: {_why_not(found.above)}")
     else:
         lines.append(f"limited by the {found.limited_by}, not by memory (raise it with --limit)")
     return lines
+
+
+def _why_not(check: search.Check) -> str:
+    pool = check.pool_tokens
+    if check.pool_short and pool:
+        return f"the runtime's KV-cache pool holds {pool[0]:,} tokens, the batch needs {pool[1]:,}"
+    return f"{_gib(check.total_bytes)} of {_gib(check.capacity_bytes)}, over by {_gib(-check.headroom_bytes)}"
 
 
 # ----------------------------------------------------------------------------------------------------------
