@@ -221,3 +221,14 @@ def test_api_docs_list_every_route(page: Any, server: str, api: TestClient) -> N
     for path, methods in api.get("/openapi.json").json()["paths"].items():
         assert {f"{method.upper()} {path}" for method in methods} <= headings
     assert page.locator("#type-Settings").count() == 1
+
+
+def test_units_switch_relabels_every_size(page: Any, server: str) -> None:
+    page.goto(f"{server}/?model=Qwen/Qwen3-8B&units=GB")
+    page.wait_for_selector("body[data-state=ready]", timeout=15_000)
+    rows = page.locator("#breakdown tr[data-component]")
+    for i in range(rows.count()):
+        row = rows.nth(i)
+        size = row.locator("td, th").nth(2).text_content()
+        assert size == f"{int(row.get_attribute('data-bytes')) / 1e9:.2f} GB"
+    assert "GiB" not in page.text_content("#peaks")
