@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from vramfit.gpus import CATALOG, GPU
 from vramfit.model.catalog import catalog_ids
 from vramfit.model.loaded import Model
-from vramfit.settings import LoRA, Settings
+from vramfit.settings import RUNTIMES, LoRA, Settings
 
 
 @lru_cache(maxsize=None)
@@ -47,9 +47,14 @@ def seq_lens(max_value: int = 32768) -> st.SearchStrategy[int]:
 
 @st.composite
 def workload_settings(draw: st.DrawFn, mode: str | None = None) -> Settings:
-    """Settings for one GPU with a drawn mode, batch and length; training draws the memory options too."""
+    """Settings for one GPU with a drawn mode, batch, length and attention; inference draws the runtime and
+    a GPU (pool runtimes size their pool from it), training the memory options."""
     chosen = mode or draw(modes())
-    settings = Settings().replace(mode=chosen, batch_size=draw(batch_sizes()), seq_len=draw(seq_lens()))
+    settings = Settings().replace(mode=chosen, batch_size=draw(batch_sizes()), seq_len=draw(seq_lens()),
+                                  attention=draw(st.sampled_from(("eager", "sdpa", "flash"))))
+    if chosen == "inference":
+        settings = settings.replace(name=draw(st.sampled_from(RUNTIMES)),
+                                    gpu=draw(st.none() | st.sampled_from(("rtx-4090", "h100-80gb"))))
     if chosen == "training":
         # LoRA on all linears: PEFT's name for a target every architecture has (q_proj, say, is not in MLA).
         settings = settings.replace(grad_ckpt=draw(st.sampled_from(("none", "selective", "full"))),
@@ -64,3 +69,91 @@ def monotone_thresholds(low: int = 0, high: int = 1 << 20) -> st.SearchStrategy[
     return st.tuples(st.integers(low, high), st.integers(0, high - low)).flatmap(
         lambda pair: st.tuples(st.just(pair[0]), st.just(pair[0] + pair[1]),
                                st.integers(pair[0] - 1, pair[0] + pair[1])))
+
+
+@st.composite
+def small_hf_configs(draw: st.DrawFn) -> dict[str, object]:
+    """A tiny config.json of a supported model type with its switches drawn at random (biases, tying, GQA,
+    head_dim apart from hidden/heads, MoE layouts, Falcon layouts, heads by class), small enough that
+    transformers builds it in milliseconds. Owner: readers (tests/test_parameters.py)."""
+    heads = draw(st.sampled_from((1, 2, 4)))
+    kv_heads = draw(st.sampled_from([k for k in (1, 2, 4) if heads % k == 0]))
+    head_dim = draw(st.sampled_from((4, 8)))
+    base: dict[str, object] = {
+        "num_attention_heads": heads, "num_hidden_layers": draw(st.integers(1, 3)), "hidden_size": heads * head_dim,
+        "vocab_size": draw(st.integers(8, 64)), "max_position_embeddings": 32, "pad_token_id": 0,
+        "tie_word_embeddings": draw(st.booleans()),
+    }
+    width = draw(st.integers(2, 24))
+    model_type = draw(st.sampled_from(sorted(_SMALL_CONFIG_SWITCHES)))
+    switches = draw(_SMALL_CONFIG_SWITCHES[model_type](heads, kv_heads, head_dim))
+    if model_type == "t5":  # T5's own keys: with the aliases, T5Config derives num_decoder_layers from the default
+        base = {_T5_KEYS.get(key, key): value for key, value in base.items()}
+    return {"model_type": model_type, **base, _WIDTH_KEYS.get(model_type, "intermediate_size"): width, **switches}
+
+
+_T5_KEYS = {"hidden_size": "d_model", "num_hidden_layers": "num_layers", "num_attention_heads": "num_heads"}
+
+
+# The MLP width under each family's own key (its config class ignores the others).
+_WIDTH_KEYS = {"falcon": "ffn_hidden_size", "opt": "ffn_dim", "t5": "d_ff"}
+
+
+def _gqa(kv_heads: int, **more: st.SearchStrategy[object]) -> st.SearchStrategy[dict[str, object]]:
+    return st.fixed_dictionaries({"num_key_value_heads": st.just(kv_heads)}, optional=more)
+
+
+def _moe(kv_heads: int, **more: st.SearchStrategy[object]) -> st.SearchStrategy[dict[str, object]]:
+    return st.fixed_dictionaries({"num_key_value_heads": st.just(kv_heads), "num_experts_per_tok": st.just(2),
+                                  "moe_intermediate_size": st.integers(2, 12), **more})
+
+
+_SMALL_CONFIG_SWITCHES = {
+    "llama": lambda h, kv, d: _gqa(kv, attention_bias=st.booleans(), mlp_bias=st.booleans(),
+                                   head_dim=st.sampled_from((4, 8, 12)),
+                                   architectures=st.sampled_from((["LlamaForCausalLM"], ["LlamaModel"]))),
+    "qwen2": lambda h, kv, d: _gqa(kv, architectures=st.just(["Qwen2ForCausalLM"])),
+    "qwen3": lambda h, kv, d: _gqa(kv, attention_bias=st.booleans(), head_dim=st.sampled_from((4, 8)),
+                                   architectures=st.just(["Qwen3ForCausalLM"])),
+    "gemma2": lambda h, kv, d: _gqa(kv, head_dim=st.sampled_from((4, 8)), architectures=st.just(["Gemma2ForCausalLM"])),
+    "gemma3_text": lambda h, kv, d: _gqa(kv, head_dim=st.sampled_from((4, 8)),
+                                         architectures=st.just(["Gemma3ForCausalLM"])),
+    "phi3": lambda h, kv, d: _gqa(kv, architectures=st.just(["Phi3ForCausalLM"])),
+    "olmo2": lambda h, kv, d: _gqa(kv, attention_bias=st.booleans(), architectures=st.just(["Olmo2ForCausalLM"])),
+    "starcoder2": lambda h, kv, d: _gqa(kv, use_bias=st.booleans(), architectures=st.just(["Starcoder2ForCausalLM"])),
+    "stablelm": lambda h, kv, d: _gqa(kv, use_qkv_bias=st.booleans(), qk_layernorm=st.booleans(),
+                                      use_parallel_residual=st.booleans(),
+                                      architectures=st.just(["StableLmForCausalLM"])),
+    "phi": lambda h, kv, d: _gqa(kv, qk_layernorm=st.booleans(), architectures=st.just(["PhiForCausalLM"])),
+    "mixtral": lambda h, kv, d: _moe(kv, num_local_experts=st.integers(2, 4),
+                                     architectures=st.just(["MixtralForCausalLM"])),
+    "qwen2_moe": lambda h, kv, d: _moe(kv, num_experts=st.integers(2, 4), decoder_sparse_step=st.integers(1, 2),
+                                       shared_expert_intermediate_size=st.integers(2, 12),
+                                       mlp_only_layers=st.sampled_from(([], [0])), qkv_bias=st.booleans(),
+                                       architectures=st.just(["Qwen2MoeForCausalLM"])),
+    "qwen3_moe": lambda h, kv, d: _moe(kv, num_experts=st.integers(2, 4), decoder_sparse_step=st.integers(1, 2),
+                                       head_dim=st.just(d), architectures=st.just(["Qwen3MoeForCausalLM"])),
+    "deepseek_v3": lambda h, kv, d: _moe(kv, n_routed_experts=st.sampled_from((2, 4)), n_group=st.just(1),
+                                         topk_group=st.just(1), n_shared_experts=st.integers(1, 2),
+                                         first_k_dense_replace=st.integers(0, 2),
+                                         q_lora_rank=st.sampled_from((None, 6)), kv_lora_rank=st.integers(2, 8),
+                                         qk_nope_head_dim=st.just(4), qk_rope_head_dim=st.just(2),
+                                         v_head_dim=st.just(4), attention_bias=st.booleans(),
+                                         architectures=st.just(["DeepseekV3ForCausalLM"])),
+    "gpt_neox": lambda h, kv, d: st.fixed_dictionaries({}, optional={
+        "attention_bias": st.booleans(), "use_parallel_residual": st.booleans(),
+        "architectures": st.just(["GPTNeoXForCausalLM"])}),
+    "falcon": lambda h, kv, d: st.fixed_dictionaries({"num_kv_heads": st.just(kv)}, optional={
+        "new_decoder_architecture": st.booleans(), "multi_query": st.booleans(), "parallel_attn": st.booleans(),
+        "bias": st.booleans(), "architectures": st.just(["FalconForCausalLM"])}),
+    "opt": lambda h, kv, d: st.fixed_dictionaries({}, optional={
+        "enable_bias": st.booleans(), "do_layer_norm_before": st.booleans(),
+        "word_embed_proj_dim": st.sampled_from((4, 6)), "architectures": st.just(["OPTForCausalLM"])}),
+    "bert": lambda h, kv, d: st.fixed_dictionaries({"architectures": st.sampled_from(
+        (["BertModel"], ["BertForMaskedLM"], ["BertForPreTraining"], ["BertForSequenceClassification"],
+         ["BertForTokenClassification"]))}, optional={"type_vocab_size": st.integers(1, 3)}),
+    "t5": lambda h, kv, d: st.fixed_dictionaries({"d_kv": st.sampled_from((4, 8)), "architectures": st.sampled_from(
+        (["T5ForConditionalGeneration"], ["T5Model"], ["T5EncoderModel"]))}, optional={
+        "feed_forward_proj": st.sampled_from(("relu", "gated-gelu", "gated-silu")),
+        "num_decoder_layers": st.integers(1, 3), "relative_attention_num_buckets": st.integers(2, 8)}),
+}

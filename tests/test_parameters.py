@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from strategies import small_hf_configs
 
 from vramfit.model.architecture import Architecture
 from vramfit.model.hf_config import read_architecture
@@ -44,6 +46,13 @@ def test_parts_add_up_to_the_total(path: Path) -> None:
     count = read_architecture(_config(path)).parameter_count()
     assert sum(count.by_part.values()) == count.total
     assert 0 < count.active <= count.total
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=small_hf_configs())
+def test_random_small_configs_equal_transformers(config: dict[str, Any], transformers_parameters: Any) -> None:
+    """Random switches of every family (biases, tying, GQA, MoE and Falcon layouts, heads by class)."""
+    assert read_architecture(config).parameter_count().total == transformers_parameters(config)
 
 
 def test_llama_3_1_8b_by_hand() -> None:

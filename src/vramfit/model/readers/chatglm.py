@@ -74,7 +74,7 @@ def _attention(f: Fields) -> Attention:
 
 
 def _mlp(f: Fields) -> GatedMLP:
-    return GatedMLP(hidden_size=f.integer("hidden_size"), intermediate_size=f.integer("intermediate_size"),
+    return GatedMLP(hidden_size=f.integer("hidden_size"), intermediate_size=f.integer("ffn_hidden_size"),
                     bias=f.flag("add_bias_linear"), activation="silu",
                     names=("dense_h_to_4h", "dense_h_to_4h", "dense_4h_to_h"), fused="dense_h_to_4h")
 

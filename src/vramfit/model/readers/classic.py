@@ -43,17 +43,17 @@ from vramfit.model.readers import parts
 from vramfit.model.readers.fields import Fields
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "gpt2": {"tie_word_embeddings": True, "activation_function": "gelu_new", "intermediate_size": None},
+    "gpt2": {"tie_word_embeddings": True, "activation_function": "gelu_new", "n_inner": None},
     "openai-gpt": {"tie_word_embeddings": True, "afn": "gelu"},
     "gpt_bigcode": {"tie_word_embeddings": True, "activation_function": "gelu_pytorch_tanh",
-                    "intermediate_size": None, "multi_query": True},
+                    "n_inner": None, "multi_query": True},
     "opt": {"tie_word_embeddings": True, "activation_function": "relu", "enable_bias": True,
             "do_layer_norm_before": True, "_remove_final_layer_norm": False, "word_embed_proj_dim": None,
             "layer_norm_elementwise_affine": True},
     "bloom": {"tie_word_embeddings": True},
     "falcon": {"tie_word_embeddings": True, "activation": "gelu", "num_key_value_heads": None, "bias": False,
                "new_decoder_architecture": False, "multi_query": True, "parallel_attn": True,
-               "num_ln_in_parallel_attn": None, "intermediate_size": None},
+               "num_ln_in_parallel_attn": None, "ffn_hidden_size": None},
     "gpt_neox": {"tie_word_embeddings": False, "hidden_act": "gelu", "attention_bias": True,
                  "use_parallel_residual": True},
     "phi": {"tie_word_embeddings": False, "hidden_act": "gelu_new", "qk_layernorm": False},
@@ -115,7 +115,7 @@ def read_gpt2(f: Fields) -> Architecture:
     """GPT2Block; gpt_bigcode (GPTBigCodeBlock) is the same with one kv head under multi_query."""
     hidden = f.integer("hidden_size")
     kv_heads = 1 if f.model_type == "gpt_bigcode" and f.flag("multi_query") else None
-    width = f.optional_integer("intermediate_size") or 4 * hidden
+    width = f.optional_integer("n_inner") or 4 * hidden
     layer = Layer(attention=_fused(f, kv_heads=kv_heads), mlp=_mlp(f, width, "activation_function", ("c_fc", "c_proj")),
                   norms=_ln(("ln_1", "ln_2"), f))
     return parts.causal_lm(f, name=_class(f), layers=_layers(f, lambda _: layer),
@@ -138,7 +138,7 @@ def read_opt(f: Fields) -> Architecture:
     affine = f.flag("layer_norm_elementwise_affine")
     norms = _ln(("self_attn_layer_norm", "final_layer_norm"), f) if affine else ()
     layer = Layer(attention=attention, norms=norms,
-                  mlp=_mlp(f, f.integer("intermediate_size"), "activation_function", ("fc1", "fc2"), bias=bias))
+                  mlp=_mlp(f, f.integer("ffn_dim"), "activation_function", ("fc1", "fc2"), bias=bias))
     final = affine and f.flag("do_layer_norm_before") and not f.flag("_remove_final_layer_norm")
     return parts.causal_lm(f, name=_class(f), layers=_layers(f, lambda _: layer),
                            final_norm=parts.layer_norm("final_layer_norm", hidden) if final else None,
@@ -175,7 +175,7 @@ def read_falcon(f: Fields) -> Architecture:
     kv_heads = (f.optional_integer("num_key_value_heads") or heads) if new else (1 if f.flag("multi_query") else heads)
     parallel = f.flag("parallel_attn")
     layer = Layer(attention=_fused(f, kv_heads=kv_heads, bias=bias, fused="query_key_value", out="dense"),
-                  mlp=_mlp(f, f.optional_integer("intermediate_size") or 4 * hidden, "activation",
+                  mlp=_mlp(f, f.optional_integer("ffn_hidden_size") or 4 * hidden, "activation",
                            ("dense_h_to_4h", "dense_4h_to_h"), bias=bias),
                   norms=_ln(_falcon_norms(f, new, parallel), f), parallel=parallel or new)
     embedding = Embedding(tokens=Table(name="word_embeddings", rows=f.integer("vocab_size"), dim=hidden))

@@ -155,7 +155,7 @@ def _t5_mlp(f: Fields) -> FeedForward:
     gated, activation = projection.startswith("gated-"), projection.split("-")[-1]
     if projection == "gated-gelu":
         activation = "gelu_new"
-    hidden, width = f.integer("hidden_size"), f.integer("intermediate_size")
+    hidden, width = f.integer("hidden_size"), f.integer("d_ff")
     if gated:
         return GatedMLP(hidden_size=hidden, intermediate_size=width, activation=activation,
                         names=("wi_0", "wi_1", "wo"))

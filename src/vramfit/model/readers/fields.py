@@ -9,6 +9,11 @@ Defaults are the values of the transformers config class for that model type (co
 transformers 5.23), used only for switches and optional sizes; the dimensions that make a model (hidden
 size, layers, heads, vocabulary) must be stated. tests/test_hf_config.py checks every default against the
 installed transformers config class.
+
+The MLP width has no alias: its keys (n_inner, ffn_dim, d_ff, ffn_hidden_size, intermediate_size) are each
+the field of one family's config class, which ignores the others, so each reader asks for its own. Old
+names for the other sizes are read for every type, even where the installed config class ignores them
+(transformers 5.23's FalconConfig no longer maps n_head / n_layer): they are what the config's author meant.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "num_attention_heads": ("n_head", "num_heads"),
     "num_key_value_heads": ("num_kv_heads", "n_head_kv"),
     "max_position_embeddings": ("n_positions",),
-    "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "ffn_hidden_size"),
     "head_dim": ("d_kv",),
     "num_local_experts": ("n_routed_experts", "num_experts"),
 }
@@ -71,7 +75,13 @@ class Fields:
         return None if value is None else self._positive(name, value)
 
     def flag(self, name: str) -> bool:
+        """A switch, stated or defaulted; a stated null is false, as the modeling code reads it
+        (nn.Linear(bias=None) has no bias)."""
+        if self.stated(name) is _UNSET and name not in self.defaults:
+            raise InvalidConfig(f"config.json ({self.model_type}) has no {name}; add it (true or false)")
         value = self.get(name)
+        if value is None:
+            return False
         if not isinstance(value, bool):
             raise InvalidConfig(f"config.json ({self.model_type}) field {name} is {value!r}; "
                                 f"it must be true or false")
