@@ -232,3 +232,15 @@ def test_units_switch_relabels_every_size(page: Any, server: str) -> None:
         size = row.locator("td, th").nth(2).text_content()
         assert size == f"{int(row.get_attribute('data-bytes')) / 1e9:.2f} GB"
     assert "GiB" not in page.text_content("#peaks")
+
+
+def test_typing_a_name_searches_the_catalog(page: Any, server: str) -> None:
+    page.goto(server)
+    with page.expect_response(lambda r: "/api/catalog?q=qwen3" in r.url):
+        page.fill("#model", "qwen3")
+    page.wait_for_function("[...document.querySelectorAll('#catalog option')].some(n => n.value.includes('Qwen3'))"
+                           " && [...document.querySelectorAll('#catalog option')].every("
+                           "n => n.value.toLowerCase().includes('qwen3'))")
+    options = page.locator("#catalog option").evaluate_all("nodes => nodes.map(n => n.value)")
+    assert "Qwen/Qwen3-8B" in options
+    assert all("qwen3" in option.lower() for option in options)
