@@ -9,12 +9,12 @@ property the day they become readable.
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from strategies import catalog_model, workload_settings
 
 import vramfit
-from vramfit.errors import UnsupportedArchitecture
+from vramfit.errors import InvalidSetting, UnsupportedArchitecture
 from vramfit.model.catalog import catalog_ids
 from vramfit.model.loaded import Model
 from vramfit.result import Peak
@@ -51,7 +51,10 @@ def test_memory_grows_with_batch_and_sequence_length(model_id: str, mode: str) -
            more_tokens=st.integers(min_value=1, max_value=8192))
     def check(base: Settings, more_batch: int, more_tokens: int) -> None:
         batch, seq = base.workload.batch_size, base.workload.seq_len
-        here = _peaks(model, base)
+        try:
+            here = _peaks(model, base)
+        except InvalidSetting:
+            reject()   # a combination this model cannot run (llama.cpp on an FP8 checkpoint): no property
         drops = _never_smaller(here, _peaks(model, base, batch_size=batch + more_batch))
         assert drops == [], f"{model_id} {mode}: batch {batch} -> {batch + more_batch} lowers memory: {drops}"
         drops = _never_smaller(here, _peaks(model, base, seq_len=seq + more_tokens))
