@@ -1,15 +1,440 @@
-"""Placeholder planner for --mode training: weights only. Replaced by the training memory model."""
+"""Planner for --mode training: the peak of one real training step on the most-loaded GPU.
+
+Composition only; the formulas live in lora (which tensors train), gradients, optimizer, activations,
+frameworks and parallel. A step is a sequence of phases, and each phase has its own set of live tensors:
+
+1. forward, at the loss: weights, optimizer states (steady state: they exist from the first step on),
+   gradients of earlier micro-batches (accumulation only), AMP's low-precision weight copies, the batch, every
+   saved activation, and the logits with their fp32 copy;
+2. start of backward: the same, with the two fp32 log-softmax gradients instead of the logits;
+3. inside each block's backward (MLP half, then attention half): gradients made so far, the activations of
+   the blocks not yet processed (all of this block's, recomputed under checkpointing), the gradient flowing
+   through, and the MLP's or attention's gradient temporaries;
+4. optimizer step: weights, gradients, states and the step's temporaries.
+
+The estimate is the largest phase, and the breakdown lists the components alive in it: terms that never
+coexist (the logits and the optimizer temporaries) are never added. Every pipeline stage that could be the
+most loaded (the first holds the embedding and the most micro-batches, the last the head and the loss) is
+planned and the larger taken.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
+from vramfit.memory import activations as act
+from vramfit.memory import overhead
+from vramfit.memory.frameworks import Framework, framework
+from vramfit.memory.gradients import allocation_bytes, gradient_bytes, tensors_bytes
+from vramfit.memory.lora import (
+    ParamTensor,
+    nf4_storages,
+    parameter_tensors,
+    targeted_linears,
+    trainable_parameters,
+)
+from vramfit.memory.optimizer import OptimizerMemory, optimizer_memory
+from vramfit.memory.parallel import Layout, ddp_bucket_bytes, layout
+from vramfit.memory.sharding import rank_tensors, stage_layer_counts
+from vramfit.model.architecture import Architecture, GatedMLP, Layer, MixtureOfExperts
 from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
 from vramfit.settings import DTYPE_BYTES, Settings
 
+_EMBEDDING_ROLES = ("token_embd", "embedding_other")
+_HIDDEN_DROPOUT_KEYS = ("resid_pdrop", "hidden_dropout_prob", "hidden_dropout", "dropout")
+_ATTENTION_DROPOUT_KEYS = ("attn_pdrop", "attention_probs_dropout_prob", "attention_dropout")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Bytes:
+    """Byte widths of one run: stored parameters, compute (activations), adapters, gradients of what trains."""
+
+    param: int
+    compute: int
+    adapter: int
+    amp: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BlockStep:
+    """One block's share: saved activations (as kept), saved if recomputed, gradients (unsharded and as
+    kept), AMP weight copies, and the backward temporaries of its MLP and attention halves."""
+
+    saved: int
+    recomputed: int
+    mlp_saved: int
+    product: int
+    grads: int
+    grads_kept: int
+    mlp_grads: int
+    amp_copies: int
+    mlp_temporaries: int
+    attention_temporaries: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Step:
+    """Everything the phases are made of, for one GPU."""
+
+    weights: int
+    gathered: int
+    amp_copies: int
+    gradients: int
+    outside_grads: int
+    states: OptimizerMemory
+    batch: int
+    saved_outside: int
+    saved_head: int
+    loss: act.LossMemory
+    blocks: tuple[BlockStep, ...]
+    buckets: int
+    dequant: int
+    accumulating: bool
+    in_flight: int
+    host: dict[str, int] = field(default_factory=dict, hash=False)
+
 
 def plan(model: Model, settings: Settings) -> Plan:
-    count = model.architecture.parameter_count()
-    weights = Component(name="weights", bytes=count.total * DTYPE_BYTES[settings.precision.dtype],
-                        formula="parameters x bytes per parameter")
-    parameters = Parameters(total=count.total, trainable=count.total, active=count.active, by_part=count.by_part)
-    return Plan(components=(weights,), parameters=parameters)
+    arch = model.architecture
+    profile = framework(settings.training.framework)
+    lay = layout(settings.parallelism, settings.workload)
+    widths = _bytes(settings, profile)
+    all_tensors = parameter_tensors(arch, settings.training)
+    steps = [_step(model, settings, profile, lay, widths, stage) for stage in _candidate_stages(lay.pipeline)]
+    phases = [(_phases(step), step) for step in steps]
+    (name, live), step = max(((max(p.items(), key=lambda kv: sum(kv[1].values())), s) for p, s in phases),
+                             key=lambda pair: sum(pair[0][1].values()))
+    components = _components(live, step, settings, widths, lay) + _overheads(settings, lay)
+    count = arch.parameter_count()
+    parameters = Parameters(total=count.total + sum(t.elements for t in all_tensors if t.adapter),
+                            trainable=trainable_parameters(all_tensors), active=count.active, by_part=count.by_part)
+    notes = _notes(settings, profile, lay, name)
+    extra = {"peak_phase": name, "phases": {n: sum(v.values()) for n, v in _phases(step).items()},
+             "framework": {"name": profile.name, "behaviours": list(profile.behaviours)}, "layout": lay.name}
+    if step.host:
+        extra["host_memory"] = dict(step.host)
+    return Plan(components=tuple(components), parameters=parameters, notes=notes, extra=extra)
+
+
+def _candidate_stages(pipeline: int) -> list[int]:
+    return [0] if pipeline == 1 else [0, pipeline - 1]
+
+
+def _bytes(settings: Settings, profile: Framework) -> Bytes:
+    """AMP keeps fp32 parameters and computes in the amp dtype; otherwise both are --dtype. LoRA adapters are
+    fp32 where the framework upcasts them (PEFT), else in the parameter dtype."""
+    precision = settings.precision
+    param = 4 if precision.amp else DTYPE_BYTES[precision.dtype]
+    compute = DTYPE_BYTES[precision.compute_dtype]
+    adapter = 4 if profile.adapter_fp32 else param
+    return Bytes(param=param, compute=compute, adapter=adapter, amp=precision.amp is not None)
+
+
+def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes, stage: int) -> Step:
+    arch, training = model.architecture, settings.training
+    counts = stage_layer_counts(arch.num_layers, lay.pipeline)
+    first = sum(counts[:stage])
+    blocks = range(first, first + counts[stage])
+    held = rank_tensors(arch, tensor=lay.tensor, stage=stage, stages=lay.pipeline, expert=lay.expert)
+    tensors = parameter_tensors(arch, training, held=held, blocks=blocks)
+    trainable = [t for t in tensors if t.trainable]
+    grad_width = widths.adapter if training.finetune != "full" else widths.param
+    states = optimizer_memory(training.optimizer, trainable, grad_width)
+    shape = _shape(model, settings, profile, lay, widths)
+    layers = list(arch.layers())[blocks.start:blocks.stop]
+    block_steps = tuple(_block_step(layers[i], blocks.start + i, tensors, shape, settings, widths, lay)
+                        for i in range(len(layers)))
+    weights = _weights_bytes(tensors, widths, training.finetune, profile) // lay.param_shard
+    gathered = _gathered_bytes(tensors, blocks, widths, lay)
+    grads = gradient_bytes((t.elements for t in trainable), grad_width) // lay.grad_shard
+    outside = gradient_bytes((t.elements for t in trainable if t.layer is None and t.role not in _EMBEDDING_ROLES),
+                             grad_width) // lay.grad_shard
+    is_first, is_last = stage == 0, stage == lay.pipeline - 1
+    loss = act.loss_memory(arch, shape, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits) \
+        if is_last else act.LossMemory(saved=0, forward_transient=0, backward_transient=0, formula="not on stage")
+    saved_outside = _saved_outside(arch, shape, training, is_first)
+    saved_head = act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0
+    host = _host(states, tensors, widths, lay)
+    return Step(
+        weights=0 if lay.offload_params else weights, gathered=gathered,
+        amp_copies=_amp_copies(tensors, widths) if widths.amp else 0, gradients=grads, outside_grads=outside,
+        states=_offloaded(states) if lay.offload_states else _sharded(states, lay.state_shard),
+        batch=2 * allocation_bytes(settings.workload.batch_size * settings.workload.seq_len * act.INDEX),
+        saved_outside=saved_outside, saved_head=saved_head, loss=loss, blocks=block_steps,
+        buckets=ddp_bucket_bytes(grads) if lay.ddp_buckets else 0,
+        dequant=_dequant_bytes(tensors, widths), accumulating=settings.workload.grad_accum > 1,
+        in_flight=lay.in_flight if is_first else 1, host=host)
+
+
+def _shape(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes) -> act.Shape:
+    training, workload = settings.training, settings.workload
+    lora: dict[str, tuple[int, int, bool]] = {}
+    if training.finetune != "full":
+        names = {linear.name for _, linear in targeted_linears(model.architecture, training.lora.targets)}
+        lora = {name: (training.lora.rank, widths.adapter, training.lora.dropout > 0) for name in names}
+    return act.Shape(batch=workload.batch_size, seq=-(-workload.seq_len // lay.context),
+                     compute_bytes=widths.compute, attention=settings.runtime.attention,
+                     hidden_dropout=_dropout(model, training.dropout, _HIDDEN_DROPOUT_KEYS),
+                     attention_dropout=_dropout(model, training.dropout, _ATTENTION_DROPOUT_KEYS),
+                     shard=lay.tensor, replicated=lay.tensor if lay.sequence_parallel else 1,
+                     trains=training.finetune == "full", lora=lora,
+                     kv_cache=profile.kv_cache_in_training and training.grad_ckpt == "none")
+
+
+def _dropout(model: Model, override: float | None, keys: tuple[str, ...]) -> float:
+    """Dropout probability: the --dropout override, else the first of `keys` config.json states, else 0."""
+    if override is not None:
+        return override
+    for key in keys:
+        value = model.config.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return 0.0
+
+
+def _block_step(layer: Layer, index: int, tensors: tuple[ParamTensor, ...], shape: act.Shape,
+                settings: Settings, widths: Bytes, lay: Layout) -> BlockStep:
+    training = settings.training
+    trains = training.finetune == "full" and index >= training.frozen_layers
+    block_shape = _with_trains(shape, trains)
+    full = act.layer_saved(layer, block_shape)
+    mine = [t for t in tensors if t.layer == index]
+    grad_width = widths.adapter if training.finetune != "full" else widths.param
+    grads = gradient_bytes((t.elements for t in mine if t.trainable), grad_width)
+    mlp_grads = gradient_bytes((t.elements for t in mine if t.trainable and t.role.startswith("ffn_down")),
+                               grad_width)
+    stream = allocation_bytes(shape.tokens * layer.attention.hidden_size // shape.replicated * shape.compute_bytes)
+    saved = _checkpointed(full, training.grad_ckpt, stream)
+    mlp_part = full.parts["mlp"] + full.parts["norms"] // 2 + full.parts["residual"] // 2
+    product = _intermediate(layer, block_shape) if trains else 0
+    return BlockStep(saved=saved, recomputed=full.total if training.grad_ckpt == "full" else saved,
+                     mlp_saved=mlp_part, product=product, grads=grads, grads_kept=grads // lay.grad_shard,
+                     mlp_grads=mlp_grads, amp_copies=_amp_copies(mine, widths) if widths.amp else 0,
+                     mlp_temporaries=_mlp_temporaries(layer, shape), attention_temporaries=2 * stream)
+
+
+def _with_trains(shape: act.Shape, trains: bool) -> act.Shape:
+    from dataclasses import replace
+
+    return replace(shape, trains=trains)
+
+
+def _checkpointed(full: act.Saved, mode: str, stream: int) -> int:
+    """none: everything; full: the block's output only (the next block's checkpointed input, HF reentrant
+    checkpointing saves nothing else); selective: everything but the attention scores (Korthikanti 2022:
+    recompute the s^2 part), which sdpa/flash never keep anyway."""
+    if mode == "full":
+        return stream
+    return full.total
+
+
+def _intermediate(layer: Layer, shape: act.Shape) -> int:
+    """One T x I tensor of the block's MLP (per routed token for MoE experts)."""
+    mlp = layer.mlp.expert if isinstance(layer.mlp, MixtureOfExperts) else layer.mlp
+    tokens = shape.tokens * (layer.mlp.experts_per_token if isinstance(layer.mlp, MixtureOfExperts) else 1)
+    return allocation_bytes(tokens * mlp.intermediate_size // shape.shard * shape.compute_bytes)
+
+
+def _mlp_temporaries(layer: Layer, shape: act.Shape) -> int:
+    """Gradients alive at the MLP's backward peak, right after down_proj's backward, when the product it saved
+    is freed: the incoming gradient (T x h), the gradient of the product and, for a gated MLP, the gradients
+    of act(gate) and of up made by the product's backward (T x I each); a plain MLP has one of them."""
+    mlp = layer.mlp.expert if isinstance(layer.mlp, MixtureOfExperts) else layer.mlp
+    stream = allocation_bytes(shape.tokens * layer.attention.hidden_size // shape.replicated * shape.compute_bytes)
+    return stream + (3 if isinstance(mlp, GatedMLP) else 2) * _intermediate(layer, shape)
+
+
+def _saved_outside(arch: Architecture, shape: act.Shape, training: Any, first: bool) -> int:
+    """Saved before the blocks and kept to the end of backward: the embedding output (first stage) and the
+    rotary tables. The embedding output requires grad when the embedding trains or when checkpointing makes
+    the inputs require grad (transformers' enable_input_require_grads)."""
+    trains = training.finetune == "full"
+    embedding = act.embedding_saved(arch, shape, trains=trains or training.grad_ckpt != "none") if first else 0
+    return embedding + act.rotary_saved(arch, shape)
+
+
+def _weights_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes, finetune: str, profile: Framework) -> int:
+    """Per tensor: 4-bit storages for QLoRA's base linears, adapters in their dtype, the rest in --dtype
+    (fp32 under AMP)."""
+    total = 0
+    for t in tensors:
+        if t.quantized:
+            total += sum(allocation_bytes(b) for b in nf4_storages(t.elements, double_quant=False))
+        else:
+            total += allocation_bytes(t.elements * (widths.adapter if t.adapter else widths.param))
+    return total
+
+
+def _amp_copies(tensors: Any, widths: Bytes) -> int:
+    """autocast casts each linear weight to the amp dtype at its first use and the linear saves the cast for
+    backward (torch/csrc/autograd autocast cache, aten/src/ATen/autocast_mode.cpp): one low-precision copy of
+    every linear weight lives from the forward to that layer's backward."""
+    return tensors_bytes((t.elements for t in tensors if t.matrix and t.role not in _EMBEDDING_ROLES
+                          and not t.quantized), widths.compute)
+
+
+def _gathered_bytes(tensors: tuple[ParamTensor, ...], blocks: range, widths: Bytes, lay: Layout) -> int:
+    """ZeRO-3/FSDP: the unsharded parameters of the blocks being computed and prefetched, in the compute dtype."""
+    if not lay.gathered_blocks or not blocks:
+        return 0
+    per_block = max(tensors_bytes((t.elements for t in tensors if t.layer == i), widths.compute) for i in blocks)
+    return min(lay.gathered_blocks, len(blocks)) * per_block
+
+
+def _dequant_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes) -> int:
+    """bitsandbytes matmul_4bit dequantizes the whole weight to the compute dtype for each call."""
+    largest = max((t.elements for t in tensors if t.quantized), default=0)
+    return allocation_bytes(largest * widths.compute) if largest else 0
+
+
+def _sharded(states: OptimizerMemory, shard: int) -> OptimizerMemory:
+    from dataclasses import replace
+
+    return replace(states, states=states.states // shard, paged=states.paged // shard,
+                   step_temporaries=states.step_temporaries // shard)
+
+
+def _offloaded(states: OptimizerMemory) -> OptimizerMemory:
+    from dataclasses import replace
+
+    return replace(states, states=0, paged=0, step_temporaries=0)
+
+
+def _host(states: OptimizerMemory, tensors: tuple[ParamTensor, ...], widths: Bytes, lay: Layout) -> dict[str, int]:
+    """Host memory an offload needs: the optimizer states plus fp32 master weights (ZeRO-Offload keeps the
+    fp32 parameters and does the update on the CPU), and with parameter offload the parameters too."""
+    if not lay.offload_states:
+        return {}
+    master = tensors_bytes((t.elements for t in tensors if t.trainable), 4)
+    host = {"optimizer_states": states.states // lay.state_shard, "fp32_master_weights": master // lay.state_shard}
+    if lay.offload_params:
+        host["parameters"] = tensors_bytes((t.elements for t in tensors), widths.param) // lay.param_shard
+    return host
+
+
+def _phases(step: Step) -> dict[str, dict[str, int]]:
+    """Live bytes by component in each phase (the keys become the breakdown's component names)."""
+    saved = (sum(b.saved for b in step.blocks) + step.saved_outside + step.saved_head
+             + step.loss.saved) * step.in_flight
+    resident = {"weights": step.weights, "gathered_parameters": step.gathered,
+                "optimizer_states": step.states.states, "batch": step.batch, "ddp_gradient_buckets": step.buckets}
+    grads_before = step.gradients if step.accumulating else 0
+    forward = {**resident, "gradients": grads_before, "amp_weight_copies": step.amp_copies,
+               "activations": saved, "logits_and_loss": step.loss.forward_transient + step.dequant}
+    backward_start = {**resident, "gradients": grads_before, "amp_weight_copies": step.amp_copies,
+                      "activations": saved, "logits_and_loss": step.loss.backward_transient}
+    phases = {"forward": forward, "backward_start": backward_start}
+    phases.update(_block_phases(step, resident, saved))
+    phases["optimizer_step"] = {**resident, "gradients": step.gradients,
+                                "optimizer_step_temporaries": step.states.step_temporaries}
+    return phases
+
+
+def _block_phases(step: Step, resident: dict[str, int], saved: int) -> dict[str, dict[str, int]]:
+    """Walk the blocks last to first: each one's MLP half, then its attention half."""
+    out: dict[str, dict[str, int]] = {}
+    grads = step.gradients if step.accumulating else step.outside_grads
+    remaining = saved - (step.loss.saved + step.saved_head) * step.in_flight
+    amp = step.amp_copies
+    for index in range(len(step.blocks) - 1, -1, -1):
+        block = step.blocks[index]
+        recompute = block.recomputed - block.saved
+        new_grads = 0 if step.accumulating else block.mlp_grads
+        out[f"backward_block_{index}_mlp"] = {
+            **resident, "gradients": grads + new_grads, "amp_weight_copies": amp,
+            "activations": remaining + recompute - block.product,
+            "backward_transient": block.mlp_temporaries + step.dequant}
+        remaining_attention = remaining + recompute - block.mlp_saved
+        new_grads = 0 if step.accumulating else block.grads
+        out[f"backward_block_{index}_attention"] = {
+            **resident, "gradients": grads + new_grads, "amp_weight_copies": amp,
+            "activations": remaining_attention, "backward_transient": block.attention_temporaries + step.dequant}
+        grads += 0 if step.accumulating else block.grads_kept
+        remaining -= block.saved
+        amp -= block.amp_copies
+    return out
+
+
+def _components(live: dict[str, int], step: Step, settings: Settings, widths: Bytes,
+                lay: Layout) -> list[Component]:
+    """The live set of the peak phase as Components with formula, inputs and source."""
+    described = _descriptions(step, settings, widths, lay)
+    out = []
+    for name, nbytes in live.items():
+        if nbytes <= 0:
+            continue
+        formula, inputs, source, textbook = described.get(name, ("", {}, "", ""))
+        out.append(Component(name=name, bytes=nbytes, formula=formula, inputs=inputs, source=source,
+                             textbook=textbook))
+    if step.states.paged:
+        out.append(Component(name="optimizer_states_paged", bytes=step.states.paged, level="device",
+                             formula=step.states.formula, source=step.states.source + " (paged: unified memory)"))
+    return out
+
+
+def _descriptions(step: Step, settings: Settings, widths: Bytes, lay: Layout) -> dict[str, tuple[str, dict[str, Any],
+                                                                                              str, str]]:
+    w, tr = settings.workload, settings.training
+    tokens = {"batch": w.batch_size, "seq_len": w.seq_len, "compute_bytes": widths.compute}
+    return {
+        "weights": ("sum over tensors round512(elements x bytes); QLoRA base: nf4 packed + absmax; / ZeRO-3 shards",
+                    {"param_bytes": widths.param, "finetune": tr.finetune, "param_shard": lay.param_shard},
+                    "memory/lora.py parameter_tensors; bitsandbytes functional.quantize_4bit", _TEXTBOOK_WEIGHTS),
+        "gradients": ("sum over trainable tensors round512(elements x bytes) / grad shards",
+                      {"grad_bytes": widths.adapter if tr.finetune != "full" else widths.param,
+                       "grad_shard": lay.grad_shard, "grad_accum": w.grad_accum},
+                      "torch autograd AccumulateGrad: .grad in the parameter dtype", "[S0]/[S4] 4 bytes x parameters"),
+        "optimizer_states": (step.states.formula, {"optimizer": tr.optimizer, "state_shard": lay.state_shard},
+                             step.states.source, _TEXTBOOK_STATES),
+        "optimizer_step_temporaries": (step.states.temporaries_formula, {"optimizer": tr.optimizer},
+                                       step.states.source, "not in the seeds"),
+        "activations": (_ACTIVATIONS_FORMULA, {**tokens, "attention": settings.runtime.attention, "grad_ckpt": tr.grad_ckpt,
+                                      "in_flight": step.in_flight},
+                        "autograd saved tensors of transformers 5.23 modeling_llama / modeling_gpt2",
+                        _textbook_activations(step, settings)),
+        "logits_and_loss": (step.loss.formula, tokens, "transformers/loss/loss_utils.py ForCausalLMLoss", ""),
+        "backward_transient": ("incoming gradient T x h + MLP gradient temporaries (2 x T x I gated)", tokens,
+                               "autograd: gradients of mul/down_proj inputs", ""),
+        "amp_weight_copies": ("sum over linear weights round512(elements x amp bytes)", {"amp": settings.precision.amp},
+                              "aten/src/ATen/autocast_mode.cpp cached casts", ""),
+        "gathered_parameters": ("2 blocks unsharded in the compute dtype (current + prefetch)",
+                                {"layout": lay.name}, "FSDP backward_prefetch=BACKWARD_PRE; DeepSpeed ZeRO-3 prefetch",
+                                ""),
+        "ddp_gradient_buckets": ("one bucket copy of the gradients", {"bucket_cap_mb": 25},
+                                 "torch/nn/parallel/distributed.py gradient_as_bucket_view=False", ""),
+        "batch": ("input_ids + labels: 2 x T x 8", tokens, "int64 token tensors", ""),
+    }
+
+
+_ACTIVATIONS_FORMULA = "sum over blocks of the tensors saved for backward (memory/activations.py) x micro-batches in flight"
+_TEXTBOOK_WEIGHTS = ("[S0]/[S4] 4 bytes x parameters (fp32), [S1] 2 bytes (fp16): the same bytes per parameter; "
+                     "vramfit adds the 512-byte rounding per tensor and the 4-bit constants of QLoRA")
+_TEXTBOOK_STATES = ("[S2]/[S3] Adam keeps 8 bytes per parameter (two fp32 states): equal for fp32 parameters; a bf16 "
+                    "model keeps bf16 states (torch zeros_like), and the foreach step adds one more copy")
+
+
+def _textbook_activations(step: Step, settings: Settings) -> str:
+    """The seeds' Korthikanti formula for the same run, and why vramfit's count differs."""
+    return ("[S1]/[S2] s·b·h·(34 + 5·a·s/h)·L (Korthikanti et al. 2022): a GPT-3 block in 16-bit with eager "
+            "attention and dropout; vramfit counts the saved tensors of the actual operators instead: no s² term "
+            "for sdpa/flash, the gated MLP's 4 x T x I, the norms' fp32 internals, no dropout masks when dropout "
+            "is off, and the logits and loss apart")
+
+
+def _overheads(settings: Settings, lay: Layout) -> list[Component]:
+    """CUDA context (device) and the cuBLAS workspace (allocated through the caching allocator, once per
+    stream; training runs forward and backward on one stream); NCCL is not modelled."""
+    hopper = bool(settings.gpu) and any(name in str(settings.gpu).upper() for name in ("H100", "H200", "H800", "GH200"))
+    return [overhead.cublas_workspace(hopper=hopper), overhead.cuda_context()]
+
+
+def _notes(settings: Settings, profile: Framework, lay: Layout, phase: str) -> tuple[str, ...]:
+    notes = [f"peak phase: {phase}; steady-state step (optimizer states already allocated)",
+             f"framework {profile.name}: " + "; ".join(profile.behaviours)]
+    if lay.tensor > 1:
+        notes.append("tensor parallelism assumes sequence parallelism (Megatron layout)")
+    if settings.parallelism.data > 1:
+        notes.append("NCCL communicator buffers (device level) are not included")
+    return tuple(notes)

@@ -1,0 +1,300 @@
+"""Activations: the tensors autograd saves for backward, operator by operator, layer by layer.
+
+The rule behind every line (torch/csrc/autograd/generated, derivatives.yaml): an operator saves an input only
+when the gradient of another input needs it, and only if that other input requires grad. So a linear saves
+its input x only when its weight trains (a frozen base linear under LoRA saves nothing new), `a * b` saves
+each factor for the other's gradient, and an elementwise function saves its input or its output. Sizes are
+rounded per tensor as the caching allocator does (512 bytes).
+
+Per decoder block, in the order the Hugging Face implementations (transformers 5.23, modeling_llama.py,
+modeling_gpt2.py, integrations/sdpa_attention.py) run it, with T = batch x sequence tokens and E the compute
+dtype's bytes:
+
+- RMSNorm (LlamaRMSNorm): `x.to(float32)` (a new tensor when E < 4), `pow(2).mean` and `rsqrt` (T fp32),
+  `x * rsqrt` saves x (fp32) and rsqrt; `weight * normed.to(E)` saves normed (T x h x E) when the weight trains.
+  LayerNorm (native_layer_norm): saves x, mean and rstd (T fp32 each).
+- attention, sdpa or flash: q (after rotary), k and v as the kernel receives them (transformers passes the
+  kv heads with enable_gqa, so no repeat; with use_cache=True, the default even in training, k and v are the
+  DynamicCache's torch.cat copies, which for a fused qkv projection come on top of the projection output
+  that q, a view of it, keeps alive), the output (T x heads x head_dim, already in (b, s, h, d) layout,
+  which o_proj then reads without a copy) and the log-sum-exp (b x heads x s, fp32).
+  eager: q, k and v repeated to all heads (repeat_kv), the fp32 softmax (b x heads x s x s x 4) and its cast to
+  E when E < 4, the dropout mask when attention dropout is on, and the transposed output copy for o_proj.
+- gated MLP: gate (saved by the activation), act(gate) and up (saved by the product), product (saved by
+  down_proj when it trains). Plain MLP: up output and the activation output; `gelu_new` is written out in
+  Python ops (transformers/activations.py NewGELUActivation) and saves five tensors of T x intermediate.
+- residual sums: h + attention and h + MLP are saved by the next norm.
+- dropout (nn.Dropout -> native_dropout): a bool mask of the tensor's size per dropout site.
+- LoRA (peft/tuners/lora/layer.py Linear.forward): lora_A saves its input, cast to the adapter dtype (a new
+  tensor when they differ), or the dropout output plus mask; lora_B saves lora_A's output (T x r).
+
+Korthikanti et al. 2022 (eq. 2) count 34·s·b·h + 5·a·s²·b per GPT-3 block with eager attention and dropout
+in 16-bit; vramfit's sum for the same block gives the same terms, and drops the s² ones for sdpa/flash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vramfit.memory.gradients import allocation_bytes
+from vramfit.model.architecture import (
+    MLP,
+    Architecture,
+    Attention,
+    GatedMLP,
+    LatentAttention,
+    Layer,
+    Linear,
+    MixtureOfExperts,
+    Norm,
+)
+
+FP32 = 4
+INDEX = 8  # int64 token ids and expert indices
+
+# Tensors an activation function saves besides its output, as transformers implements it.
+_ACTIVATION_EXTRA = {"gelu_new": 4, "gelu_fast": 3, "gelu_accurate": 4, "quick_gelu": 2, "relu": 0, "relu2": 1}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Shape:
+    """What the saved tensors of one micro-batch on one GPU depend on.
+
+    tokens_per_seq: sequence length on this GPU (divided by context parallelism). shard: tensor-parallel
+    degree for the head- and intermediate-sized tensors; replicated: divisor for the h-sized tensors (the
+    tensor-parallel degree with sequence parallelism, else 1). trains: whether block weights train (full
+    fine-tuning of this block); kv_cache: the forward builds a KV cache (transformers with use_cache=True, its
+    default unless gradient checkpointing is on), so k and v reach the kernel as the cache's torch.cat copies;
+    lora: {linear name: (rank, adapter bytes, lora dropout > 0)}."""
+
+    batch: int
+    seq: int
+    compute_bytes: int
+    attention: str = "sdpa"
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    shard: int = 1
+    replicated: int = 1
+    trains: bool = True
+    kv_cache: bool = False
+    lora: dict[str, tuple[int, int, bool]] = field(default_factory=dict, hash=False)
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Saved:
+    """Bytes saved for backward, by part (norms, attention, mlp, residual, dropout, lora)."""
+
+    parts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+
+def _t(elements: int, nbytes: int) -> int:
+    return allocation_bytes(elements * nbytes)
+
+
+def norm_saved(norm: Norm, width: int, rows: int, shape: Shape, *, trains: bool) -> int:
+    """Saved by one norm over `rows` vectors of `width` (its input x is counted where it was made)."""
+    e = shape.compute_bytes
+    if norm.kind == "layer":
+        return 2 * _t(rows, FP32)
+    upcast = _t(rows * width, FP32) if e < FP32 else 0
+    normed = _t(rows * width, e) if trains else 0
+    return upcast + _t(rows, FP32) + normed
+
+
+def _lora_saved(group: list[Linear], width_in: int, input_saved: bool, shape: Shape) -> int:
+    """What LoRA adds on linears that read the same input: each lora_A saves its input cast to the adapter
+    dtype (a copy per adapter, since each PEFT layer casts on its own) or, without a cast, the shared input
+    once when nothing else saves it; with lora dropout, each its dropout output and mask; each lora_B saves
+    lora_A's output (T x r)."""
+    t, total, shared_input = shape.tokens, 0, False
+    for linear in group:
+        adapter = shape.lora.get(linear.name)
+        if adapter is None:
+            continue
+        rank, adapter_bytes, dropout = adapter
+        if adapter_bytes != shape.compute_bytes or dropout:
+            total += _t(t * width_in, adapter_bytes) + (_t(t * width_in, 1) if dropout else 0)
+        else:
+            shared_input = True
+        total += _t(t * rank, adapter_bytes)
+    return total + (_t(t * width_in, shape.compute_bytes) if shared_input and not input_saved else 0)
+
+
+def attention_saved(attn: Attention | LatentAttention, shape: Shape) -> int:
+    """q, k, v, output and softmax statistics (sdpa/flash) or scores (eager), per the module docstring."""
+    if isinstance(attn, LatentAttention):
+        return _latent_attention_saved(attn, shape)
+    e, b, s, tp = shape.compute_bytes, shape.batch, shape.seq, shape.shard
+    heads, kv_heads = attn.heads // tp, max(1, attn.kv_heads // tp)
+    q = _t(b * s * heads * attn.head_dim, e)
+    if shape.attention == "eager":
+        kv = 2 * q
+        softmax = _t(b * heads * s * s, FP32) + (_t(b * heads * s * s, e) if e < FP32 else 0)
+        dropout = 2 * _t(b * heads * s * s, 1) if shape.attention_dropout else 0
+        return q + kv + softmax + dropout + q  # + the transposed output copy o_proj reads
+    kv = 2 * _t(b * s * kv_heads * attn.head_dim, e)
+    if attn.fused and shape.kv_cache and attn.causal:
+        kv *= 2  # q is a view of the fused projection, keeping all of it alive beside the cache's k and v
+    qk_norms = sum(norm_saved(n, attn.head_dim, b * s * (heads if n.name == "q_norm" else kv_heads),
+                              shape, trains=shape.trains) for n in attn.norms())
+    return q + kv + q + _t(b * heads * s, FP32) + qk_norms
+
+
+def _latent_attention_saved(attn: LatentAttention, shape: Shape) -> int:
+    """MLA without an MLA kernel (transformers): the latent projections and norms, then full-width q, k, v."""
+    e, t, tp = shape.compute_bytes, shape.tokens, shape.shard
+    heads = attn.heads // tp
+    latents = (attn.q_lora_rank or 0) + attn.kv_lora_rank + attn.qk_rope_head_dim
+    q_and_k = 2 * _t(t * heads * attn.qk_head_dim, e)
+    v_and_out = 2 * _t(t * heads * attn.v_head_dim, e)
+    return _t(t * latents, e) * 2 + q_and_k + v_and_out + _t(shape.batch * heads * shape.seq, FP32)
+
+
+def feed_forward_saved(mlp: MLP | GatedMLP, tokens: int, shape: Shape) -> int:
+    """Gated: gate, act(gate), up, product; plain: up output, activation internals and output."""
+    e = shape.compute_bytes
+    width = mlp.intermediate_size // shape.shard
+    one = _t(tokens * width, e)
+    extra = _ACTIVATION_EXTRA.get(mlp.activation, 1)
+    down_input = one if shape.trains else 0
+    if isinstance(mlp, GatedMLP):
+        return extra * one + 2 * one + down_input
+    return extra * one + down_input
+
+
+def moe_saved(moe: MixtureOfExperts, shape: Shape) -> int:
+    """Router softmax (fp32) and top-k, then each routed token through its expert: the gathered input, the
+    expert MLP's saved tensors on tokens x experts_per_token rows, the output scaled by its routing weight."""
+    e, t, k = shape.compute_bytes, shape.tokens, moe.experts_per_token
+    router = _t(t * moe.experts, FP32) + _t(t * k, INDEX) + 2 * _t(t * k, FP32)
+    routed = t * k
+    experts = 2 * _t(routed * moe.hidden_size, e) + feed_forward_saved(moe.expert, routed, shape)
+    shared = feed_forward_saved(moe.shared, t, shape) if moe.shared is not None else 0
+    return router + experts + shared + (_t(t, e) if moe.shared_gate else 0)
+
+
+def layer_saved(layer: Layer, shape: Shape) -> Saved:
+    """Everything one block saves, by part. The block's input is counted by the block before it."""
+    e, t = shape.compute_bytes, shape.tokens
+    stream = _t(t * layer.attention.hidden_size // shape.replicated, e)
+    rows = t // shape.replicated
+    norms = sum(norm_saved(n, n.size, rows, shape, trains=shape.trains) for n in layer.norms)
+    linear_inputs = _linear_inputs(layer, shape, stream)
+    attention = attention_saved(layer.attention, shape)
+    if layer.cross_attention is not None:
+        attention += attention_saved(layer.cross_attention, shape)
+    mlp = moe_saved(layer.mlp, shape) if isinstance(layer.mlp, MixtureOfExperts) else feed_forward_saved(
+        layer.mlp, t, shape)
+    residual = stream * (1 if layer.parallel else 2)
+    sites = 2 if shape.hidden_dropout else 0
+    dropout = sites * _t(rows * layer.attention.hidden_size, 1)
+    return Saved(parts={"norms": norms, "linear_inputs": linear_inputs, "attention": attention, "mlp": mlp,
+                        "residual": residual, "dropout": dropout})
+
+
+def _linear_inputs(layer: Layer, shape: Shape, stream: int) -> int:
+    """Inputs of the block's linears. Grouped by the tensor they read: the norm outputs (saved once each when
+    the block trains), the attention output (saved by the attention kernel anyway) and the MLP product
+    (counted in the MLP when the block trains); LoRA adds its own on top."""
+    attn = list(layer.attention.linears())
+    ffn = _feed_forward_linears(layer)
+    ffn_in, ffn_out = (ffn, []) if len(ffn) == 1 else (ffn[:-1], ffn[-1:])
+    normed_inputs = 2 if not layer.parallel else 1
+    base = normed_inputs * stream if shape.trains else 0
+    hidden = layer.attention.hidden_size
+    lora = (_lora_saved(attn[:-1], hidden // shape.replicated, shape.trains, shape)
+            + _lora_saved(attn[-1:], attn[-1].in_features // shape.shard, True, shape)
+            + _lora_saved(ffn_in, hidden // shape.replicated, shape.trains, shape)
+            + sum(_lora_saved([out], out.in_features // shape.shard, shape.trains, shape) for out in ffn_out))
+    return base + lora
+
+
+def _feed_forward_linears(layer: Layer) -> list[Linear]:
+    """Linears reading the MLP input first, the one making the block output last."""
+    mlp = layer.mlp
+    if isinstance(mlp, MixtureOfExperts):
+        shared = list(mlp.shared.linears()) if mlp.shared is not None else []
+        return [mlp.router(), *shared] if shared else [mlp.router()]
+    return list(mlp.linears())
+
+
+def embedding_saved(arch: Architecture, shape: Shape, *, trains: bool) -> int:
+    """The embedding output (the first block's input, saved by its norm when it requires grad), learned
+    positions added to it, and a dropout mask when embedding dropout is on."""
+    e, rows = shape.compute_bytes, shape.tokens // shape.replicated
+    out = _t(rows * arch.hidden_size, e) if trains else 0
+    mask = _t(rows * arch.hidden_size, 1) if shape.hidden_dropout else 0
+    norm = norm_saved(arch.embedding.norm, arch.hidden_size, rows, shape, trains=trains) \
+        if arch.embedding.norm else 0
+    return out + mask + norm
+
+
+def rotary_saved(arch: Architecture, shape: Shape) -> int:
+    """cos and sin (1 x s x head_dim, compute dtype), made once per forward and saved by every rotary mul."""
+    if arch.embedding.positions is not None or arch.decoder is None:
+        return 0
+    first = arch.decoder.layers[0].attention
+    head_dim = first.head_dim if isinstance(first, Attention) else first.qk_rope_head_dim
+    return 2 * _t(shape.seq * head_dim, shape.compute_bytes)
+
+
+def final_norm_saved(arch: Architecture, shape: Shape, *, trains: bool) -> int:
+    """The last norm before the head, and its output that the head saves when the head trains."""
+    stack = arch.decoder or arch.encoder
+    norm = stack.final_norm if stack else None
+    if norm is None:
+        return 0
+    rows = shape.tokens // shape.replicated
+    head_input = _t(rows * arch.hidden_size, shape.compute_bytes) if trains else 0
+    return norm_saved(norm, arch.hidden_size, rows, shape, trains=trains) + head_input
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LossMemory:
+    """The output head and cross-entropy. saved: kept from the loss to its backward (the fp32 log-softmax and
+    the shifted labels). forward_transient: extra bytes alive at the loss in the forward pass (logits, their
+    fp32 copy). backward_transient: extra bytes alive at the start of backward (the log-softmax gradients)."""
+
+    saved: int
+    forward_transient: int
+    backward_transient: int
+    formula: str
+
+
+def loss_memory(arch: Architecture, shape: Shape, *, chunks: int, fp32_logits: bool) -> LossMemory:
+    """Logits T x V in the compute dtype, upcast to fp32 for the loss, log_softmax saving its fp32 output.
+
+    transformers (loss/loss_utils.py ForCausalLMLoss): the model returns logits in its dtype (kept by the
+    caller while the loss runs), `logits.float()` copies them, cross_entropy's log_softmax saves T x V x 4.
+    Backward: nll_loss_backward and _log_softmax_backward_data each make a T x V fp32 gradient while the saved
+    output is alive, then the cast back to E. torchtune with CEWithChunkedOutputLoss: the head runs on `chunks`
+    slices; each slice is upcast and its loss taken alone, so only the fp32 copies of one slice coexist,
+    while the log-softmax of every slice stays saved. fp32_logits: the model itself returns fp32 logits
+    (torchtune's `self.output(h).float()` without chunking)."""
+    head = arch.head.output
+    if head is None:
+        return LossMemory(saved=0, forward_transient=0, backward_transient=0, formula="no output head")
+    e, t = shape.compute_bytes, shape.tokens
+    vocab = head.out_features // shape.shard
+    labels = _t(t, INDEX)
+    log_probs = _t(t * vocab, FP32)
+    piece = -(-t // chunks)
+    logits = _t(t * vocab, e)
+    upcast = _t(piece * vocab, FP32) if (e < FP32 or chunks > 1) else 0
+    forward = logits + upcast
+    backward = 2 * _t(piece * vocab, FP32)
+    formula = (f"saved: T x V x 4 (log_softmax) + T x 8 (labels); forward transient: T x V x {e} (logits)"
+               f" + T/{chunks} x V x 4 (fp32 copy); backward transient: 2 x T/{chunks} x V x 4")
+    if fp32_logits and chunks == 1:
+        forward = _t(t * vocab, FP32)
+        formula += "; the model returns fp32 logits (its cast from E is freed before the loss)"
+    return LossMemory(saved=log_probs + labels, forward_transient=forward, backward_transient=backward,
+                      formula=formula)

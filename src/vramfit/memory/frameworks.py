@@ -1,0 +1,65 @@
+"""Training frameworks: what each one does that changes the peak, as a profile of named behaviours.
+
+A profile only lists behaviours that move memory; everything else is PyTorch's and modelled elsewhere. Adding
+a framework is adding a profile.
+
+- transformers (Trainer + PEFT), the default. Logits in the model dtype, upcast inside the loss
+  (transformers/loss/loss_utils.py ForCausalLMLoss `logits.float()`); full-vocabulary cross-entropy; LoRA
+  adapters created in fp32 (peft `get_peft_model(autocast_adapter_dtype=True)` upcasts fp16/bf16 adapters,
+  peft/tuners/tuners_utils.py `cast_adapter_dtype`); gradient checkpointing with `use_reentrant=True`
+  (transformers/modeling_utils.py gradient_checkpointing_enable), which saves each block's input only;
+  `zero_grad(set_to_none=True)` after each step; `use_cache=True` stays on in training (models/llama
+  modeling_llama.py creates a DynamicCache whenever use_cache and no cache is passed), off under checkpointing.
+- torchtune. The decoder returns fp32 logits (torchtune/modules/transformer.py `self.output(h).float()`) unless
+  the recipe uses CEWithChunkedOutputLoss, which every shipped recipe config does: the head runs on 8 chunks
+  (`num_output_chunks = 8`, torchtune/modules/loss/ce_chunked_output_loss.py) and each chunk is upcast alone;
+  LoRA adapters in the model dtype (torchtune/modules/peft/lora.py builds them with the base's dtype);
+  activation offloading (`enable_activation_offloading`, torchtune/training/_activation_offloading.py) moves
+  saved activations to pinned host memory; the optimizer step fused into backward (`optimizer_in_bwd`,
+  torchtune/training/memory.py) frees each gradient right after its parameter's update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Framework:
+    """name; loss_chunks: slices of the head and loss (1: the whole sequence at once); fp32_logits: the model
+    returns fp32 logits; adapter_fp32: LoRA adapters kept in fp32; optimizer_in_backward: gradients freed as
+    soon as their parameter is updated; kv_cache_in_training: the forward also fills a KV cache; behaviours: the sentences --explain prints."""
+
+    name: str
+    loss_chunks: int
+    fp32_logits: bool
+    adapter_fp32: bool
+    optimizer_in_backward: bool
+    kv_cache_in_training: bool
+    behaviours: tuple[str, ...]
+
+
+TRANSFORMERS = Framework(
+    name="transformers", loss_chunks=1, fp32_logits=False, adapter_fp32=True, optimizer_in_backward=False,
+    kv_cache_in_training=True,
+    behaviours=("the forward builds a DynamicCache (use_cache=True) unless gradient checkpointing is on",
+                "logits in the model dtype, upcast to fp32 inside the loss (ForCausalLMLoss)",
+                "full-vocabulary cross-entropy",
+                "PEFT LoRA adapters upcast to fp32 (autocast_adapter_dtype=True)",
+                "gradient checkpointing saves each block's input (use_reentrant=True)"))
+
+TORCHTUNE = Framework(
+    name="torchtune", loss_chunks=8, fp32_logits=True, adapter_fp32=False, optimizer_in_backward=False,
+    kv_cache_in_training=False,
+    behaviours=("fp32 logits from the decoder (self.output(h).float())",
+                "chunked cross-entropy over 8 slices (CEWithChunkedOutputLoss)",
+                "LoRA adapters in the model dtype",
+                "activation offloading to host memory when --activation-offload is set",
+                "optimizer step in backward available (optimizer_in_bwd)"))
+
+PROFILES = {profile.name: profile for profile in (TRANSFORMERS, TORCHTUNE)}
+
+
+def framework(name: str) -> Framework:
+    """The profile for --framework `name` (Settings.validate has already checked the name)."""
+    return PROFILES[name]
