@@ -138,7 +138,7 @@ def attention_saved(attn: Attention | LatentAttention, shape: Shape) -> int:
     if shape.attention == "eager":
         kv = 2 * q
         softmax = _t(b * heads * s * s, FP32) + (_t(b * heads * s * s, e) if e < FP32 else 0)
-        dropout = 2 * _t(b * heads * s * s, 1) if shape.attention_dropout else 0
+        dropout = _t(b * heads * s * s, 1) + _t(b * heads * s * s, e) if shape.attention_dropout else 0
         return q + kv + softmax + dropout + q  # + the transposed output copy o_proj reads
     kv = 2 * _t(b * s * kv_heads * attn.head_dim, e)
     if attn.fused and shape.kv_cache and attn.causal:
@@ -298,3 +298,31 @@ def loss_memory(arch: Architecture, shape: Shape, *, chunks: int, fp32_logits: b
         formula += "; the model returns fp32 logits (its cast from E is freed before the loss)"
     return LossMemory(saved=log_probs + labels, forward_transient=forward, backward_transient=backward,
                       formula=formula)
+
+
+def selective_saved(layer: Layer, shape: Shape) -> int:
+    """Selective activation checkpointing as torchtitan's per-op policy does it
+    (torchtitan/models/llama3/infra/parallelize.py `_save_list`): inside a checkpointed block, keep the
+    attention kernel's output and log-sum-exp and every other matmul output (the 1st, 3rd, ... `aten.mm` in
+    execution order), recompute the rest; plus the block's output, which the next block keeps as its input."""
+    e, t = shape.compute_bytes, shape.tokens
+    hidden = layer.attention.hidden_size
+    kept = [_t(t * linear.out_features // _out_shard(linear, hidden, shape), e)
+            for index, linear in enumerate(_matmuls(layer)) if index % 2 == 0]
+    attn = layer.attention
+    heads = attn.heads // shape.shard
+    width = attn.head_dim if isinstance(attn, Attention) else attn.v_head_dim
+    kernel = _t(t * heads * width, e) + _t(shape.batch * heads * shape.seq, FP32)
+    return sum(kept) + kernel + _t(t * hidden // shape.replicated, e)
+
+
+def _out_shard(linear: Linear, hidden: int, shape: Shape) -> int:
+    return shape.replicated if linear.out_features == hidden else shape.shard
+
+
+def _matmuls(layer: Layer) -> list[Linear]:
+    attention = list(layer.attention.linears())
+    if isinstance(layer.mlp, MixtureOfExperts):
+        shared = list(layer.mlp.shared.linears()) if layer.mlp.shared is not None else []
+        return attention + [layer.mlp.router(), *layer.mlp.expert.linears(), *shared]
+    return attention + list(layer.mlp.linears())

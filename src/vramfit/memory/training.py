@@ -206,10 +206,10 @@ def _block_step(layer: Layer, index: int, tensors: tuple[ParamTensor, ...], shap
     mlp_grads = gradient_bytes((t.elements for t in mine if t.trainable and t.role.startswith("ffn_down")),
                                grad_width)
     stream = allocation_bytes(shape.tokens * layer.attention.hidden_size // shape.replicated * shape.compute_bytes)
-    saved = _checkpointed(full, training.grad_ckpt, stream)
+    saved = _checkpointed(full, training.grad_ckpt, stream, act.selective_saved(layer, block_shape))
     mlp_part = full.parts["mlp"] + full.parts["norms"] // 2 + full.parts["residual"] // 2
     product = _intermediate(layer, block_shape) if trains else 0
-    return BlockStep(saved=saved, recomputed=full.total if training.grad_ckpt == "full" else saved,
+    return BlockStep(saved=saved, recomputed=full.total if training.grad_ckpt != "none" else saved,
                      mlp_saved=mlp_part, product=product, grads=grads, grads_kept=grads // lay.grad_shard,
                      mlp_grads=mlp_grads, amp_copies=_amp_copies(mine, widths) if widths.amp else 0,
                      mlp_temporaries=_mlp_temporaries(layer, shape), attention_temporaries=2 * stream)
@@ -221,12 +221,14 @@ def _with_trains(shape: act.Shape, trains: bool) -> act.Shape:
     return replace(shape, trains=trains)
 
 
-def _checkpointed(full: act.Saved, mode: str, stream: int) -> int:
+def _checkpointed(full: act.Saved, mode: str, stream: int, selective: int) -> int:
     """none: everything; full: the block's output only (the next block's checkpointed input, HF reentrant
-    checkpointing saves nothing else); selective: everything but the attention scores (Korthikanti 2022:
-    recompute the s^2 part), which sdpa/flash never keep anyway."""
+    checkpointing saves nothing else); selective: torchtitan's per-op policy (activations.selective_saved).
+    Under both, backward recomputes the whole block before differentiating it."""
     if mode == "full":
         return stream
+    if mode == "selective":
+        return min(selective, full.total)
     return full.total
 
 
