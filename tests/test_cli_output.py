@@ -106,9 +106,10 @@ def test_json_is_bytes_and_explain_adds_derivations(capsys: pytest.CaptureFixtur
 
 def plain_settings() -> Settings:
     from vramfit.cli import build_parser
-    from vramfit.cli.common import settings_from_args
+    from vramfit.cli.common import model_from_args, settings_from_args
 
-    return settings_from_args(build_parser().parse_args(["estimate", *LLAMA_8B]))
+    args = build_parser().parse_args(["estimate", *LLAMA_8B])
+    return settings_from_args(args, model_from_args(args))
 
 
 @pytest.mark.usefixtures("fixed")

@@ -11,18 +11,25 @@ from vramfit.settings import Settings
 
 
 def estimate(model: Model | str, settings: Settings | None = None, **changes: Any) -> Estimate:
-    """Per-GPU memory of the most-loaded GPU for `model` under `settings` (defaults: bf16 inference,
-    batch 1, 2048 tokens). Keyword changes override single fields: estimate(m, batch_size=8, mode="training").
+    """Per-GPU memory of the most-loaded GPU for `model` under `settings` (defaults: inference in the
+    model's own dtype, batch 1, 2048 tokens). Keyword changes override single fields: estimate(m, batch_size=8, mode="training").
     """
     if isinstance(model, str):
         from vramfit.model.sources import load_model
 
         model = load_model(model)
-    settings = (settings or Settings()).replace(**changes).validate() if changes else (
-        settings or Settings()).validate()
+    settings = resolve_settings((settings or Settings()).replace(**changes), model).validate()
     planner = inference if settings.mode == "inference" else training
     plan = planner.plan(model, settings)
     memory = MemoryBreakdown(components=plan.components)
     return Estimate(model=model.name, parameters=plan.parameters, memory=memory, peak=Peak.of(memory),
                     settings=settings, notes=tuple(model.assumed) + tuple(model.notes) + plan.notes,
                     extra=plan.extra)
+
+
+def resolve_settings(settings: Settings, model: Model) -> Settings:
+    """Settings with the model-dependent defaults filled in: dtype "auto" becomes the model's own dtype
+    (as transformers' dtype="auto" loads it), bf16 when neither config.json nor the checkpoint says."""
+    if settings.precision.dtype == "auto":
+        return settings.replace(dtype=model.weight_dtype or "bf16")
+    return settings

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vramfit.errors import InvalidSetting, VramfitError
-from vramfit.estimate import estimate
+from vramfit.estimate import estimate, resolve_settings
 from vramfit.gpus import CATALOG, GPU, capacity_bytes, lookup
 from vramfit.model.architecture import LatentAttention, MixtureOfExperts
 from vramfit.model.loaded import Model
@@ -137,7 +137,8 @@ def required_capacity(settings: Settings) -> int:
 
 def check(model: Model, settings: Settings) -> Check:
     """Estimate `settings` and compare the device peak with the GPU they name."""
-    return Checker(model, required_capacity(settings)).check(settings.validate())
+    settings = resolve_settings(settings, model).validate()
+    return Checker(model, required_capacity(settings)).check(settings)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -160,7 +161,8 @@ class Largest:
 
 def max_batch(model: Model, settings: Settings, *, limit: int = BATCH_LIMIT) -> Largest:
     """Largest batch_size (training: the micro-batch) that fits; 0 when batch 1 does not."""
-    return _largest_field(model, settings.validate(), "batch_size", 1, limit, "search bound")
+    return _largest_field(model, resolve_settings(settings, model).validate(), "batch_size", 1, limit,
+                          "search bound")
 
 
 def max_context(model: Model, settings: Settings, *, limit: int | None = None) -> Largest:
@@ -169,7 +171,7 @@ def max_context(model: Model, settings: Settings, *, limit: int | None = None) -
     The search stops at the model's max_position_embeddings unless `limit` says otherwise: beyond it the
     model was not trained to attend, whatever the memory allows. 0 when the shortest sequence does not fit.
     """
-    settings = settings.validate()
+    settings = resolve_settings(settings, model).validate()
     bound, why = (limit, "search bound") if limit else _context_bound(model)
     low = settings.workload.new_tokens + 1
     return _largest_field(model, settings, "seq_len", low, bound, why)
@@ -435,6 +437,7 @@ class CostModel:
 
     def __init__(self, model: Model, settings: Settings, gpu: GPU | None, network: Network,
                  trainable: int | None = None) -> None:
+        settings = resolve_settings(settings, model)
         self.network, self.training = network, settings.mode == "training"
         arch = model.architecture
         counts = arch.parameter_count()
@@ -576,7 +579,7 @@ def plan(model: Model, settings: Settings, gpus: int, *, gpu: str | None = None,
     cost at micro-batch 1, which no larger micro-batch beats), and the walk stops once `top` layouts fit and
     no unvisited candidate could beat them.
     """
-    settings = settings.validate()
+    settings = resolve_settings(settings, model).validate()
     network = network or Network()
     capacity = required_capacity(settings.replace(gpu=gpu) if gpu else settings)
     if gpus < 1:
@@ -705,7 +708,7 @@ def fit(model: Model, settings: Settings, *, gpus: Iterable[GPU] = CATALOG, max_
         network: Network | None = None) -> list[GpuFit]:
     """For each GPU, the smallest count (1, 2, 4, ... up to max_gpus) with a layout that fits, the best such
     layout and its headroom. Each count is tried with `plan` (top 1)."""
-    settings = settings.validate()
+    settings = resolve_settings(settings, model).validate()
     return [_fewest(model, settings, gpu, max_gpus, network) for gpu in gpus]
 
 
@@ -767,7 +770,7 @@ def what_to_change(model: Model, settings: Settings, *, max_gpus: int = 64, top:
     estimate: single changes and combinations of up to `max_combined` of them (impact adds up; a combination
     is listed only when none of its parts already fits), the largest batch or context that fits, and the
     fewest GPUs of this kind with their best layout. Empty when nothing tried fits."""
-    settings = settings.validate()
+    settings = resolve_settings(settings, model).validate()
     checker = Checker(model, required_capacity(settings))
     found = _combinations(checker, settings, _fixed_changes(settings), top, max_combined)
     found += [c for c in _shrink_changes(model, settings) if c.check is not None and c.check.fits]

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from vramfit.errors import InvalidSetting
 
 Mode = Literal["inference", "training"]
-DType = Literal["fp32", "fp16", "bf16"]
+DType = Literal["auto", "fp32", "fp16", "bf16"]
 AttentionImpl = Literal["eager", "sdpa", "flash"]
 Finetune = Literal["full", "lora", "qlora", "dora"]
 GradCkpt = Literal["none", "full", "selective"]
@@ -82,18 +82,19 @@ class Workload:
 class Precision:
     """Number formats.
 
-    dtype: the weights' (and, without amp, the compute) dtype. amp: automatic mixed precision, with fp32
+    dtype: the weights' (and, without amp, the compute) dtype; "auto" takes the model's own, as transformers'
+    dtype="auto" does (config.json's dtype, else the stored safetensors dtype, else bf16). amp: automatic mixed precision, with fp32
     master weights and low-precision compute. quant: a weight quantization format name (see
     `vramfit.memory.weights.FORMATS`), or None. kv_dtype: the KV cache ("auto" follows the compute dtype).
     """
 
-    dtype: DType = "bf16"
+    dtype: DType = "auto"
     amp: Literal["bf16", "fp16"] | None = None
     quant: str | None = None
     kv_dtype: str = "auto"
 
     def validate(self) -> None:
-        _choice("dtype", self.dtype, DTYPES)
+        _choice("dtype", self.dtype, ("auto",) + DTYPES)
         if self.amp is not None:
             _choice("amp", self.amp, ("bf16", "fp16"))
         _choice("kv_dtype", self.kv_dtype, KV_DTYPES)

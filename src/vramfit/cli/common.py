@@ -121,14 +121,15 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace, model: Model | None = None) -> Settings:
     """The one mapping from flags to Settings; raises InvalidSetting naming the flag on bad values.
-    Without --dtype, the weights take `model.weight_dtype` where a model is given, else bf16."""
+    Without --dtype, the weights take `model.weight_dtype` where a model is given (see
+    `vramfit.estimate.resolve_settings`); without a model, dtype stays "auto" until an estimate resolves it."""
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
     gpu_memory = parse_bytes(args.gpu_memory, field="--gpu-memory") if args.gpu_memory else None
     settings = Settings(
         workload=Workload(mode=args.mode, batch_size=args.batch_size, seq_len=args.seq_len,
                           new_tokens=args.new_tokens, grad_accum=args.grad_accum, num_beams=args.num_beams,
                           num_return_sequences=args.num_return_sequences, prefill_chunk=args.prefill_chunk),
-        precision=Precision(dtype=args.dtype or (model.weight_dtype if model else None) or "bf16", amp=args.amp,
+        precision=Precision(dtype=args.dtype or "auto", amp=args.amp,
                             quant=args.quant, kv_dtype=args.kv_dtype),
         training=Training(finetune=args.finetune, optimizer=args.optimizer, grad_ckpt=args.grad_ckpt,
                           activation_offload=args.activation_offload, frozen_layers=args.frozen_layers,
@@ -143,6 +144,10 @@ def settings_from_args(args: argparse.Namespace, model: Model | None = None) -> 
                         n_gpu_layers=args.n_gpu_layers, max_num_seqs=args.max_num_seqs,
                         draft_model=args.draft_model),
         gpu=args.gpu, gpu_memory=gpu_memory)
+    if model is not None:
+        from vramfit.estimate import resolve_settings
+
+        settings = resolve_settings(settings, model)
     return settings.validate()
 
 

@@ -44,7 +44,8 @@ def run_measure(args: argparse.Namespace) -> int:
     require_torch()
     from vramfit.truth.measure import default_output, measure, record
 
-    model, settings = model_from_args(args), settings_from_args(args)
+    model = model_from_args(args)
+    settings = settings_from_args(args, model)
     result = measure(model, settings)
     path = args.out or default_output(result.env)
     row = record(result, path, model_id=args.model or model.name, measure=args.score, group=args.group)
@@ -73,7 +74,8 @@ def run_trace(args: argparse.Namespace) -> int:
     require_torch()
     from vramfit.truth.trace import trace, trace_row
 
-    model, settings = model_from_args(args), settings_from_args(args)
+    model = model_from_args(args)
+    settings = settings_from_args(args, model)
     result = trace(model, settings)
     if args.record:
         from vramfit.truth.rows import append_row
