@@ -3,8 +3,9 @@ equal the HTTP API's (and so the Python API's) for several models, it updates as
 in the URL.
 
 Chromium comes from `apt-get install chromium` (.ci/run does it); Playwright's own browser download is never
-used. These tests skip only when /usr/bin/chromium or the playwright package is missing. About 10 s in all,
-most of it Chromium starting once for the module.
+used. These tests skip only when /usr/bin/chromium or the playwright package is missing. About 10 s in all on an
+idle machine (26 s measured with the team's jobs sharing 2 cores), most of it Chromium starting once for the
+module and the searches behind the GPU limits; slower than the few-second budget because it is a real browser.
 """
 
 from __future__ import annotations
