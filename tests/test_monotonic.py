@@ -61,3 +61,29 @@ def test_memory_grows_with_batch_and_sequence_length(model_id: str, mode: str) -
         assert drops == [], f"{model_id} {mode}: seq_len {seq} -> {seq + more_tokens} lowers memory: {drops}"
 
     check()
+
+
+# The planner's pruning rests on these too: a split whose most saving options do not fit is dropped whole,
+# and ZeRO stages 0 and 1 are never enumerated because stage 2 holds no more.
+SAVINGS = (("zero_stage", (0, 1, 2, 3)), ("fsdp", ("none", "shard-grad-op", "full")),
+           ("grad_ckpt", ("none", "selective", "full")))
+
+
+def _device(model: Model, base: Settings, **changes: object) -> int:
+    return vramfit.estimate(model, base.replace(**changes)).peak.device
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model_id=st.sampled_from(catalog_ids()), base=workload_settings(mode="training"),
+       gpus=st.sampled_from((2, 8)))
+def test_each_saving_option_never_adds_memory(model_id: str, base: Settings, gpus: int) -> None:
+    try:
+        model = catalog_model(model_id)
+    except UnsupportedArchitecture:
+        reject()
+    base = base.replace(gpus=gpus)
+    for name, levels in SAVINGS:
+        totals = [_device(model, base, **{name: level}) for level in levels]
+        assert totals == sorted(totals, reverse=True), f"{model_id}: {name} {levels} -> {totals}"
+    offloads = [_device(model, base, zero_stage=3, offload=where) for where in ("none", "optimizer", "params")]
+    assert offloads == sorted(offloads, reverse=True), f"{model_id}: offload none/optimizer/params -> {offloads}"
