@@ -56,9 +56,9 @@ def _component(model: str, part: str, **changes: object) -> Callable[[], int]:
 LLAMA3 = "meta-llama/Meta-Llama-3-8B"
 LLAMA2_70B = "meta-llama/Llama-2-70b-hf"
 VLLM = {"name": "vllm", "seq_len": 8192, "gpu_memory": int(79.22 * GiB)}
-# litgpt generate/tp.py, default prompt (about 10 tokens) + --max_new_tokens 256, --num_samples 2 run one
+# litgpt generate/tp.py (--precision bf16-true, as the rows state), default prompt (about 10 tokens) + --max_new_tokens 256, --num_samples 2 run one
 # after the other (batch 1); "Max GPU RAM" is torch.cuda.max_memory_allocated()/1e9 on rank 0.
-LITGPT_TP = {"name": "litgpt", "seq_len": 266, "new_tokens": 256}
+LITGPT_TP = {"name": "litgpt", "seq_len": 266, "new_tokens": 256, "dtype": "bf16"}  # the rows ran bf16-true
 
 HAND_MAPPED = (
     Case("vllm-llama3-8b-tp1-profile", "vllm/weights", int(14.96 * GiB),

@@ -3,10 +3,14 @@
 Each constant names the measurement or source it comes from:
 
 - CUDA context + loaded kernels, seen by nvidia-smi but not by torch.cuda counters ("device" level):
-  1343 MiB, measured by the Hugging Face docs after `torch.ones((1, 1)).to("cuda")` (model_memory_anatomy.md;
-  row hf-bertlarge-load of /work/shared/truth/published-measurements.jsonl: V100, CUDA 11.2, PyTorch of
-  early 2022). Newer stacks load kernels lazily (CUDA_MODULE_LOADING=LAZY, default since PyTorch 1.13 /
-  CUDA 11.7) and usually need less; we keep the measured figure until a newer measurement replaces it.
+  426 MiB, measured with PyTorch 2.10.0+cu130 on an RTX 6000 Ada as the nvidia-smi usage after
+  `torch.cuda.mem_get_info(0)` created the context (unslothai/unsloth-zoo PR #1053, 2026-08). PyTorch loads
+  CUDA modules lazily by default since 1.13 (pytorch/pytorch PR #86509: 287,047,680 bytes lazy vs 666,632,192
+  eager after one small tensor op; ptrblck in pytorch/pytorch#109888: "around 400MB if CUDA >= 11.7 is used
+  and lazy module loading enabled"). Stacks before CUDA 11.7 loaded every kernel up front: the Hugging Face
+  docs measured 1343 MiB on a V100 with CUDA 11.2 (model_memory_anatomy.md; published row hf-bertlarge-load),
+  kept as CUDA_CONTEXT_EAGER_BYTES. Kernels loaded on first use (cuBLAS, attention) add to the lazy figure
+  and are not modelled: a GPU measurement should replace this constant.
 - vLLM's non-torch memory (context, cuBLAS/NCCL handles, custom all-reduce buffers): 1.79 GiB on one GPU and
   3.58 GiB per GPU at tensor parallel 2, from vLLM's own profiler log (rows vllm-llama3-8b-tp1-profile and
   vllm-llama3-8b-tp2-profile).
@@ -26,9 +30,10 @@ from collections.abc import Iterable
 from vramfit.result import Component
 from vramfit.units import KiB, MiB
 
-CUDA_CONTEXT_BYTES = 1343 * MiB
-CUDA_CONTEXT_SOURCE = ("HF model_memory_anatomy: 1343 MiB after torch.ones((1,1)).to('cuda') on V100/CUDA 11.2 "
-                       "(published-measurements row hf-bertlarge-load)")
+CUDA_CONTEXT_BYTES = 426 * MiB
+CUDA_CONTEXT_SOURCE = ("nvidia-smi after CUDA context creation, PyTorch 2.10.0+cu130, RTX 6000 Ada, lazy module "
+                       "loading (unslothai/unsloth-zoo PR #1053); see vramfit.memory.overhead for older stacks")
+CUDA_CONTEXT_EAGER_BYTES = 1343 * MiB  # HF model_memory_anatomy, V100/CUDA 11.2, every kernel loaded up front
 VLLM_NON_TORCH_BYTES = {1: int(1.79 * 1024 * MiB), 2: int(3.58 * 1024 * MiB)}
 VLLM_NON_TORCH_SOURCE = ("vLLM profiler log, Llama-3-8B on 80 GB GPUs: non_torch_memory 1.79 GiB (tp 1), "
                          "3.58 GiB per GPU (tp 2) (rows vllm-llama3-8b-tp1/tp2-profile)")
