@@ -345,3 +345,17 @@ def test_vllm_max_batch_is_what_its_pool_holds() -> None:
     assert found.limited_by == "memory" and found.above is not None and found.above.pool_short
     answers = vramfit.estimate(model, base).extra["vllm"]
     assert found.value == answers["max_full_length_sequences"]
+
+
+def test_plan_picks_megatrons_layout_for_gpt3(synthetic: None) -> None:
+    """The cost model against published practice: GPT-3 175B (96 layers of 12288, 96 heads) on 1536 A100s
+    with a batch of 1536 sequences of 2048 tokens ran at tensor 8, pipeline 16, data 12 (Narayanan et al.
+    2021, table 1). The planner, given memory that fits, should also keep tensor parallelism at a full node
+    and pipeline over nodes."""
+    from vramfit.model.numbers import model_from_numbers
+
+    model = model_from_numbers(175 * 10**9, hidden_size=12288, layers=96, heads=96, vocab_size=51200)
+    base = Settings().replace(mode="training", seq_len=2048, gpu="a100-80gb")
+    best = search.plan(model, base, 1536, global_batch=1536, top=1).layouts[0].layout
+    assert (best.tensor, best.context) == (8, 1)
+    assert best.pipeline in (8, 16)

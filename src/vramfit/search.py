@@ -342,10 +342,18 @@ def valid_tensor(model: Model, tensor: int) -> bool:
                for heads, kv in _attention_heads(model))
 
 
+# Context parallelism is for sequences too long for one GPU ("critical for training long context models",
+# NeMo's context parallelism guide); split finer, it adds communication and smaller kernels without needing
+# the memory (Megatron-Bridge's dynamic context parallel guide). The cost model has no kernel-efficiency term,
+# so this floor on tokens per rank stands in for it: a judgement call, not a measurement.
+MIN_CONTEXT_TOKENS = 2048
+
+
 def _groups(model: Model, settings: Settings, gpus: int, network: Network) -> Iterator[Layout]:
     """Every (tensor, pipeline, context, expert, data) split of `gpus` that the model allows: tensor inside a
     node and dividing the heads, pipeline dividing the layers, context dividing seq_len into 2 x context chunks
-    (Megatron's load-balanced ring), expert dividing the experts and the data-parallel size."""
+    (Megatron's load-balanced ring) of at least MIN_CONTEXT_TOKENS each, expert dividing the experts and the
+    data-parallel size."""
     layers, experts = model.architecture.num_layers, _experts(model)
     training = settings.mode == "training"
     for tensor in _divisors(gpus):
@@ -355,7 +363,8 @@ def _groups(model: Model, settings: Settings, gpus: int, network: Network) -> It
             if layers % pipeline:
                 continue
             for context in _divisors(gpus // (tensor * pipeline)) if training else [1]:
-                if settings.workload.seq_len % (2 * context) and context > 1:
+                if context > 1 and (settings.workload.seq_len % (2 * context)
+                                    or settings.workload.seq_len // context < MIN_CONTEXT_TOKENS):
                     continue
                 data = gpus // (tensor * pipeline * context)
                 for expert in [e for e in _divisors(data) if experts % e == 0] if experts else [1]:

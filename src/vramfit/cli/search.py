@@ -149,7 +149,8 @@ def _plan_lines(result: search.PlanResult) -> list[str]:
             f"{result.considered} candidate layouts, {result.estimated} estimates")
     if not result.layouts:
         return [head, "no layout fits; try `vramfit what-to-change` or more GPUs"] + _notes(result.notes)
-    lines = [head, "ranked by step cost relative to ideal (compute only), then headroom:"]
+    lines = [head, "ranked by score: step time relative to the ideal (all GPUs computing, nothing else), raised "
+                   "when the headroom is under 5% of the GPU:"]
     for rank, ranked in enumerate(result.layouts, 1):
         text = ranked.explain()
         lines += [f"{rank}. {text[0]}", *text[1:]]
