@@ -5,7 +5,7 @@ Import as `from strategies import ...` (pytest puts tests/ on sys.path).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from hypothesis import strategies as st
 
@@ -15,7 +15,7 @@ from vramfit.model.loaded import Model
 from vramfit.settings import RUNTIMES, LoRA, Settings
 
 
-@lru_cache(maxsize=None)
+@cache
 def catalog_model(model_id: str) -> Model:
     """A catalog model, loaded once per session (config.json from the package, no network)."""
     from vramfit.model.sources import load_model

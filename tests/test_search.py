@@ -359,3 +359,10 @@ def test_plan_picks_megatrons_layout_for_gpt3(synthetic: None) -> None:
     best = search.plan(model, base, 1536, global_batch=1536, top=1).layouts[0].layout
     assert (best.tensor, best.context) == (8, 1)
     assert best.pipeline in (8, 16)
+
+
+def test_cli_fit_with_a_stated_capacity_counts_gpus_too(synthetic: None, capsys: pytest.CaptureFixture[str]) -> None:
+    fit = _json(capsys, ["fit", LLAMA_70B, "--gpu-memory", "24GiB", "--json"])
+    (row,) = fit["gpus"]
+    assert (row["gpu"], row["gpu_memory_bytes"]) == ("custom", 24 * GiB)
+    assert row["count"] > 1 and row["total_bytes"] <= 24 * GiB

@@ -245,6 +245,13 @@ def capacity_bytes(gpu: str | None, gpu_memory: int | None) -> int | None:
     return lookup(gpu).usable_bytes if gpu else None
 
 
+def custom(usable_bytes: int) -> GPU:
+    """A GPU known only by its capacity (--gpu-memory): no datasheet, so no flops or links."""
+    return GPU(id="custom", name=f"a GPU with {usable_bytes / GiB:.2f} GiB", vendor="unknown",
+               architecture="unknown", memory_bytes=usable_bytes, usable_bytes=usable_bytes,
+               usable_source="--gpu-memory")
+
+
 def get(gpu_id: str) -> GPU:
     """Exact id lookup (the catalog's own ids)."""
     return _BY_ID[gpu_id] if gpu_id in _BY_ID else lookup(gpu_id)

@@ -297,8 +297,8 @@ class Ranked:
     score: float
 
     def explain(self) -> list[str]:
-        lines = [f"{self.layout.describe()}: step {self.cost.relative:.2f}x ideal, "
-                 f"headroom {self.check.headroom_bytes / 2**30:.2f} GiB, score {self.score:.2f}"]
+        lines = [(f"{self.layout.describe()}: step {self.cost.relative:.2f}x ideal, "
+                  f"headroom {self.check.headroom_bytes / 2**30:.2f} GiB, score {self.score:.2f}")]
         big = sorted(self.cost.parts_s.items(), key=lambda kv: -kv[1])
         lines += [f"    {name}: +{seconds / self.cost.ideal_s:.1%} of ideal" for name, seconds in big if seconds > 0]
         return lines
@@ -593,7 +593,8 @@ def plan(model: Model, settings: Settings, gpus: int, *, gpu: str | None = None,
     capacity = required_capacity(settings.replace(gpu=gpu) if gpu else settings)
     if gpus < 1:
         raise InvalidSetting(f"--gpus: {gpus} must be 1 or more")
-    gpu_entry = lookup(gpu or settings.gpu) if (gpu or settings.gpu) else None
+    named = gpu or settings.gpu
+    gpu_entry = lookup(named) if named else None
     return _Planner(model, settings, gpus, capacity, gpu_entry, network, global_batch, top, margin).run()
 
 
@@ -722,7 +723,8 @@ def fit(model: Model, settings: Settings, *, gpus: Iterable[GPU] = CATALOG, max_
 
 
 def _fewest(model: Model, settings: Settings, gpu: GPU, max_gpus: int, network: Network | None) -> GpuFit:
-    probe = settings.replace(gpu=gpu.id, gpu_memory=None)
+    in_catalog = gpu.id in {g.id for g in CATALOG}
+    probe = settings.replace(gpu=gpu.id if in_catalog else None, gpu_memory=None if in_catalog else gpu.usable_bytes)
     for count in (n for n in GPU_COUNTS if n <= max_gpus):
         result = plan(model, probe, count, global_batch=_global_batch(settings, count), top=1, network=network)
         if result.layouts:

@@ -10,13 +10,18 @@ import json
 from typing import Any
 
 from vramfit import search
-from vramfit.cli.common import add_model_arguments, add_settings_arguments, model_from_args, settings_from_args
-from vramfit.gpus import CATALOG, GPU, lookup
+from vramfit.cli.common import (
+    add_model_arguments,
+    add_settings_arguments,
+    model_from_args,
+    settings_from_args,
+)
+from vramfit.gpus import CATALOG, GPU, custom, lookup
 from vramfit.model.loaded import Model
 from vramfit.settings import Settings
 from vramfit.units import format_bytes, parse_bytes
 
-_Subparsers = argparse._SubParsersAction  # noqa: SLF001 (argparse exposes no public name for it)
+_Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
 
 
 def register(subparsers: _Subparsers[argparse.ArgumentParser]) -> None:
@@ -105,8 +110,8 @@ def _largest_json(found: search.Largest) -> dict[str, Any]:
 def _largest_lines(found: search.Largest, unit: str) -> list[str]:
     if found.at_value is None:
         return [f"nothing fits: even the smallest {found.name} needs more than {_gib(found.capacity_bytes)}"]
-    lines = [f"{found.name} {found.value:,} ({unit}) fits: {_gib(found.at_value.total_bytes)} of "
-             f"{_gib(found.capacity_bytes)}, headroom {_gib(found.at_value.headroom_bytes)}"]
+    lines = [(f"{found.name} {found.value:,} ({unit}) fits: {_gib(found.at_value.total_bytes)} of "
+              f"{_gib(found.capacity_bytes)}, headroom {_gib(found.at_value.headroom_bytes)}")]
     if found.above is not None:
         lines.append(f"{found.name} {found.value + 1:,} does not: {_why_not(found.above)}")
     else:
@@ -149,8 +154,8 @@ def _plan_lines(result: search.PlanResult) -> list[str]:
             f"{result.considered} candidate layouts, {result.estimated} estimates")
     if not result.layouts:
         return [head, "no layout fits; try `vramfit what-to-change` or more GPUs"] + _notes(result.notes)
-    lines = [head, "ranked by score: step time relative to the ideal (all GPUs computing, nothing else), raised "
-                   "when the headroom is under 5% of the GPU:"]
+    lines = [head, ("ranked by score: step time relative to the ideal (all GPUs computing, nothing else), raised "
+                    "when the headroom is under 5% of the GPU:")]
     for rank, ranked in enumerate(result.layouts, 1):
         text = ranked.explain()
         lines += [f"{rank}. {text[0]}", *text[1:]]
@@ -166,29 +171,18 @@ def _notes(notes: tuple[str, ...]) -> list[str]:
 
 def run_fit(args: argparse.Namespace) -> int:
     model, settings = _inputs(args)
-    gpus = _candidates(args, settings)
-    if len(gpus) == 1 and gpus[0] is None:
-        return _fit_custom(args, model, settings)
-    results = search.fit(model, settings, gpus=[g for g in gpus if g is not None], max_gpus=args.max_gpus)
+    results = search.fit(model, settings, gpus=_candidates(args, settings), max_gpus=args.max_gpus)
     data = {"model": model.name, "gpus": [_gpu_fit_json(r) for r in results]}
     return _print(args, data, _fit_lines(results, args.max_gpus))
 
 
-def _candidates(args: argparse.Namespace, settings: Settings) -> list[GPU | None]:
+def _candidates(args: argparse.Namespace, settings: Settings) -> list[GPU]:
+    """--candidates, else the --gpu-memory capacity, else --gpu, else the whole catalog."""
     if args.candidates:
         return [lookup(name) for name in args.candidates.split(",") if name.strip()]
     if settings.gpu_memory is not None:
-        return [None]
+        return [custom(settings.gpu_memory)]
     return [lookup(settings.gpu)] if settings.gpu else list(CATALOG)
-
-
-def _fit_custom(args: argparse.Namespace, model: Model, settings: Settings) -> int:
-    """--gpu-memory only: does it fit one such GPU, as asked?"""
-    result = search.check(model, settings)
-    data = {"model": model.name, "fits": result.fits, "gpu_memory_bytes": result.capacity_bytes,
-            "total_bytes": result.total_bytes, "headroom_bytes": result.headroom_bytes}
-    verdict = "fits" if result.fits else "does not fit"
-    return _print(args, data, [f"{verdict}: {_gib(result.total_bytes)} of {_gib(result.capacity_bytes)}"])
 
 
 def _gpu_fit_json(result: search.GpuFit) -> dict[str, Any]:
