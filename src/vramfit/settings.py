@@ -27,7 +27,7 @@ KV_DTYPES = ("auto", "fp32", "fp16", "bf16", "fp8", "fp8_e4m3", "fp8_e5m2", "int
 OPTIMIZERS = ("adamw", "adamw-fused", "adam", "sgd", "sgd-momentum", "adafactor", "lion", "adamw-8bit",
               "paged-adamw-8bit")
 RUNTIMES = ("transformers", "vllm", "sglang", "llama.cpp", "litgpt")
-FRAMEWORKS = ("transformers", "torchtune")
+FRAMEWORKS = ("transformers", "torchtune", "litgpt")
 
 
 def _positive(name: str, value: int, *, fix: str) -> None:

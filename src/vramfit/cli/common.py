@@ -12,6 +12,7 @@ from typing import Any
 from vramfit.errors import InvalidSetting
 from vramfit.model.loaded import Model
 from vramfit.settings import (
+    FRAMEWORKS,
     KV_DTYPES,
     OPTIMIZERS,
     RUNTIMES,
@@ -87,7 +88,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--activation-offload", action="store_true",
                        help="offload saved activations to host memory (default: off)")
     train.add_argument("--frozen-layers", type=int, default=0, help="first N layers frozen (default: 0)")
-    train.add_argument("--framework", choices=("transformers", "torchtune"), default="transformers",
+    train.add_argument("--framework", choices=FRAMEWORKS, default="transformers",
                        help="training framework whose behaviour to model (default: transformers Trainer)")
 
     par = parser.add_argument_group("GPUs and parallelism")

@@ -77,6 +77,7 @@ class Shape:
     replicated: int = 1
     trains: bool = True
     kv_cache: bool = False
+    native_activations: bool = False
     lora: dict[str, tuple[int, int, bool]] = field(default_factory=dict, hash=False)
 
     @property
@@ -164,6 +165,8 @@ def feed_forward_saved(mlp: MLP | GatedMLP, tokens: int, shape: Shape) -> int:
     width = mlp.intermediate_size // shape.shard
     one = _t(tokens * width, e)
     extra = _ACTIVATION_EXTRA.get(mlp.activation, 1)
+    if shape.native_activations and extra > 1:
+        extra = 1  # one fused op saves its input only
     down_input = one if shape.trains else 0
     if isinstance(mlp, GatedMLP):
         return extra * one + 2 * one + down_input
@@ -269,7 +272,8 @@ class LossMemory:
     formula: str
 
 
-def loss_memory(arch: Architecture, shape: Shape, *, chunks: int, fp32_logits: bool) -> LossMemory:
+def loss_memory(arch: Architecture, shape: Shape, *, chunks: int, fp32_logits: bool, fp32_loss: bool = True,
+                logits_kept: bool = False) -> LossMemory:
     """Logits T x V in the compute dtype, upcast to fp32 for the loss, log_softmax saving its fp32 output.
 
     transformers (loss/loss_utils.py ForCausalLMLoss): the model returns logits in its dtype (kept by the
@@ -285,6 +289,8 @@ def loss_memory(arch: Architecture, shape: Shape, *, chunks: int, fp32_logits: b
     e, t = shape.compute_bytes, shape.tokens
     vocab = head.out_features // shape.shard
     labels = _t(t, INDEX)
+    if not fp32_loss:
+        return _native_loss(t, vocab, e, chunks, logits_kept, labels)
     log_probs = _t(t * vocab, FP32)
     piece = -(-t // chunks)
     logits = _t(t * vocab, e)
@@ -326,3 +332,16 @@ def _matmuls(layer: Layer) -> list[Linear]:
         shared = list(layer.mlp.shared.linears()) if layer.mlp.shared is not None else []
         return attention + [layer.mlp.router(), *layer.mlp.expert.linears(), *shared]
     return attention + list(layer.mlp.linears())
+
+
+def _native_loss(t: int, vocab: int, e: int, chunks: int, logits_kept: bool, labels: int) -> LossMemory:
+    """Cross-entropy in the model dtype per chunk (litgpt): each chunk's log-softmax saved in dtype E, the
+    logits kept by the caller through backward when `logits_kept`, two E-sized gradients per chunk."""
+    piece = -(-t // chunks)
+    logits = _t(t * vocab, e)
+    saved = _t(t * vocab, e) + labels + (logits if logits_kept else 0)
+    return LossMemory(saved=saved, forward_transient=0 if logits_kept else logits,
+                      backward_transient=2 * _t(piece * vocab, e),
+                      formula=f"saved: T x V x {e} (log_softmax per chunk, model dtype)"
+                              + (f" + T x V x {e} (logits kept by the loop)" if logits_kept else "")
+                              + f"; backward transient: 2 x T/{chunks} x V x {e}")

@@ -17,6 +17,12 @@ a framework is adding a profile.
   activation offloading (`enable_activation_offloading`, torchtune/training/_activation_offloading.py) moves
   saved activations to pinned host memory; the optimizer step fused into backward (`optimizer_in_bwd`,
   torchtune/training/memory.py) frees each gradient right after its parameter's update.
+- litgpt (Lightning-AI/litgpt finetune/lora.py, full.py): `model(input_ids, lm_head_chunk_size=128)` returns
+  the logits as a list of 128-token chunks, `chunked_cross_entropy` (litgpt/utils.py) takes the loss of each
+  chunk in the model dtype without an fp32 upcast, and the loop keeps `logits` alive until after
+  `fabric.backward(loss)`; its GPT model calls `torch.nn.functional.gelu(approximate=...)` directly;
+  with precision "bf16-true" the LoRA adapters are bf16 like the rest. (The chunk count is the sequence over
+  128; vramfit models it as 8 slices, which only moves the per-chunk transient.)
 """
 
 from __future__ import annotations
@@ -28,7 +34,10 @@ from dataclasses import dataclass
 class Framework:
     """name; loss_chunks: slices of the head and loss (1: the whole sequence at once); fp32_logits: the model
     returns fp32 logits; adapter_fp32: LoRA adapters kept in fp32; optimizer_in_backward: gradients freed as
-    soon as their parameter is updated; kv_cache_in_training: the forward also fills a KV cache; behaviours: the sentences --explain prints."""
+    soon as their parameter is updated; kv_cache_in_training: the forward also fills a KV cache;
+    native_activations: activation functions are single PyTorch ops (F.gelu(approximate="tanh")) rather than
+    transformers' Python compositions (NewGELUActivation); logits_kept: the training loop holds the logits
+    through backward; fp32_loss: the loss upcasts the logits to fp32; behaviours: the sentences --explain prints."""
 
     name: str
     loss_chunks: int
@@ -36,12 +45,15 @@ class Framework:
     adapter_fp32: bool
     optimizer_in_backward: bool
     kv_cache_in_training: bool
+    native_activations: bool
+    logits_kept: bool
+    fp32_loss: bool
     behaviours: tuple[str, ...]
 
 
 TRANSFORMERS = Framework(
     name="transformers", loss_chunks=1, fp32_logits=False, adapter_fp32=True, optimizer_in_backward=False,
-    kv_cache_in_training=True,
+    kv_cache_in_training=True, native_activations=False, logits_kept=False, fp32_loss=True,
     behaviours=("the forward builds a DynamicCache (use_cache=True) unless gradient checkpointing is on",
                 "logits in the model dtype, upcast to fp32 inside the loss (ForCausalLMLoss)",
                 "full-vocabulary cross-entropy",
@@ -50,14 +62,23 @@ TRANSFORMERS = Framework(
 
 TORCHTUNE = Framework(
     name="torchtune", loss_chunks=8, fp32_logits=True, adapter_fp32=False, optimizer_in_backward=False,
-    kv_cache_in_training=False,
+    kv_cache_in_training=False, native_activations=True, logits_kept=False, fp32_loss=True,
     behaviours=("fp32 logits from the decoder (self.output(h).float())",
                 "chunked cross-entropy over 8 slices (CEWithChunkedOutputLoss)",
                 "LoRA adapters in the model dtype",
                 "activation offloading to host memory when --activation-offload is set",
                 "optimizer step in backward available (optimizer_in_bwd)"))
 
-PROFILES = {profile.name: profile for profile in (TRANSFORMERS, TORCHTUNE)}
+LITGPT = Framework(
+    name="litgpt", loss_chunks=8, fp32_logits=False, adapter_fp32=False, optimizer_in_backward=False,
+    kv_cache_in_training=False, native_activations=True, logits_kept=True, fp32_loss=False,
+    behaviours=("head run in 128-token chunks (model(input_ids, lm_head_chunk_size=128))",
+                "cross-entropy per chunk in the model dtype, no fp32 upcast (litgpt/utils.py chunked_cross_entropy)",
+                "the logits stay referenced through backward (finetune/lora.py fit: logits, loss, backward)",
+                "activation functions as single PyTorch ops (gelu approximate='tanh')",
+                "LoRA adapters in the model dtype (bf16-true)"))
+
+PROFILES = {profile.name: profile for profile in (TRANSFORMERS, TORCHTUNE, LITGPT)}
 
 
 def framework(name: str) -> Framework:

@@ -152,7 +152,8 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
     outside = gradient_bytes((t.elements for t in trainable if t.layer is None and t.role not in _EMBEDDING_ROLES),
                              grad_width) // lay.grad_shard
     is_first, is_last = stage == 0, stage == lay.pipeline - 1
-    loss = act.loss_memory(arch, shape, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits) \
+    loss = act.loss_memory(arch, shape, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits,
+                           fp32_loss=profile.fp32_loss, logits_kept=profile.logits_kept) \
         if is_last else act.LossMemory(saved=0, forward_transient=0, backward_transient=0, formula="not on stage")
     saved_outside = _saved_outside(arch, shape, training, is_first)
     saved_head = act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0
@@ -180,7 +181,8 @@ def _shape(model: Model, settings: Settings, profile: Framework, lay: Layout, wi
                      attention_dropout=_dropout(model, training.dropout, _ATTENTION_DROPOUT_KEYS),
                      shard=lay.tensor, replicated=lay.tensor if lay.sequence_parallel else 1,
                      trains=training.finetune == "full", lora=lora,
-                     kv_cache=profile.kv_cache_in_training and training.grad_ckpt == "none")
+                     kv_cache=profile.kv_cache_in_training and training.grad_ckpt == "none",
+                     native_activations=profile.native_activations)
 
 
 def _dropout(model: Model, override: float | None, keys: tuple[str, ...]) -> float:
