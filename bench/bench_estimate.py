@@ -1,0 +1,103 @@
+"""How fast one estimate is in-process, and how many a sweep answers per second on one core.
+
+    python bench/bench_estimate.py              # every case, the sweep; writes bench/results/bench_estimate.json
+    python bench/bench_estimate.py --quick      # fewer repetitions
+
+Targets (issue 10): one estimate's median under 50 microseconds; a sweep of at least 20,000 estimates a
+second on one core. The model is loaded once (loading reads config.json from the catalog and is not part of
+an estimate); each timed call is `vramfit.estimate(model, settings)` with settings built beforehand.
+The sweep is what a batch x sequence-length table or a plot does: one model, one Settings per point, built
+with Settings.replace inside the timed loop (a caller pays for that too). vramfit is single-threaded, so
+estimates per CPU second of the process are estimates per second on one core; on a busy machine that is the
+figure to read (the wall figure counts other processes' turns too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import pin_one_core, samples, summary, table, write
+
+from vramfit import Settings, estimate, load_model
+
+TARGET_MEDIAN_US = 50.0
+TARGET_SWEEP_PER_S = 20_000.0
+
+# (label, model, settings changes)
+CASES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("8B infer b1 s2048", "meta-llama/Llama-3.1-8B", {"mode": "inference"}),
+    ("8B generate b8 s8192 +1024", "meta-llama/Llama-3.1-8B",
+     {"mode": "inference", "batch_size": 8, "seq_len": 8192, "new_tokens": 1024}),
+    ("8B train full adamw b1 s4096", "meta-llama/Llama-3.1-8B", {"mode": "training", "seq_len": 4096}),
+    ("8B train lora ckpt b4 s2048", "meta-llama/Llama-3.1-8B",
+     {"mode": "training", "finetune": "lora", "grad_ckpt": "full", "batch_size": 4}),
+    ("0.6B train full b2 s2048", "Qwen/Qwen3-0.6B", {"mode": "training", "batch_size": 2}),
+    ("70B infer TP8", "meta-llama/Llama-3.1-70B", {"mode": "inference", "gpus": 8, "tensor": 8}),
+    ("70B train ZeRO-3 x8", "meta-llama/Llama-3.1-70B",
+     {"mode": "training", "gpus": 8, "zero_stage": 3, "grad_ckpt": "full"}),
+    ("DeepSeek-V3 infer TP8", "deepseek-ai/DeepSeek-V3", {"mode": "inference", "gpus": 8, "tensor": 8}),
+)
+
+SWEEP_MODEL = "meta-llama/Llama-3.1-8B"
+SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+SWEEP_SEQS = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+def time_cases(repeat: int) -> list[dict[str, Any]]:
+    out = []
+    for label, name, changes in CASES:
+        model = load_model(name)
+        settings = Settings().replace(**changes).validate()
+        cpu = time.process_time()
+        seconds = samples(lambda m=model, s=settings: estimate(m, s), repeat=repeat)
+        cpu_per_call_us = (time.process_time() - cpu) / (repeat + 5) * 1e6
+        out.append({"case": label, "model": name, "changes": changes, **summary(seconds),
+                    "cpu_per_call_us": cpu_per_call_us, "meets_target": summary(seconds)["median_us"] < TARGET_MEDIAN_US})
+    return out
+
+
+def sweep(rounds: int) -> dict[str, Any]:
+    """Every (mode, batch, seq) point, `rounds` times over; estimates per CPU second and per wall second."""
+    model = load_model(SWEEP_MODEL)
+    base = Settings()
+    points = [(mode, b, s) for mode in ("inference", "training") for b in SWEEP_BATCHES for s in SWEEP_SEQS]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(rounds):
+        for mode, b, s in points:
+            estimate(model, base.replace(mode=mode, batch_size=b, seq_len=s))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    n = rounds * len(points)
+    return {"model": SWEEP_MODEL, "points": len(points), "rounds": rounds, "estimates": n,
+            "per_cpu_second": n / cpu, "per_wall_second": n / wall, "wall_s": wall, "cpu_s": cpu,
+            "meets_target": n / cpu >= TARGET_SWEEP_PER_S}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    parser.add_argument("--pin", action="store_true", help="pin the process to one CPU (sched_setaffinity)")
+    args = parser.parse_args()
+    pinned = pin_one_core() if args.pin else "not pinned; single-threaded, so CPU time is one core's"
+    cases = time_cases(repeat=30 if args.quick else 300)
+    rows = [[c["case"], f"{c['median_us']:,.0f}", f"{c['p10_us']:,.0f}", f"{c['p90_us']:,.0f}",
+             f"{c['cpu_per_call_us']:,.0f}", "yes" if c["meets_target"] else "no"] for c in cases]
+    print(f"one estimate in-process ({pinned}; target median < {TARGET_MEDIAN_US:.0f} us)")
+    print(table(["case", "median us", "p10 us", "p90 us", "CPU us/call", "< 50 us"], rows))
+    result = sweep(rounds=1 if args.quick else 3)
+    print(f"\nsweep: {SWEEP_MODEL}, {result['points']} points (2 modes x {len(SWEEP_BATCHES)} batches x "
+          f"{len(SWEEP_SEQS)} lengths) x {result['rounds']}: {result['per_cpu_second']:,.0f} estimates per CPU second, "
+          f"{result['per_wall_second']:,.0f} per wall second (target >= {TARGET_SWEEP_PER_S:,.0f}): "
+          f"{'met' if result['meets_target'] else 'missed'}")
+    path = write("bench_estimate", {"pinned": pinned, "cases": cases, "sweep": result,
+                                    "targets": {"median_us": TARGET_MEDIAN_US, "sweep_per_s": TARGET_SWEEP_PER_S}})
+    print(f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()
