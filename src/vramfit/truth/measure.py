@@ -23,7 +23,14 @@ from vramfit.errors import InvalidSetting
 from vramfit.model.loaded import Model
 from vramfit.settings import Settings
 from vramfit.truth.rows import TruthRow, append_row
-from vramfit.truth.trace import build_model, check_generation, check_traceable, require_torch, run_step
+from vramfit.truth.trace import (
+    build_model,
+    check_generation,
+    check_traceable,
+    concrete_dtype,
+    require_torch,
+    run_step,
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -96,7 +103,7 @@ def measure(model: Model | str, settings: Settings, *, device: str = "cuda") -> 
         from vramfit.model.sources import load_model
 
         model = load_model(model)
-    settings = settings.validate()
+    settings = concrete_dtype(model, settings.validate())
     check_traceable(settings)
     check_generation(model, settings)
     if not torch.cuda.is_available():

@@ -107,12 +107,19 @@ def check_traceable(settings: Settings) -> None:
         (training and t.framework != "transformers", f"framework {t.framework}: only transformers steps are traced"),
         (w.num_beams > 1 or w.num_return_sequences > 1, "beam search / several sequences: not traced"),
         (w.prefill_chunk is not None, "prefill_chunk: chunked prefill is a serving-engine feature, not traced"),
-        (settings.parallelism.gpus > 1, "several GPUs: multi-rank tracing is not available yet"),
         (settings.parallelism.offload != "none", "offload: CPU/NVMe offloading is not traced"),
     ]
     for refused, reason in reasons:
         if refused:
             raise Untraceable(f"{reason}; {_MEASURE}")
+
+
+def concrete_dtype(model: Model, settings: Settings) -> Settings:
+    """dtype "auto" made concrete as transformers' dtype="auto" loads it (Model.weight_dtype, else bf16), so
+    the recorded settings say what ran."""
+    if settings.precision.dtype != "auto":
+        return settings
+    return settings.replace(dtype=model.weight_dtype or "bf16")
 
 
 def check_generation(model: Model, settings: Settings) -> None:
@@ -136,24 +143,49 @@ def trace(model: Model | str, settings: Settings, *, fake: bool = True) -> Trace
         from vramfit.model.sources import load_model
 
         model = load_model(model)
-    settings = settings.validate()
+    settings = concrete_dtype(model, settings.validate())
     check_traceable(settings)
     check_generation(model, settings)
+    from vramfit.truth import distributed
+
+    start = time.perf_counter()
+    notes: list[str] = []
+    kind = distributed.layout(settings)
+    if kind == "single":
+        tracker = _trace_once(torch, model, settings, notes, fake=fake)
+        return TraceResult(model=model.name, peak_bytes=tracker.peak_bytes, breakdown=tracker.breakdown(),
+                           settings=settings, seconds=time.perf_counter() - start, notes=tuple(notes))
+    trackers = []
+    for rank in distributed.ranks_to_trace(settings):
+        with distributed.fake_world(settings.parallelism.gpus, rank):
+            mesh = distributed.device_mesh(settings)
+            trackers.append(_trace_once(torch, model, settings, notes, fake=fake, wrap=lambda module: (
+                distributed.distribute(module, settings, mesh, kind))))
+    busiest = max(trackers, key=lambda t: t.peak_bytes)
+    notes.append(f"{kind} over a fake process group of {settings.parallelism.gpus} ranks; traced ranks "
+                 f"{distributed.ranks_to_trace(settings)}")
+    return TraceResult(model=model.name, peak_bytes=busiest.peak_bytes, breakdown=busiest.breakdown(),
+                       settings=settings, seconds=time.perf_counter() - start,
+                       ranks=tuple(t.peak_bytes for t in trackers), notes=tuple(notes))
+
+
+def _trace_once(torch: Any, model: Model, settings: Settings, notes: list[str], *, fake: bool,
+                wrap: Any = None) -> Any:
+    """Build, (distribute,) and run one step under a fresh tracker; returns the tracker."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from vramfit.truth.tracker import LiveTensorTracker
 
-    start = time.perf_counter()
-    notes: list[str] = []
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     with mode, _fake_failures(), _unpadded_inputs() if fake else contextlib.nullcontext():
         module = build_model(model, settings, notes, fake=fake)
+        if wrap is not None:
+            module = wrap(module)
         with LiveTensorTracker() as tracker:
             tracker.mark(module.parameters(), "parameters")
             tracker.mark(module.buffers(), "buffers")
             run_step(torch, module, settings, tracker, {})
-    return TraceResult(model=model.name, peak_bytes=tracker.peak_bytes, breakdown=tracker.breakdown(),
-                       settings=settings, seconds=time.perf_counter() - start, notes=tuple(notes))
+    return tracker
 
 
 @contextlib.contextmanager
@@ -199,7 +231,12 @@ def hf_config(model: Model, settings: Settings, notes: list[str]) -> Any:
     if not model.config:
         raise Untraceable(f"{model.name}: no config.json (a model described by numbers) has no real model to run; "
                           "pass a hub id or a config.json")
-    fields = {key: value for key, value in model.config.items() if key not in ("model_type", "quantization_config")}
+    if model.quantization_config:
+        raise Untraceable(f"{model.name}: config.json has a quantization_config "
+                          f"({model.quantization_config.get('quant_method')}); its kernels cannot run on fake tensors. "
+                          f"Trace a copy of the config without it (the unquantized layout), or {_MEASURE[0].lower()}"
+                          f"{_MEASURE[1:]}")
+    fields = {key: value for key, value in model.config.items() if key != "model_type"}
     config = transformers.AutoConfig.for_model(model.config["model_type"], **fields)
     attention = settings.runtime.attention
     if attention == "flash":
@@ -400,7 +437,32 @@ def make_optimizer(torch: Any, parameters: list[Any], name: str) -> Any:
     }
     if name not in makers:
         raise Untraceable(f"optimizer {name}: not a torch optimizer; {_MEASURE}")
+    from torch.distributed.tensor import DTensor
+
+    split = [[p for p in parameters if isinstance(p, DTensor)], [p for p in parameters if not isinstance(p, DTensor)]]
+    if all(split):   # tensor parallelism: foreach cannot mix DTensor and plain tensors in one call
+        return _Optimizers([make_optimizer(torch, group, name) for group in split])
     return makers[name]()
+
+
+class _Optimizers:
+    """Two optimizers stepped one after the other (the DTensor and the replicated plain parameters of a
+    tensor-parallel model); their foreach temporaries do not coexist, as they would in one call."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+
+    @property
+    def state(self) -> dict[Any, Any]:
+        return {key: value for part in self.parts for key, value in part.state.items()}
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
 
 
 def _optimizer_tensors(optimizer: Any) -> list[Any]:

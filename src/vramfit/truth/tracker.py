@@ -38,7 +38,8 @@ def storages(tensor: torch.Tensor) -> list[Any]:
     """The untyped storages behind a tensor, looking inside wrapper subclasses such as DTensor."""
     if is_traceable_wrapper_subclass(tensor):
         names, _ = tensor.__tensor_flatten__()
-        return [s for name in names for s in storages(getattr(tensor, name))]
+        inner = [getattr(tensor, name) for name in names]
+        return [s for t in inner if isinstance(t, torch.Tensor) for s in storages(t)]
     return [tensor.untyped_storage()]
 
 
