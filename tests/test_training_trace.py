@@ -116,15 +116,17 @@ def _peft_targets(targets: tuple[str, ...]) -> Any:
 
 
 def measure(config: dict[str, Any], *, optimizer: str, finetune: str = "full", targets: tuple[str, ...] = (),
-            grad_ckpt: bool = False) -> int:
-    """Peak live bytes of the second training step of the tiny model."""
+            grad_ckpt: bool = False, amp: bool = False) -> int:
+    """Peak live bytes of the second training step of the tiny model (under bf16 autocast when `amp`)."""
     model = _model(config, finetune, targets, grad_ckpt)
     opt = _optimizer(optimizer, [p for p in model.parameters() if p.requires_grad])
     ids = torch.randint(0, config["vocab_size"], (BATCH, SEQ))
     labels = ids.clone()
 
     def step() -> None:
-        model(input_ids=ids, labels=labels).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -161,6 +163,13 @@ def test_llama_full_finetuning_by_optimizer(optimizer: str) -> None:
 def test_llama_full_finetuning_with_gradient_checkpointing(optimizer: str) -> None:
     _check(measure(LLAMA, optimizer=optimizer, grad_ckpt=True),
            predict(LLAMA, optimizer=optimizer, grad_ckpt="full"))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_llama_mixed_precision_bf16_autocast(optimizer: str) -> None:
+    """fp32 parameters under torch.autocast(bfloat16): autocast's weight copies, bf16 linear inputs, an fp32
+    residual stream (CPU autocast casts the same ops as CUDA's for these layers: linear and sdpa)."""
+    _check(measure(LLAMA, optimizer=optimizer, amp=True), predict(LLAMA, optimizer=optimizer, amp="bf16"))
 
 
 @pytest.mark.parametrize("grad_ckpt", [False, True])

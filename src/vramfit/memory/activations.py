@@ -65,7 +65,15 @@ class Shape:
     tensor-parallel degree with sequence parallelism, else 1). trains: whether block weights train (full
     fine-tuning of this block); kv_cache: the forward builds a KV cache (transformers with use_cache=True, its
     default unless gradient checkpointing is on), so k and v reach the kernel as the cache's torch.cat copies;
-    lora: {linear name: (rank, adapter bytes, lora dropout > 0)}."""
+    amp: autocast over fp32 parameters: the residual stream and the norms stay fp32 (the embedding is not
+    autocast and `fp32 + bf16` promotes), and every linear casts its input to the compute dtype on its own
+    (autocast caches casts of leaf parameters only, aten/src/ATen/autocast_mode.h `cached_cast`), so each
+    linear saves its own low-precision copy of the norm output; lora: {linear name: (rank, adapter bytes,
+    lora dropout > 0)}."""
+
+    @property
+    def stream_bytes(self) -> int:
+        return FP32 if self.amp else self.compute_bytes
 
     batch: int
     seq: int
@@ -78,6 +86,7 @@ class Shape:
     trains: bool = True
     kv_cache: bool = False
     native_activations: bool = False
+    amp: bool = False
     lora: dict[str, tuple[int, int, bool]] = field(default_factory=dict, hash=False)
 
     @property
@@ -102,7 +111,7 @@ def _t(elements: int, nbytes: int) -> int:
 
 def norm_saved(norm: Norm, width: int, rows: int, shape: Shape, *, trains: bool) -> int:
     """Saved by one norm over `rows` vectors of `width` (its input x is counted where it was made)."""
-    e = shape.compute_bytes
+    e = shape.stream_bytes
     if norm.kind == "layer":
         return 2 * _t(rows, FP32)
     upcast = _t(rows * width, FP32) if e < FP32 else 0
@@ -186,11 +195,12 @@ def moe_saved(moe: MixtureOfExperts, shape: Shape) -> int:
 
 def layer_saved(layer: Layer, shape: Shape) -> Saved:
     """Everything one block saves, by part. The block's input is counted by the block before it."""
-    e, t = shape.compute_bytes, shape.tokens
-    stream = _t(t * layer.attention.hidden_size // shape.replicated, e)
+    t = shape.tokens
+    stream = _t(t * layer.attention.hidden_size // shape.replicated, shape.stream_bytes)
     rows = t // shape.replicated
     norms = sum(norm_saved(n, n.size, rows, shape, trains=shape.trains) for n in layer.norms)
-    linear_inputs = _linear_inputs(layer, shape, stream)
+    linear_inputs = _linear_inputs(layer, shape, _t(t * layer.attention.hidden_size // shape.replicated,
+                                                    shape.compute_bytes))
     attention = attention_saved(layer.attention, shape)
     if layer.cross_attention is not None:
         attention += attention_saved(layer.cross_attention, shape)
@@ -211,6 +221,8 @@ def _linear_inputs(layer: Layer, shape: Shape, stream: int) -> int:
     ffn = _feed_forward_linears(layer)
     ffn_in, ffn_out = (ffn, []) if len(ffn) == 1 else (ffn[:-1], ffn[-1:])
     normed_inputs = 2 if not layer.parallel else 1
+    if shape.amp:  # one cast copy per linear reading a norm output
+        normed_inputs = len(attn) - 1 + len(ffn_in)
     base = normed_inputs * stream if shape.trains else 0
     hidden = layer.attention.hidden_size
     lora = (_lora_saved(attn[:-1], hidden // shape.replicated, shape.trains, shape)
@@ -232,7 +244,7 @@ def _feed_forward_linears(layer: Layer) -> list[Linear]:
 def embedding_saved(arch: Architecture, shape: Shape, *, trains: bool) -> int:
     """The embedding output (the first block's input, saved by its norm when it requires grad), learned
     positions added to it, and a dropout mask when embedding dropout is on."""
-    e, rows = shape.compute_bytes, shape.tokens // shape.replicated
+    e, rows = shape.stream_bytes, shape.tokens // shape.replicated
     out = _t(rows * arch.hidden_size, e) if trains else 0
     mask = _t(rows * arch.hidden_size, 1) if shape.hidden_dropout else 0
     norm = norm_saved(arch.embedding.norm, arch.hidden_size, rows, shape, trains=trains) \
