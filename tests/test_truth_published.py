@@ -55,7 +55,12 @@ def test_precision_and_inference_tokens() -> None:
     awq = convert_row(_src(method="inference", dtype_quant="AWQ 4-bit (GEMM, group 128), fp16 activations",
                            seq_len=64, seq_len_note="prefill 32 + decode 32"))
     settings = settings_from_dict(awq.settings)
-    assert (settings.precision.dtype, settings.precision.quant) == ("fp16", "awq")
+    assert (settings.precision.dtype, settings.precision.quant) == ("fp16", "awq-4bit-g128")
+    assert settings.runtime.name == "litgpt"       # the framework of _src() is litgpt
+    dq = settings_from_dict(convert_row(_src(dtype_quant="bf16-true + NF4 double-quant",
+                                             framework="transformers")).settings)
+    assert (dq.precision.quant, dq.runtime.name, dq.training.framework) == ("bnb-nf4-dq", "transformers",
+                                                                            "transformers")
     assert (settings.workload.seq_len, settings.workload.new_tokens) == (64, 32)
 
 

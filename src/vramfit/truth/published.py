@@ -8,7 +8,9 @@ Each source row names what it measured (`what_measured`) and in which unit (`mea
 `measured_gib` = 2^30, `measured_mib` = 2^20). The mapping, field by field:
 - model: the hub id with any "(...)" remark removed; a name that is not an owner/name id is unmapped.
 - method: inference | full_ft | lora | qlora -> Workload.mode and Training.finetune.
-- dtype_quant: the weight dtype, AMP ("mixed": fp32 weights + autocast) and quantization format.
+- dtype_quant: the weight dtype, AMP ("mixed": fp32 weights + autocast) and quantization format (NF4 with
+  double quantization -> bnb-nf4-dq; AutoAWQ GEMM group 128 -> awq-4bit-g128).
+- framework: lit-gpt / litgpt rows run as the litgpt runtime and framework, the rest as transformers.
 - optimizer, batch_per_device, grad_accum, seq_len (+ new tokens parsed from seq_len_note for inference),
   grad_ckpt, flash_attn, lora_rank / lora_targets, gpus / parallelism -> the matching Settings fields.
 - what_measured -> "measure": max_memory_allocated -> allocated; torchtitan's "Peak Memory" -> reserved
@@ -86,7 +88,10 @@ def model_id(name: Any) -> str:
 def settings_of(src: dict[str, Any]) -> tuple[Settings, str]:
     model_id(src.get("model"))
     workload, group = _workload(src)
-    settings = Settings(workload=workload, precision=_precision(src["dtype_quant"]),
+    precision = _precision(src["dtype_quant"])
+    if str(src["method"]) == "qlora":   # finetune qlora is the NF4 base: vramfit takes no --quant beside it
+        precision = Precision(dtype=precision.dtype, amp=precision.amp)
+    settings = Settings(workload=workload, precision=precision,
                         training=_training(src), parallelism=_parallelism(src), runtime=_runtime(src),
                         gpu_memory=gpu_capacity_bytes(src["gpus"].get("type")))
     return settings, group
@@ -120,8 +125,9 @@ def _new_tokens(note: Any) -> int:
 
 
 _QUANT_PATTERNS = (  # (regex on dtype_quant, vramfit quant format); first match wins
-    (r"awq", "awq"), (r"nf4|4-bit \(bnb|bnb 4-bit", "bnb-nf4"), (r"fp4 quant type", "bnb-fp4"),
-    (r"int8|8-bit", "bnb-int8"))
+    (r"awq 4-bit.*group 128", "awq-4bit-g128"),
+    (r"nf4.*double|double.*nf4|nf4-dq", "bnb-nf4-dq"), (r"nf4|4-bit \(bnb|bnb 4-bit", "bnb-nf4"),
+    (r"fp4 quant type", "bnb-fp4"), (r"int8|8-bit", "bnb-int8"))
 
 
 def _precision(text: str) -> Precision:
@@ -153,7 +159,8 @@ def _training(src: dict[str, Any]) -> Training:
     ckpt = src.get("grad_ckpt")
     grad_ckpt = "selective" if isinstance(ckpt, str) and "selective" in ckpt else "full" if ckpt else "none"
     lora = LoRA(rank=src.get("lora_rank") or 8, targets=_lora_targets(src.get("lora_targets")))
-    return Training(finetune=finetune, optimizer=matched[0][1], grad_ckpt=grad_ckpt, lora=lora)
+    return Training(finetune=finetune, optimizer=matched[0][1], grad_ckpt=grad_ckpt, lora=lora,
+                    framework="litgpt" if _is_litgpt(src) else "transformers")
 
 
 def _lora_targets(text: Any) -> tuple[str, ...]:
@@ -183,11 +190,15 @@ def _parallelism(src: dict[str, Any]) -> Parallelism:
     raise Unmappable(f"parallelism {text!r} has no vramfit equivalent")
 
 
+def _is_litgpt(src: dict[str, Any]) -> bool:
+    return bool(re.search(r"lit-?gpt", str(src.get("framework")), re.IGNORECASE))
+
+
 def _runtime(src: dict[str, Any]) -> Runtime:
     flash = src.get("flash_attn")
     text = str(flash).lower()
     attention = "flash" if flash is True else "sdpa" if ("sdpa" in text or "default" in text) else "eager"
-    return Runtime(name="transformers", attention=attention)
+    return Runtime(name="litgpt" if _is_litgpt(src) else "transformers", attention=attention)
 
 
 def gpu_capacity_bytes(gpu_type: Any) -> int | None:
