@@ -106,3 +106,10 @@ def test_cli_training_json(capsys: pytest.CaptureFixture[str], tmp_path: object)
     assert out["parameters"]["trainable"] < out["parameters"]["total"] // 10
     assert out["peak"]["allocated"] == sum(v for k, v in out["memory"].items()
                                            if k not in ("total", "cuda_context"))
+
+
+def test_activation_offload_moves_saved_activations_to_the_host() -> None:
+    kept = estimate(MODEL, TRAIN.replace(optimizer="sgd", batch_size=8))
+    offloaded = estimate(MODEL, TRAIN.replace(optimizer="sgd", batch_size=8, activation_offload=True))
+    assert offloaded.peak.allocated < kept.peak.allocated
+    assert offloaded.extra["host_memory"]["activations"] > 0

@@ -158,12 +158,15 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
     saved_outside = _saved_outside(arch, shape, training, is_first)
     saved_head = act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0
     host = _host(states, tensors, widths, lay)
+    offload_tail = 0
+    if training.activation_offload:
+        block_steps, offload_tail, host["activations"] = _offload_activations(block_steps)
     return Step(
         weights=0 if lay.offload_params else weights, gathered=gathered,
         amp_copies=_amp_copies(tensors, widths) if widths.amp else 0, gradients=grads, outside_grads=outside,
         states=_offloaded(states) if lay.offload_states else _sharded(states, lay.state_shard),
         batch=2 * allocation_bytes(settings.workload.batch_size * settings.workload.seq_len * act.INDEX),
-        saved_outside=saved_outside, saved_head=saved_head, loss=loss, blocks=block_steps,
+        saved_outside=saved_outside + offload_tail, saved_head=saved_head, loss=loss, blocks=block_steps,
         buckets=ddp_bucket_bytes(grads) if lay.ddp_buckets else 0,
         dequant=_dequant_bytes(tensors, widths), accumulating=settings.workload.grad_accum > 1,
         in_flight=lay.in_flight if is_first else 1, host=host)
@@ -304,6 +307,17 @@ def _offloaded(states: OptimizerMemory) -> OptimizerMemory:
     from dataclasses import replace
 
     return replace(states, states=0, paged=0, step_temporaries=0)
+
+
+def _offload_activations(blocks: tuple[BlockStep, ...]) -> tuple[tuple[BlockStep, ...], int, int]:
+    """Activation offloading (torchtune training/_activation_offloading.py): every block's saved tensors go
+    to pinned host memory as they are made; the GPU keeps the block still being copied out at the end of the
+    forward, and in backward the block being differentiated plus the one prefetched behind it."""
+    from dataclasses import replace
+
+    largest = max((b.saved for b in blocks), default=0)
+    offloaded = tuple(replace(b, saved=0, recomputed=b.recomputed + largest) for b in blocks)
+    return offloaded, largest, sum(b.saved for b in blocks)
 
 
 def _host(states: OptimizerMemory, tensors: tuple[ParamTensor, ...], widths: Bytes, lay: Layout) -> dict[str, int]:
