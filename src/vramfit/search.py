@@ -717,7 +717,9 @@ class GpuFit:
 def fit(model: Model, settings: Settings, *, gpus: Iterable[GPU] = CATALOG, max_gpus: int = 64,
         network: Network | None = None) -> list[GpuFit]:
     """For each GPU, the smallest count (1, 2, 4, ... up to max_gpus) with a layout that fits, the best such
-    layout and its headroom. Each count is tried with `plan` (top 1)."""
+    layout and its headroom. Counts are bisected: twice the GPUs can always run what half of them ran (the
+    same split with twice the data-parallel ranks, each with the same batch), so "some layout fits" is false
+    and then true along the counts."""
     settings = resolve_settings(settings, model).validate()
     return [_fewest(model, settings, gpu, max_gpus, network) for gpu in gpus]
 
@@ -725,11 +727,20 @@ def fit(model: Model, settings: Settings, *, gpus: Iterable[GPU] = CATALOG, max_
 def _fewest(model: Model, settings: Settings, gpu: GPU, max_gpus: int, network: Network | None) -> GpuFit:
     in_catalog = gpu.id in {g.id for g in CATALOG}
     probe = settings.replace(gpu=gpu.id if in_catalog else None, gpu_memory=None if in_catalog else gpu.usable_bytes)
-    for count in (n for n in GPU_COUNTS if n <= max_gpus):
-        result = plan(model, probe, count, global_batch=_global_batch(settings, count), top=1, network=network)
-        if result.layouts:
-            return GpuFit(gpu=gpu, count=count, best=result.layouts[0])
-    return GpuFit(gpu=gpu, count=0, best=None)
+    counts = [n for n in GPU_COUNTS if n <= max_gpus]
+    plans: dict[int, PlanResult] = {}
+
+    def best(count: int) -> PlanResult:
+        if count not in plans:
+            plans[count] = plan(model, probe, count, global_batch=_global_batch(settings, count), top=1,
+                                network=network)
+        return plans[count]
+
+    short = largest(lambda i: not best(counts[i]).layouts, 0, len(counts) - 1)
+    if short + 1 >= len(counts):
+        return GpuFit(gpu=gpu, count=0, best=None)
+    count = counts[short + 1]
+    return GpuFit(gpu=gpu, count=count, best=best(count).layouts[0])
 
 
 def _global_batch(settings: Settings, count: int) -> int:
