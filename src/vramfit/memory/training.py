@@ -163,7 +163,8 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
         block_steps, offload_tail, host["activations"] = _offload_activations(block_steps)
     return Step(
         weights=0 if lay.offload_params else weights, gathered=gathered,
-        amp_copies=_amp_copies(tensors, widths) if widths.amp else 0, gradients=grads, outside_grads=outside,
+        amp_copies=_amp_copies(tensors, widths) if widths.amp and lay.param_shard == 1 else 0,
+        gradients=grads, outside_grads=outside,
         states=_offloaded(states) if lay.offload_states else _sharded(states, lay.state_shard),
         batch=2 * allocation_bytes(settings.workload.batch_size * settings.workload.seq_len * act.INDEX),
         saved_outside=saved_outside + offload_tail, saved_head=saved_head, loss=loss, blocks=block_steps,
@@ -216,7 +217,8 @@ def _block_step(layer: Layer, index: int, tensors: tuple[ParamTensor, ...], shap
     product = _intermediate(layer, block_shape) if trains else 0
     return BlockStep(saved=saved, recomputed=full.total if training.grad_ckpt != "none" else saved,
                      mlp_saved=mlp_part, product=product, grads=grads, grads_kept=grads // lay.grad_shard,
-                     mlp_grads=mlp_grads, amp_copies=_amp_copies(mine, widths) if widths.amp else 0,
+                     mlp_grads=mlp_grads,
+                     amp_copies=_amp_copies(mine, widths) if widths.amp and lay.param_shard == 1 else 0,
                      mlp_temporaries=_mlp_temporaries(layer, shape), attention_temporaries=2 * stream)
 
 
@@ -277,7 +279,8 @@ def _weights_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes, finetune: st
 def _amp_copies(tensors: Any, widths: Bytes) -> int:
     """autocast casts each linear weight to the amp dtype at its first use and the linear saves the cast for
     backward (torch/csrc/autograd autocast cache, aten/src/ATen/autocast_mode.cpp): one low-precision copy of
-    every linear weight lives from the forward to that layer's backward."""
+    every linear weight lives from the forward to that layer's backward. With sharded parameters (FSDP
+    MixedPrecision / ZeRO-3) the cast happens at the all-gather instead: the gathered blocks are those copies."""
     return tensors_bytes((t.elements for t in tensors if t.matrix and t.role not in _EMBEDDING_ROLES
                           and not t.quantized), widths.compute)
 
