@@ -123,3 +123,18 @@ def test_cli_json_contract_and_exit_status(tmp_path: Path, predicted: dict[int, 
 def test_cli_reports_a_missing_file_as_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "no/such/file.jsonl"]) == 2
     assert "no such truth file" in capsys.readouterr().err
+
+
+def test_plot_is_written_or_names_its_extra(tmp_path: Path, predicted: dict[int, int],
+                                            capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("vramfit.truth.validate.default_loader", lambda: _load)
+    path = tmp_path / "t.jsonl"
+    write_rows(path, [_row("a", 10 * GB), _row("b", 8 * GB, group="h")])
+    png = tmp_path / "scatter.png"
+    pytest.importorskip("matplotlib")
+    assert main(["validate", str(path), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["validate", str(path), "--plot", str(png)]) == 2
+    assert "pip install 'vramfit[plot]'" in capsys.readouterr().err

@@ -143,10 +143,10 @@ def _oom(torch: Any, model: Model, settings: Settings, env: dict[str, Any], star
 
 def measurement_row(result: Measurement, *, model_id: str, measure: str = "allocated", group: str = "",
                     row_id: str | None = None) -> TruthRow:
-    from vramfit.truth.trace import _settings_tag
+    from vramfit.truth.trace import settings_tag
 
     gpu = str(result.env.get("gpu", "gpu")).replace(" ", "-")
-    return TruthRow(id=row_id or f"measure/{gpu}/{model_id}/{_settings_tag(result.settings)}", kind="measured",
+    return TruthRow(id=row_id or f"measure/{gpu}/{model_id}/{settings_tag(result.settings)}", kind="measured",
                     model=model_id, settings=result.settings.to_dict(), truth=result.truth(),
                     measure="device" if result.oom else measure, oom=result.oom, group=group,
                     breakdown={"allocated_at_failure": result.allocated_bytes} if result.oom else {},

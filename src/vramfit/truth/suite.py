@@ -9,7 +9,7 @@ experts, multi-head latent attention, sliding-window attention and encoders; eac
 forward, and generation with a KV cache) and training (full and LoRA, checkpointing on and off, other
 optimizers, gradient accumulation), with batch and sequence sweeps. Catalog models (and configs in
 data/truth/configs, named relative to the suite's folder), with the default settings except what each case
-changes.
+changes (bf16 unless a case says otherwise).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Case:
 
     @property
     def settings(self) -> Settings:
-        return Settings().replace(**self.changes).validate()
+        return Settings().replace(**{"dtype": "bf16", **self.changes}).validate()
 
     @property
     def group(self) -> str:
@@ -45,11 +45,11 @@ class Case:
 
     @property
     def id(self) -> str:
-        from vramfit.truth.trace import _settings_tag
+        from vramfit.truth.trace import settings_tag
 
         lora = self.settings.training.lora
         extra = f"-r{lora.rank}-{'+'.join(lora.targets)}" if self.settings.training.finetune != "full" else ""
-        return f"{self.model}/{_settings_tag(self.settings)}{extra}"
+        return f"{self.model}/{settings_tag(self.settings)}{extra}"
 
 
 def _infer(**changes: Any) -> dict[str, Any]:
@@ -71,7 +71,7 @@ PLAN: tuple[tuple[str, str, tuple[dict[str, Any], ...]], ...] = (
         _train(seq_len=2048, grad_ckpt="full"), _train(seq_len=4096, batch_size=2, grad_ckpt="full"),
         _train(seq_len=1024, finetune="lora"), _train(seq_len=1024, finetune="lora", lora=ALL_LINEAR),
         _train(seq_len=1024, finetune="lora", grad_ckpt="full", batch_size=4),
-        _train(seq_len=1024, optimizer="sgd"), _train(seq_len=1024, optimizer="adafactor"),
+        _train(seq_len=1024, optimizer="sgd"), _train(seq_len=1024, optimizer="sgd-momentum"),
         _train(seq_len=1024, grad_accum=2), _train(seq_len=1024, dtype="fp32"),
     )),
     ("dense-gqa", "meta-llama/Llama-3.2-1B-Instruct", (
@@ -110,7 +110,7 @@ PLAN: tuple[tuple[str, str, tuple[dict[str, Any], ...]], ...] = (
     )),
     ("mla", "../configs/DeepSeek-V3-bf16.json", (
         _infer(seq_len=2048), _infer(seq_len=4096, new_tokens=512, batch_size=2),
-        _train(seq_len=1024, finetune="lora", grad_ckpt="full"),
+        _train(seq_len=1024, finetune="lora", grad_ckpt="full", lora=LoRA(targets=("q_b_proj", "kv_b_proj"))),
     )),
     ("sliding-window", "google/gemma-2-2b", (
         _infer(seq_len=2048, attention="eager"), _infer(seq_len=8192, attention="eager"),

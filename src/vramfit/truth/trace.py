@@ -65,7 +65,7 @@ def trace_row(result: TraceResult, *, model_id: str, row_id: str | None = None, 
 
     from vramfit.truth.rows import TruthRow
 
-    return TruthRow(id=row_id or f"trace/{model_id}/{_settings_tag(result.settings)}", kind="traced",
+    return TruthRow(id=row_id or f"trace/{model_id}/{settings_tag(result.settings)}", kind="traced",
                     model=model_id, settings=result.settings.to_dict(), truth={"allocated": result.peak_bytes},
                     measure="allocated", group=group, breakdown={**result.breakdown, "ranks": list(result.ranks)},
                     env={"torch": torch.__version__, "transformers": transformers.__version__,
@@ -73,7 +73,7 @@ def trace_row(result: TraceResult, *, model_id: str, row_id: str | None = None, 
                     source={"tool": "vramfit trace", "notes": list(result.notes)})
 
 
-def _settings_tag(settings: Settings) -> str:
+def settings_tag(settings: Settings) -> str:
     w, t = settings.workload, settings.training
     tag = f"{settings.mode}-b{w.batch_size}-s{w.seq_len}-{settings.precision.dtype}"
     if settings.mode == "inference":
@@ -309,7 +309,7 @@ def with_lora(module: Any, settings: Settings, *, fake: bool = True) -> Any:
     config = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                              use_dora=settings.training.finetune == "dora", task_type="CAUSAL_LM")
     if not fake:
-        return peft.get_peft_model(module, config)
+        return _peft(peft, module, config)
     original_move = tuners_utils.BaseTunerLayer._move_adapter_to_device_of_base_layer
     original_to = torch.nn.Module.to
     tuners_utils.BaseTunerLayer._move_adapter_to_device_of_base_layer = lambda self, *a, **k: None  # type: ignore
@@ -317,10 +317,21 @@ def with_lora(module: Any, settings: Settings, *, fake: bool = True) -> Any:
     try:
         with warnings.catch_warnings():   # PEFT calls transformers' deprecated is_gradient_checkpointing
             warnings.simplefilter("ignore", FutureWarning)
-            return peft.get_peft_model(module, config)
+            return _peft(peft, module, config)
     finally:
         tuners_utils.BaseTunerLayer._move_adapter_to_device_of_base_layer = original_move  # type: ignore
         torch.nn.Module.to = original_to  # type: ignore[method-assign]
+
+
+def _peft(peft: Any, module: Any, config: Any) -> Any:
+    try:
+        return peft.get_peft_model(module, config)
+    except ValueError as error:   # PEFT's NoMatchingPeftModuleError and target-name errors
+        import torch
+
+        names = sorted({n.split(".")[-1] for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise InvalidSetting(f"lora_targets: {error}; this model's linear layers are named "
+                             f"{', '.join(names)} (or pass all-linear)") from None
 
 
 # --- the steps -------------------------------------------------------------------------------------------
