@@ -366,3 +366,11 @@ def test_cli_fit_with_a_stated_capacity_counts_gpus_too(synthetic: None, capsys:
     (row,) = fit["gpus"]
     assert (row["gpu"], row["gpu_memory_bytes"]) == ("custom", 24 * GiB)
     assert row["count"] > 1 and row["total_bytes"] <= 24 * GiB
+
+
+def test_some_layout_fits_stays_true_as_gpus_double() -> None:
+    """Real memory model: what `fit`'s bisection over GPU counts relies on, for one serving case."""
+    model = catalog_model(LLAMA_70B)
+    base = Settings().replace(gpu="rtx-4090", seq_len=4096)
+    fits = [bool(search.plan(model, base, n, top=1).layouts) for n in (1, 2, 4, 8, 16)]
+    assert fits == sorted(fits) and fits[-1]
