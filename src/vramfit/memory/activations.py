@@ -65,7 +65,8 @@ class Shape:
     tensor-parallel degree with sequence parallelism, else 1). trains: whether block weights train (full
     fine-tuning of this block); kv_cache: the forward builds a KV cache (transformers with use_cache=True, its
     default unless gradient checkpointing is on), so k and v reach the kernel as the cache's torch.cat copies;
-    amp: autocast over fp32 parameters: the residual stream and the norms stay fp32 (the embedding is not
+    expand_kv: k and v are expanded to every query head before the kernel (litgpt); amp: autocast over fp32
+    parameters: the residual stream and the norms stay fp32 (the embedding is not
     autocast and `fp32 + bf16` promotes), and every linear casts its input to the compute dtype on its own
     (autocast caches casts of leaf parameters only, aten/src/ATen/autocast_mode.h `cached_cast`), so each
     linear saves its own low-precision copy of the norm output; lora: {linear name: (rank, adapter bytes,
@@ -86,6 +87,7 @@ class Shape:
     trains: bool = True
     kv_cache: bool = False
     native_activations: bool = False
+    expand_kv: bool = False
     amp: bool = False
     lora: dict[str, tuple[int, int, bool]] = field(default_factory=dict, hash=False)
 
@@ -150,7 +152,7 @@ def attention_saved(attn: Attention | LatentAttention, shape: Shape) -> int:
         softmax = _t(b * heads * s * s, FP32) + (_t(b * heads * s * s, e) if e < FP32 else 0)
         dropout = _t(b * heads * s * s, 1) + _t(b * heads * s * s, e) if shape.attention_dropout else 0
         return q + kv + softmax + dropout + q  # + the transposed output copy o_proj reads
-    kv = 2 * _t(b * s * kv_heads * attn.head_dim, e)
+    kv = 2 * _t(b * s * (heads if shape.expand_kv else kv_heads) * attn.head_dim, e)
     if attn.fused and shape.kv_cache and attn.causal:
         kv *= 2  # q is a view of the fused projection, keeping all of it alive beside the cache's k and v
     qk_norms = sum(norm_saved(n, attn.head_dim, b * s * (heads if n.name == "q_norm" else kv_heads),

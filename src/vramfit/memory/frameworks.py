@@ -37,7 +37,8 @@ class Framework:
     soon as their parameter is updated; kv_cache_in_training: the forward also fills a KV cache;
     native_activations: activation functions are single PyTorch ops (F.gelu(approximate="tanh")) rather than
     transformers' Python compositions (NewGELUActivation); logits_kept: the training loop holds the logits
-    through backward; fp32_loss: the loss upcasts the logits to fp32; behaviours: the sentences --explain prints."""
+    through backward; fp32_loss: the loss upcasts the logits to fp32; expand_kv: grouped k and v heads are
+    expanded to every query head before attention; behaviours: the sentences --explain prints."""
 
     name: str
     loss_chunks: int
@@ -48,13 +49,14 @@ class Framework:
     native_activations: bool
     logits_kept: bool
     fp32_loss: bool
+    expand_kv: bool
     behaviours: tuple[str, ...]
 
 
 TRANSFORMERS = Framework(
     name="transformers", loss_chunks=1, fp32_logits=False, adapter_fp32=True, optimizer_in_backward=False,
     kv_cache_in_training=True, native_activations=False, logits_kept=False, fp32_loss=True,
-    behaviours=("the forward builds a DynamicCache (use_cache=True) unless gradient checkpointing is on",
+    expand_kv=False, behaviours=("the forward builds a DynamicCache (use_cache=True) unless gradient checkpointing is on",
                 "logits in the model dtype, upcast to fp32 inside the loss (ForCausalLMLoss)",
                 "full-vocabulary cross-entropy",
                 "PEFT LoRA adapters upcast to fp32 (autocast_adapter_dtype=True)",
@@ -63,7 +65,7 @@ TRANSFORMERS = Framework(
 TORCHTUNE = Framework(
     name="torchtune", loss_chunks=8, fp32_logits=True, adapter_fp32=False, optimizer_in_backward=False,
     kv_cache_in_training=False, native_activations=True, logits_kept=False, fp32_loss=True,
-    behaviours=("fp32 logits from the decoder (self.output(h).float())",
+    expand_kv=False, behaviours=("fp32 logits from the decoder (self.output(h).float())",
                 "chunked cross-entropy over 8 slices (CEWithChunkedOutputLoss)",
                 "LoRA adapters in the model dtype",
                 "activation offloading to host memory when --activation-offload is set",
@@ -72,7 +74,8 @@ TORCHTUNE = Framework(
 LITGPT = Framework(
     name="litgpt", loss_chunks=8, fp32_logits=False, adapter_fp32=False, optimizer_in_backward=False,
     kv_cache_in_training=False, native_activations=True, logits_kept=True, fp32_loss=False,
-    behaviours=("head run in 128-token chunks (model(input_ids, lm_head_chunk_size=128))",
+    expand_kv=True, behaviours=("k and v expanded to all query heads for training (litgpt/model.py)",
+                "head run in 128-token chunks (model(input_ids, lm_head_chunk_size=128))",
                 "cross-entropy per chunk in the model dtype, no fp32 upcast (litgpt/utils.py chunked_cross_entropy)",
                 "the logits stay referenced through backward (finetune/lora.py fit: logits, loss, backward)",
                 "activation functions as single PyTorch ops (gelu approximate='tanh')",

@@ -186,7 +186,8 @@ def _shape(model: Model, settings: Settings, profile: Framework, lay: Layout, wi
                      shard=lay.tensor, replicated=lay.tensor if lay.sequence_parallel else 1,
                      trains=training.finetune == "full", lora=lora,
                      kv_cache=profile.kv_cache_in_training and training.grad_ckpt == "none",
-                     native_activations=profile.native_activations, amp=widths.amp)
+                     native_activations=profile.native_activations, amp=widths.amp,
+                     expand_kv=profile.expand_kv)
 
 
 def _dropout(model: Model, override: float | None, keys: tuple[str, ...]) -> float:
