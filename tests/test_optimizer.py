@@ -51,3 +51,8 @@ def test_paged_8bit_states_live_outside_the_allocator() -> None:
     memory = optimizer_memory("paged-adamw-8bit", [MATRIX], 4)
     assert memory.states == 0
     assert memory.paged == 2 * (4096 * 1024 + 4096 * 1024 // 256 * 4)
+
+
+def test_paged_32bit_adamw_keeps_two_fp32_states_in_unified_memory() -> None:
+    memory = optimizer_memory("paged-adamw", [MATRIX], 2)
+    assert (memory.states, memory.paged) == (0, 2 * 4096 * 1024 * 4)

@@ -25,7 +25,7 @@ DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 # Quantized formats vramfit knows; `memory.weights` holds each one's definition and source.
 KV_DTYPES = ("auto", "fp32", "fp16", "bf16", "fp8", "fp8_e4m3", "fp8_e5m2", "int8", "int4")
 OPTIMIZERS = ("adamw", "adamw-fused", "adam", "sgd", "sgd-momentum", "adafactor", "lion", "adamw-8bit",
-              "paged-adamw-8bit")
+              "paged-adamw-8bit", "paged-adamw")
 RUNTIMES = ("transformers", "vllm", "sglang", "llama.cpp", "litgpt")
 FRAMEWORKS = ("transformers", "torchtune", "litgpt")
 

@@ -22,7 +22,8 @@ Each optimizer is described by what its implementation allocates, tensor by tens
   and state2 plus one fp32 absmax per block of 256 for each, for tensors of at least `min_8bit_size` = 4096
   elements; smaller tensors get two fp32 states. The paged variant allocates its states in CUDA unified
   memory (`get_state_buffer(..., paged)`), outside PyTorch's caching allocator: torch.cuda.max_memory_allocated
-  never sees them, nvidia-smi does.
+  never sees them, nvidia-smi does. paged-adamw (bitsandbytes PagedAdamW / PagedAdamW32bit, QLoRA's
+  paged_adamw_32bit): the same two states in fp32, paged likewise.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def optimizer_memory(name: str, trainable: Sequence[ParamTensor], param_bytes: i
                                formula="sum round512(n_i x b) (exp_avg)",
                                temporaries_formula="2 x largest parameter (clone, then add)",
                                source="lucidrains/lion-pytorch lion_pytorch.py update_fn")
+    if name == "paged-adamw":
+        return OptimizerMemory(states=0, paged=2 * tensors_bytes(elements, 4), step_temporaries=0,
+                               formula="2 x sum round512(n_i x 4) in unified memory (state1, state2 fp32)",
+                               temporaries_formula="0: the 32-bit kernel updates in place",
+                               source="bitsandbytes/optim/adamw.py PagedAdamW (optim_bits=32, is_paged=True)")
     return _bnb_8bit(name, elements)
 
 
