@@ -77,3 +77,14 @@ def test_stated_memory_wins_over_the_catalog() -> None:
     assert capacity_bytes(None, None) is None
     with pytest.raises(InvalidSetting, match="--gpu-memory"):
         capacity_bytes(None, 0)
+
+
+def test_cli_lists_the_catalog(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from vramfit.cli import main
+
+    assert main(["gpus", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["id"] for row in rows] == list(gpu_ids())
+    assert all(row["usable_bytes"] == lookup(row["id"]).usable_bytes for row in rows)

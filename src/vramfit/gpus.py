@@ -250,8 +250,3 @@ def custom(usable_bytes: int) -> GPU:
     return GPU(id="custom", name=f"a GPU with {usable_bytes / GiB:.2f} GiB", vendor="unknown",
                architecture="unknown", memory_bytes=usable_bytes, usable_bytes=usable_bytes,
                usable_source="--gpu-memory")
-
-
-def get(gpu_id: str) -> GPU:
-    """Exact id lookup (the catalog's own ids)."""
-    return _BY_ID[gpu_id] if gpu_id in _BY_ID else lookup(gpu_id)

@@ -25,6 +25,10 @@ _Subparsers = argparse._SubParsersAction  # argparse exposes no public name for 
 
 
 def register(subparsers: _Subparsers[argparse.ArgumentParser]) -> None:
+    gpus = subparsers.add_parser("gpus", help="the GPU catalog: ids, memory as sold and as the driver reports it",
+                                 description="the GPU catalog: ids, memory as sold and as the driver reports it")
+    gpus.add_argument("--json", action="store_true", help="print JSON, sizes in bytes (default: a table)")
+    gpus.set_defaults(handler=run_gpus)
     _fit_parser(subparsers)
     _largest_parser(subparsers, "max-batch", "largest batch (training: micro-batch) that fits the --gpu",
                     run_max_batch)
@@ -71,6 +75,19 @@ def _plan_parser(subparsers: _Subparsers[argparse.ArgumentParser]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+
+
+def run_gpus(args: argparse.Namespace) -> int:
+    rows = [{"id": g.id, "name": g.name, "vendor": g.vendor, "memory_bytes": g.memory_bytes,
+             "usable_bytes": g.usable_bytes, "aliases": list(g.aliases), "source": g.source,
+             "usable_source": g.usable_source} for g in CATALOG]
+    width = max(len(g.id) for g in CATALOG)
+    lines = [f"{'id':<{width}}  {'sold':>10}  {'usable':>10}  name"]
+    lines += [f"{g.id:<{width}}  {_gib(g.memory_bytes):>10}  {_gib(g.usable_bytes):>10}  {g.name}" for g in CATALOG]
+    lines.append("usable: what the driver reports (nvidia-smi memory.total, rocm-smi, Metal's working set); "
+                 "--json lists each figure's source")
+    print(json.dumps(rows, indent=2) if args.json else "\n".join(lines))
+    return 0
 
 
 def _inputs(args: argparse.Namespace) -> tuple[Model, Settings]:
