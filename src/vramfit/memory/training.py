@@ -144,10 +144,13 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
     states = optimizer_memory(training.optimizer, trainable, grad_width)
     shape = _shape(model, settings, profile, lay, widths)
     layers = list(arch.layers())[blocks.start:blocks.stop]
-    block_steps = tuple(_block_step(layers[i], blocks.start + i, tensors, shape, settings, widths, lay)
-                        for i in range(len(layers)))
+    by_layer: dict[int | None, list[ParamTensor]] = {}
+    for t in tensors:   # one pass, in order: each block's own tensors (a filter per block is layers x tensors)
+        by_layer.setdefault(t.layer, []).append(t)
+    block_steps = tuple(_block_step(layers[i], blocks.start + i, by_layer.get(blocks.start + i, []), shape,
+                                    settings, widths, lay) for i in range(len(layers)))
     weights = _weights_bytes(tensors, widths, training.finetune, profile) // lay.param_shard
-    gathered = _gathered_bytes(tensors, blocks, widths, lay)
+    gathered = _gathered_bytes(by_layer, blocks, widths, lay)
     grads = gradient_bytes((t.elements for t in trainable), grad_width) // lay.grad_shard
     outside = gradient_bytes((t.elements for t in trainable if t.layer is None and t.role not in _EMBEDDING_ROLES),
                              grad_width) // lay.grad_shard
@@ -201,13 +204,13 @@ def _dropout(model: Model, override: float | None, keys: tuple[str, ...]) -> flo
     return 0.0
 
 
-def _block_step(layer: Layer, index: int, tensors: tuple[ParamTensor, ...], shape: act.Shape,
+def _block_step(layer: Layer, index: int, mine: list[ParamTensor], shape: act.Shape,
                 settings: Settings, widths: Bytes, lay: Layout) -> BlockStep:
+    """One block's step; `mine`: the block's own tensors (layer == index), in order."""
     training = settings.training
     trains = training.finetune == "full" and index >= training.frozen_layers
     block_shape = _with_trains(shape, trains)
     full = act.layer_saved(layer, block_shape)
-    mine = [t for t in tensors if t.layer == index]
     grad_width = widths.adapter if training.finetune != "full" else widths.param
     grads = gradient_bytes((t.elements for t in mine if t.trainable), grad_width)
     mlp_grads = gradient_bytes((t.elements for t in mine if t.trainable and t.role.startswith("ffn_down")),
@@ -286,11 +289,12 @@ def _amp_copies(tensors: Any, widths: Bytes) -> int:
                           and not t.quantized), widths.compute)
 
 
-def _gathered_bytes(tensors: tuple[ParamTensor, ...], blocks: range, widths: Bytes, lay: Layout) -> int:
+def _gathered_bytes(by_layer: dict[int | None, list[ParamTensor]], blocks: range, widths: Bytes,
+                    lay: Layout) -> int:
     """ZeRO-3/FSDP: the unsharded parameters of the blocks being computed and prefetched, in the compute dtype."""
     if not lay.gathered_blocks or not blocks:
         return 0
-    per_block = max(tensors_bytes((t.elements for t in tensors if t.layer == i), widths.compute) for i in blocks)
+    per_block = max(tensors_bytes((t.elements for t in by_layer.get(i, [])), widths.compute) for i in blocks)
     return min(lay.gathered_blocks, len(blocks)) * per_block
 
 
