@@ -77,3 +77,8 @@ def test_zero_and_fsdp_together_are_refused() -> None:
 def test_parameter_offload_needs_sharded_parameters() -> None:
     with pytest.raises(InvalidSetting, match="--zero 3 or --fsdp full"):
         estimate(MODEL, TRAIN.replace(gpus=2, offload="params"))
+
+
+def test_tensor_parallel_must_divide_the_heads() -> None:
+    with pytest.raises(InvalidSetting, match="choose --tp dividing the number of heads"):
+        estimate(MODEL, TRAIN.replace(gpus=3, tensor=3))

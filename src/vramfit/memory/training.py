@@ -36,7 +36,7 @@ from vramfit.memory.lora import (
 )
 from vramfit.memory.optimizer import OptimizerMemory, optimizer_memory
 from vramfit.memory.parallel import Layout, ddp_bucket_bytes, layout
-from vramfit.memory.sharding import rank_tensors, stage_layer_counts
+from vramfit.memory.sharding import rank_tensors, stage_layer_counts, validate_tensor_parallel
 from vramfit.model.architecture import Architecture, GatedMLP, Layer, MixtureOfExperts
 from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
@@ -100,6 +100,7 @@ def plan(model: Model, settings: Settings) -> Plan:
     arch = model.architecture
     profile = framework(settings.training.framework)
     lay = layout(settings.parallelism, settings.workload)
+    validate_tensor_parallel(arch, lay.tensor)
     widths = _bytes(settings, profile)
     all_tensors = parameter_tensors(arch, settings.training)
     steps = [_step(model, settings, profile, lay, widths, stage) for stage in _candidate_stages(lay.pipeline)]
