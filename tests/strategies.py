@@ -157,3 +157,23 @@ _SMALL_CONFIG_SWITCHES = {
         "feed_forward_proj": st.sampled_from(("relu", "gated-gelu", "gated-silu")),
         "num_decoder_layers": st.integers(1, 3), "relative_attention_num_buckets": st.integers(2, 8)}),
 }
+
+
+# What a hand-edited or truncated config.json may hold where a number, switch or list is expected.
+_JSON_ODDITIES = st.sampled_from((None, 0, -1, 1.5, "x", True, False, [], {}, [1, 2], {"a": 1}, 10**6,
+                                  "sliding_attention", ["full_attention"]))
+
+
+@st.composite
+def damaged_configs(draw: st.DrawFn, configs: list[dict[str, object]]) -> dict[str, object]:
+    """One of `configs` with one to three fields removed or replaced by an odd JSON value. Owner: readers."""
+    config = dict(draw(st.sampled_from(configs)))
+    for _ in range(draw(st.integers(1, 3))):
+        key = draw(st.sampled_from(sorted(config)))
+        if draw(st.booleans()):
+            config.pop(key)
+        else:
+            config[key] = draw(_JSON_ODDITIES)
+        if not config:
+            break
+    return config

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from strategies import damaged_configs
 
-from vramfit.errors import InvalidConfig, UnsupportedArchitecture
+from vramfit.errors import InvalidConfig, UnsupportedArchitecture, VramfitError
 from vramfit.model.architecture import Attention, MixtureOfExperts
 from vramfit.model.hf_config import ALIASES, DEFAULTS, SUPPORTED, read_architecture
 
@@ -235,3 +237,15 @@ def test_chatglm_needs_its_switches_and_refuses_what_it_cannot_count() -> None:
         read_architecture({**GLM_4_9B_CHAT, "pre_seq_len": 128})
     with pytest.raises(UnsupportedArchitecture, match="ChatGLM-6B"):
         read_architecture({key: value for key, value in GLM_4_9B_CHAT.items() if key != "padded_vocab_size"})
+
+
+@settings(max_examples=200, deadline=None)
+@given(config=damaged_configs([_config(path) for path in CONFIGS]))
+def test_damaged_configs_give_a_vramfit_error_or_an_architecture(config: dict[str, Any]) -> None:
+    """Missing fields and odd values end in a VramfitError naming the problem, never a traceback."""
+    try:
+        count = read_architecture(config).parameter_count()
+    except VramfitError as error:
+        assert str(error)
+    else:
+        assert count.total > 0

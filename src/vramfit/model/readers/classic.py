@@ -188,7 +188,7 @@ def _falcon_norms(f: Fields, new: bool, parallel: bool) -> tuple[str, ...]:
     num_ln_in_parallel_attn is 2 (its default under new_decoder_architecture), else one input_layernorm."""
     if not parallel:
         return ("input_layernorm", "post_attention_layernorm")
-    count = f.get("num_ln_in_parallel_attn") or (2 if new else 1)
+    count = f.count("num_ln_in_parallel_attn") or (2 if new else 1)
     return ("ln_attn", "ln_mlp") if count == 2 else ("input_layernorm",)
 
 

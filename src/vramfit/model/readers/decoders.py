@@ -78,7 +78,7 @@ def _layers(f: Fields) -> int:
 def _qwen_windows(f: Fields) -> tuple[int | None, ...]:
     """Qwen2/Qwen3Config.__post_init__: with use_sliding_window, layers from max_window_layers on slide."""
     window = f.optional_integer("sliding_window") if f.flag("use_sliding_window") else None
-    first = f.get("max_window_layers") or 0
+    first = f.count("max_window_layers")
     return parts.windows(f, _layers(f), window, lambda index: index >= first)
 
 
@@ -119,7 +119,7 @@ def read_gemma2(f: Fields) -> Architecture:
 def read_gemma3_text(f: Fields) -> Architecture:
     """Gemma3TextConfig.__post_init__: layer i slides when (i + 1) % sliding_window_pattern (default 6)."""
     bias = f.flag("attention_bias")
-    pattern = f.config.get("sliding_window_pattern", 6)
+    pattern = f.count("sliding_window_pattern", default=6) or 6
     windows = parts.windows(f, _layers(f), f.optional_integer("sliding_window"),
                             lambda index: (index + 1) % pattern != 0)
     return _stack(f, lambda w: parts.attention(f, qkv_bias=bias, out_bias=bias, qk_norm="rms", window=w),

@@ -74,6 +74,27 @@ class Fields:
         value = self.get(name)
         return None if value is None else self._positive(name, value)
 
+    def count(self, name: str, *, default: int = 0) -> int:
+        """A non-negative integer that may be 0 (max_window_layers, first_k_dense_replace); unset is `default`."""
+        value = self.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidConfig(f"config.json ({self.model_type}) field {name} is {value!r}; "
+                                f"it must be an integer >= 0")
+        return value
+
+    def indices(self, name: str) -> frozenset[int]:
+        """A list of layer indices (mlp_only_layers); unset is empty."""
+        value = self.get(name)
+        if value is None:
+            return frozenset()
+        if not isinstance(value, list) or not all(isinstance(item, int) and not isinstance(item, bool)
+                                                  for item in value):
+            raise InvalidConfig(f"config.json ({self.model_type}) field {name} is {value!r}; "
+                                f"it must be a list of layer indices")
+        return frozenset(value)
+
     def flag(self, name: str) -> bool:
         """A switch, stated or defaulted; a stated null is false, as the modeling code reads it
         (nn.Linear(bias=None) has no bias)."""

@@ -90,7 +90,7 @@ def read_mixtral(f: Fields) -> Architecture:
 
 def _qwen_sparse(f: Fields) -> Callable[[int], bool]:
     """Qwen2MoeDecoderLayer / Qwen3MoeDecoderLayer: sparse unless listed in mlp_only_layers or off-step."""
-    dense = set(f.get("mlp_only_layers") or ())
+    dense = f.indices("mlp_only_layers")
     step = f.integer("decoder_sparse_step")
     return lambda index: index not in dense and (index + 1) % step == 0
 
@@ -103,7 +103,7 @@ def read_qwen2_moe(f: Fields) -> Architecture:
     attention = parts.attention(f, qkv_bias=f.flag("qkv_bias"))
     layers = f.integer("num_hidden_layers")
     window = f.optional_integer("sliding_window") if f.flag("use_sliding_window") else None
-    last = f.get("max_window_layers") or 0
+    last = f.count("max_window_layers")
     windows = parts.windows(f, layers, window, lambda index: (index + 1) % 2 == 1 and index < last)
     return _decoder(f, lambda _: attention, lambda index: moe if sparse(index) else dense, windows)
 
@@ -130,7 +130,7 @@ def _latent_attention(f: Fields) -> LatentAttention:
 def read_deepseek(f: Fields) -> Architecture:
     """DeepseekV2/V3DecoderLayer: MoE from layer first_k_dense_replace on; MLP biases = mlp_bias (V2 only)."""
     bias = f.flag("mlp_bias") if "mlp_bias" in f.defaults else False
-    first_sparse = f.get("first_k_dense_replace") or 0
+    first_sparse = f.count("first_k_dense_replace")
     shared_width = f.integer("n_shared_experts") * f.integer("moe_intermediate_size")
     shared = GatedMLP(hidden_size=f.integer("hidden_size"), intermediate_size=shared_width, bias=bias,
                       activation=f.text("hidden_act"))
