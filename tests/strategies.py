@@ -96,7 +96,7 @@ _T5_KEYS = {"hidden_size": "d_model", "num_hidden_layers": "num_layers", "num_at
 
 
 # The MLP width under each family's own key (its config class ignores the others).
-_WIDTH_KEYS = {"falcon": "ffn_hidden_size", "opt": "ffn_dim", "t5": "d_ff"}
+_WIDTH_KEYS = {"falcon": "ffn_hidden_size", "opt": "ffn_dim", "t5": "d_ff", "gptj": "n_inner"}
 
 
 def _gqa(kv_heads: int, **more: st.SearchStrategy[object]) -> st.SearchStrategy[dict[str, object]]:
@@ -140,6 +140,11 @@ _SMALL_CONFIG_SWITCHES = {
                                          qk_nope_head_dim=st.just(4), qk_rope_head_dim=st.just(2),
                                          v_head_dim=st.just(4), attention_bias=st.booleans(),
                                          architectures=st.just(["DeepseekV3ForCausalLM"])),
+    "gpt_oss": lambda h, kv, d: _moe(kv, num_local_experts=st.integers(2, 4), head_dim=st.just(d),
+                                     attention_bias=st.booleans(), sliding_window=st.integers(2, 8),
+                                     architectures=st.just(["GptOssForCausalLM"])),
+    "gptj": lambda h, kv, d: st.fixed_dictionaries({"rotary_dim": st.just(d)}, optional={
+        "architectures": st.sampled_from((["GPTJForCausalLM"], ["GPTJModel"]))}),
     "gpt_neox": lambda h, kv, d: st.fixed_dictionaries({}, optional={
         "attention_bias": st.booleans(), "use_parallel_residual": st.booleans(),
         "architectures": st.just(["GPTNeoXForCausalLM"])}),

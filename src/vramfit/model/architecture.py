@@ -80,6 +80,7 @@ class Attention:
     causal: bool = True                # False for encoders: no KV cache is kept
     cross: bool = False                # keys and values come from the encoder output (T5 decoder)
     relative_buckets: int = 0          # T5's relative position bias table (buckets x heads), first layer only
+    sinks: bool = False                # one learned attention-sink logit per head (gpt-oss `sinks`)
     names: tuple[str, str, str, str] = ("q_proj", "k_proj", "v_proj", "o_proj")
     fused: str | None = None
 
@@ -107,9 +108,10 @@ class Attention:
                 Norm(name="k_norm", size=k_size, kind=self.qk_norm, bias=self.qk_norm_bias))
 
     def tables(self) -> tuple[Table, ...]:
+        sinks = (Table(name="sinks", rows=self.heads, dim=1),) if self.sinks else ()
         if not self.relative_buckets:
-            return ()
-        return (Table(name="relative_attention_bias", rows=self.relative_buckets, dim=self.heads),)
+            return sinks
+        return (Table(name="relative_attention_bias", rows=self.relative_buckets, dim=self.heads),) + sinks
 
     def parameters(self) -> int:
         return _sum_parts(self.linears(), self.norms(), self.tables())

@@ -3,6 +3,8 @@
 From the transformers 5.23 modeling files:
 - gpt2: Conv1D c_attn (fused q/k/v) and c_proj, MLP c_fc/c_proj of n_inner (default 4 x hidden), all
   with biases; ln_1, ln_2, ln_f; learned positions wpe of n_positions; tied head by default.
+- gptj: one ln_1 per block, q/k/v/out_proj without biases and fc_in/fc_out with them read the same input
+  (parallel); ln_f; lm_head with a bias, untied by default.
 - openai-gpt: the same blocks, post-norm, no final norm; tables tokens_embed and positions_embed.
 - gpt_bigcode: GPT-2 with nn.Linear and multi_query (one key/value head) by default.
 - opt: q/k/v/out_proj and fc1/fc2 with biases (enable_bias); positions have max_position_embeddings + 2
@@ -45,6 +47,7 @@ from vramfit.model.readers.fields import Fields
 DEFAULTS: dict[str, dict[str, Any]] = {
     "gpt2": {"tie_word_embeddings": True, "activation_function": "gelu_new", "n_inner": None},
     "openai-gpt": {"tie_word_embeddings": True, "afn": "gelu"},
+    "gptj": {"tie_word_embeddings": False, "activation_function": "gelu_new", "n_inner": None},
     "gpt_bigcode": {"tie_word_embeddings": True, "activation_function": "gelu_pytorch_tanh",
                     "n_inner": None, "multi_query": True},
     "opt": {"tie_word_embeddings": True, "activation_function": "relu", "enable_bias": True,
@@ -66,6 +69,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 CLASSES = {
     "gpt2": ("GPT2", ("GPT2LMHeadModel", "GPT2Model")),
     "openai-gpt": ("OpenAIGPT", ("OpenAIGPTLMHeadModel", "OpenAIGPTModel")),
+    "gptj": ("GPTJ", ("GPTJForCausalLM", "GPTJModel")),
     "gpt_bigcode": ("GPTBigCode", ("GPTBigCodeForCausalLM", "GPTBigCodeModel")),
     "opt": ("OPT", ("OPTForCausalLM", "OPTModel")),
     "bloom": ("Bloom", ("BloomForCausalLM", "BloomModel")),
@@ -120,6 +124,17 @@ def read_gpt2(f: Fields) -> Architecture:
                   norms=_ln(("ln_1", "ln_2"), f))
     return parts.causal_lm(f, name=_class(f), layers=_layers(f, lambda _: layer),
                            final_norm=parts.layer_norm("ln_f", hidden), embedding=_learned(f, "wte", "wpe"))
+
+
+def read_gptj(f: Fields) -> Architecture:
+    hidden, heads = f.integer("hidden_size"), f.integer("num_attention_heads")
+    attention = Attention(hidden_size=hidden, heads=heads, kv_heads=heads, head_dim=parts.head_dim(f, heads),
+                          names=("q_proj", "k_proj", "v_proj", "out_proj"))
+    mlp = _mlp(f, f.optional_integer("n_inner") or 4 * hidden, "activation_function", ("fc_in", "fc_out"))
+    layer = Layer(attention=attention, mlp=mlp, norms=_ln(("ln_1",), f), parallel=True)
+    embedding = Embedding(tokens=Table(name="wte", rows=f.integer("vocab_size"), dim=hidden))
+    return parts.causal_lm(f, name=_class(f), layers=_layers(f, lambda _: layer),
+                           final_norm=parts.layer_norm("ln_f", hidden), embedding=embedding, head_bias=True)
 
 
 def read_openai_gpt(f: Fields) -> Architecture:
@@ -238,7 +253,7 @@ def read_starcoder2(f: Fields) -> Architecture:
 
 
 READERS: dict[str, Callable[[Fields], Architecture]] = {
-    "gpt2": read_gpt2, "openai-gpt": read_openai_gpt, "gpt_bigcode": read_gpt2, "opt": read_opt,
+    "gpt2": read_gpt2, "gptj": read_gptj, "openai-gpt": read_openai_gpt, "gpt_bigcode": read_gpt2, "opt": read_opt,
     "bloom": read_bloom, "falcon": read_falcon, "gpt_neox": read_gpt_neox, "phi": read_phi,
     "stablelm": read_stablelm, "starcoder2": read_starcoder2,
 }

@@ -10,6 +10,9 @@ From the transformers 5.23 modeling files:
 - deepseek_v2 / deepseek_v3: multi-head latent attention; layers from first_k_dense_replace on are sparse
   with n_shared_experts x moe_intermediate_size of shared experts. DeepSeek-V3's e_score_correction_bias is
   a buffer (nn.Buffer), not a parameter; its num_nextn_predict_layers MTP layers are not instantiated.
+- gpt_oss: q/k/v/o biases (attention_bias, default true) and one sink logit per head; every layer sparse,
+  experts with biases on gate_up_proj and down_proj, a router with a bias; even layers slide
+  (GptOssConfig.__post_init__).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                   "num_local_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768,
                   "decoder_sparse_step": 1, "mlp_only_layers": None, "use_sliding_window": False,
                   "sliding_window": 4096},
+    "gpt_oss": {"tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": True, "head_dim": 64,
+                "num_local_experts": 128, "num_experts_per_tok": 4, "sliding_window": 128},
     "deepseek_v2": {"tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
                     "num_local_experts": 64, "num_experts_per_tok": None, "n_shared_experts": 2,
                     "moe_intermediate_size": 1407, "first_k_dense_replace": 0, "q_lora_rank": 1536,
@@ -53,7 +58,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                     "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128},
 }
 
-PREFIXES = {"mixtral": "Mixtral", "qwen2_moe": "Qwen2Moe", "qwen3_moe": "Qwen3Moe", "deepseek_v2": "DeepseekV2",
+PREFIXES = {"gpt_oss": "GptOss", "mixtral": "Mixtral", "qwen2_moe": "Qwen2Moe", "qwen3_moe": "Qwen3Moe", "deepseek_v2": "DeepseekV2",
             "deepseek_v3": "DeepseekV3"}
 
 
@@ -86,6 +91,15 @@ def read_mixtral(f: Fields) -> Architecture:
     moe = _experts(f, gated_mlp(f, fused="gate_up_proj"))
     attention = parts.attention(f)
     return _decoder(f, lambda _: attention, lambda _: moe, parts.uniform_window(f, f.integer("num_hidden_layers")))
+
+
+def read_gpt_oss(f: Fields) -> Architecture:
+    expert = gated_mlp(f, bias=True, fused="gate_up_proj")
+    moe = replace(_experts(f, expert), router_bias=True)
+    bias, layers = f.flag("attention_bias"), f.integer("num_hidden_layers")
+    attention = replace(parts.attention(f, qkv_bias=bias, out_bias=bias), sinks=True)
+    windows = parts.windows(f, layers, f.optional_integer("sliding_window"), lambda index: (index + 1) % 2 == 1)
+    return _decoder(f, lambda _: attention, lambda _: moe, windows)
 
 
 def _qwen_sparse(f: Fields) -> Callable[[int], bool]:
@@ -140,6 +154,6 @@ def read_deepseek(f: Fields) -> Architecture:
 
 
 READERS: dict[str, Callable[[Fields], Architecture]] = {
-    "mixtral": read_mixtral, "qwen2_moe": read_qwen2_moe, "qwen3_moe": read_qwen3_moe,
+    "gpt_oss": read_gpt_oss, "mixtral": read_mixtral, "qwen2_moe": read_qwen2_moe, "qwen3_moe": read_qwen3_moe,
     "deepseek_v2": read_deepseek, "deepseek_v3": read_deepseek,
 }
