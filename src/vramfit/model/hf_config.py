@@ -5,7 +5,13 @@ modeling file of its type, which projections, biases, norms and tables the class
 instantiates, so `Architecture.parameter_count().total` equals `sum(p.numel() for p in model.parameters())`
 of that class built from the same config (tests/test_parameters.py builds every catalog entry on the meta
 device and compares). An unknown model_type raises UnsupportedArchitecture listing the supported ones; a
-missing or contradictory field raises InvalidConfig naming it.
+missing or contradictory field raises InvalidConfig naming it; a multimodal config (vision or audio tower)
+is refused rather than counted in part.
+
+Two deliberate departures, both documented where they are read: chatglm (THUDM's remote-code GLM-4 and
+ChatGLM2/3) is counted from its published modeling file and checked against published totals, since
+transformers cannot build it; and T5/mT5 heads are tied even when config.json says false, because
+T5Config.__post_init__ in transformers 5.23 forces it (the checkpoint's separate lm_head is then not loaded).
 """
 
 from __future__ import annotations
