@@ -11,7 +11,7 @@ is refused rather than counted in part.
 Two deliberate departures, both documented where they are read: chatglm (THUDM's remote-code GLM-4 and
 ChatGLM2/3) is counted from its published modeling file and checked against published totals, since
 transformers cannot build it; and T5/mT5 heads are tied even when config.json says false, because
-T5Config.__post_init__ in transformers 5.23 forces it (the checkpoint's separate lm_head is then not loaded).
+T5Config.__post_init__ in transformers 5.23 forces it: the model it builds holds one shared table.
 """
 
 from __future__ import annotations
