@@ -138,3 +138,12 @@ def test_plot_is_written_or_names_its_extra(tmp_path: Path, predicted: dict[int,
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["validate", str(path), "--plot", str(png)]) == 2
     assert "pip install 'vramfit[plot]'" in capsys.readouterr().err
+
+
+def test_unmapped_rows_count_against_their_kind(tmp_path: Path, predicted: dict[int, int]) -> None:
+    path = tmp_path / "t.jsonl"
+    write_rows(path, [_row("a", 10 * GB), _row("gone", GB, model="missing/model", kind="measured")])
+    report = validate_files([path], _load)
+    assert check_thresholds(report, {"traced": {"unmapped": 0}}).failures == ()
+    assert check_thresholds(report, {"measured": {"unmapped": 0}}).failures == (
+        "measured rows: unmapped 1 exceeds the threshold 0",)

@@ -157,9 +157,10 @@ def run(*, only: str | None = None, fresh: bool = False, out: Path = SUITE_DIR) 
         model = str((out / case.model).resolve()) if case.model.endswith(".json") else case.model
         try:
             result = trace(model, case.settings)
-        except VramfitError as error:
+        except Exception as error:   # a batch runner: report each failure and go on to the next case
             failures += 1
-            print(f"FAILED {case.id}: {error}", flush=True)
+            kind = "" if isinstance(error, VramfitError) else f"{type(error).__name__}: "
+            print(f"FAILED {case.id}: {kind}{error}", flush=True)
             continue
         append_row(path, trace_row(result, model_id=case.model, row_id=case.id, group=case.group))
         print(f"{case.id}: {result.peak_bytes / 2**30:.3f} GiB ({time.perf_counter() - start:.1f} s)", flush=True)

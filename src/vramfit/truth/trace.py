@@ -244,7 +244,26 @@ def hf_config(model: Model, settings: Settings, notes: list[str]) -> Any:
                      "materialises the attention matrix")
         attention = "sdpa"
     config._attn_implementation = attention
+    if attention == "sdpa" and settings.mode == "training":
+        _attention_dropout_in_kernel(config, notes)
     return config
+
+
+# config.json's names for the dropout applied to attention probabilities (Llama and most; GPT-2; BERT).
+_ATTENTION_DROPOUT = ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob")
+
+
+def _attention_dropout_in_kernel(config: Any, notes: list[str]) -> None:
+    """On CUDA, SDPA's flash and memory-efficient kernels apply attention dropout inside the kernel (a
+    philox seed, no mask, no score matrix); on the CPU, SDPA with dropout_p > 0 falls back to the math path,
+    which materialises the softmax and a dropout mask per layer (seen here: aten._safe_softmax and
+    aten.bernoulli_ replace _scaled_dot_product_flash_attention_for_cpu). The trace therefore runs attention
+    with dropout 0, which the GPU kernels match in memory; dropout elsewhere (hidden, residual) is kept."""
+    for name in _ATTENTION_DROPOUT:
+        if getattr(config, name, 0) or 0:
+            notes.append(f"{name}={getattr(config, name)} traced as 0: on a GPU the SDPA kernel applies it "
+                         "internally, on the CPU it would fall back to the math path")
+            setattr(config, name, 0.0)
 
 
 def build_model(model: Model, settings: Settings, notes: list[str], *, fake: bool = True) -> Any:
@@ -307,7 +326,8 @@ def with_lora(module: Any, settings: Settings, *, fake: bool = True) -> Any:
     lora = settings.training.lora
     targets: Any = "all-linear" if lora.targets == ("all-linear",) else list(lora.targets)
     config = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                             use_dora=settings.training.finetune == "dora", task_type="CAUSAL_LM")
+                             use_dora=settings.training.finetune == "dora",
+                             task_type="CAUSAL_LM" if _generates(module) else None)
     if not fake:
         return _peft(peft, module, config)
     original_move = tuners_utils.BaseTunerLayer._move_adapter_to_device_of_base_layer
@@ -321,6 +341,12 @@ def with_lora(module: Any, settings: Settings, *, fake: bool = True) -> Any:
     finally:
         tuners_utils.BaseTunerLayer._move_adapter_to_device_of_base_layer = original_move  # type: ignore
         torch.nn.Module.to = original_to  # type: ignore[method-assign]
+
+
+def _generates(module: Any) -> bool:
+    """A decoder PEFT wraps as CAUSAL_LM; an encoder gets PEFT's plain PeftModel."""
+    can_generate = getattr(module, "can_generate", None)
+    return bool(can_generate()) if callable(can_generate) else False
 
 
 def _peft(peft: Any, module: Any, config: Any) -> Any:

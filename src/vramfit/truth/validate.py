@@ -40,6 +40,7 @@ class Scored:
 class Unmapped:
     id: str
     reason: str
+    kind: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -93,14 +94,14 @@ def model_name(row: TruthRow, base: Path | None) -> str:
 def score_row(row: TruthRow, load: ModelLoader, base: Path | None = None) -> Scored | Unmapped:
     """Estimate one row and compare it with its truth."""
     if row.unmapped:
-        return Unmapped(id=row.id, reason=row.unmapped)
+        return Unmapped(id=row.id, reason=row.unmapped, kind=row.kind)
     try:
         settings = settings_from_dict(row.settings)
         from vramfit.estimate import estimate
 
         result = estimate(load(model_name(row, base)), settings)
     except (VramfitError, ImportError) as error:
-        return Unmapped(id=row.id, reason=f"{type(error).__name__}: {error}")
+        return Unmapped(id=row.id, reason=f"{type(error).__name__}: {error}", kind=row.kind)
     predicted = int(getattr(result.peak, row.measure))
     if row.oom:
         return _score_oom(row, predicted, settings.gpu_memory)
@@ -110,7 +111,8 @@ def score_row(row: TruthRow, load: ModelLoader, base: Path | None = None) -> Sco
 
 def _score_oom(row: TruthRow, predicted: int, capacity_bytes: int | None) -> Scored | Unmapped:
     if capacity_bytes is None:
-        return Unmapped(id=row.id, reason="OOM row without settings.gpu_memory: nothing to compare against")
+        return Unmapped(id=row.id, reason="OOM row without settings.gpu_memory: nothing to compare against",
+                        kind=row.kind)
     return Scored(row=row, predicted=predicted, truth=None, error=None, oom_caught=predicted > capacity_bytes)
 
 
@@ -171,7 +173,8 @@ def check_thresholds(report: Report, limits: dict[str, Any]) -> Report:
     failures = list(_exceeded("all rows", report, _flat(limits)))
     for kind in ("traced", "measured", "published"):
         if isinstance(limits.get(kind), dict):
-            subset = Report(scored=tuple(s for s in report.scored if s.row.kind == kind), unmapped=())
+            subset = Report(scored=tuple(s for s in report.scored if s.row.kind == kind),
+                            unmapped=tuple(u for u in report.unmapped if u.kind == kind))
             failures.extend(_exceeded(f"{kind} rows", subset, _flat(limits[kind])))
     return Report(scored=report.scored, unmapped=report.unmapped, failures=tuple(failures))
 
