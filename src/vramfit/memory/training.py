@@ -133,48 +133,74 @@ def _bytes(settings: Settings, profile: Framework) -> Bytes:
     return Bytes(param=param, compute=compute, adapter=adapter, amp=precision.amp is not None)
 
 
-def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes, stage: int) -> Step:
-    arch, training = model.architecture, settings.training
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Held:
+    """What one pipeline stage of one tensor-parallel rank holds: its blocks, its tensors (grouped by block)."""
+
+    blocks: range
+    tensors: tuple[ParamTensor, ...]
+    by_layer: dict[int | None, list[ParamTensor]] = field(hash=False)
+
+    @property
+    def trainable(self) -> list[ParamTensor]:
+        return [t for t in self.tensors if t.trainable]
+
+
+def _held(arch: Architecture, training: Any, lay: Layout, stage: int) -> Held:
     counts = stage_layer_counts(arch.num_layers, lay.pipeline)
     first = sum(counts[:stage])
     blocks = range(first, first + counts[stage])
-    held = rank_tensors(arch, tensor=lay.tensor, stage=stage, stages=lay.pipeline, expert=lay.expert)
-    tensors = parameter_tensors(arch, training, held=held, blocks=blocks)
-    trainable = [t for t in tensors if t.trainable]
-    grad_width = widths.adapter if training.finetune != "full" else widths.param
-    states = optimizer_memory(training.optimizer, trainable, grad_width)
-    shape = _shape(model, settings, profile, lay, widths)
-    layers = list(arch.layers())[blocks.start:blocks.stop]
+    sliced = rank_tensors(arch, tensor=lay.tensor, stage=stage, stages=lay.pipeline, expert=lay.expert)
+    tensors = parameter_tensors(arch, training, held=sliced, blocks=blocks)
     by_layer: dict[int | None, list[ParamTensor]] = {}
     for t in tensors:   # one pass, in order: each block's own tensors (a filter per block is layers x tensors)
         by_layer.setdefault(t.layer, []).append(t)
-    block_steps = tuple(_block_step(layers[i], blocks.start + i, by_layer.get(blocks.start + i, []), shape,
-                                    settings, widths, lay) for i in range(len(layers)))
-    weights = _weights_bytes(tensors, widths, training.finetune, profile) // lay.param_shard
-    gathered = _gathered_bytes(by_layer, blocks, widths, lay)
-    grads = gradient_bytes((t.elements for t in trainable), grad_width) // lay.grad_shard
-    outside = gradient_bytes((t.elements for t in trainable if t.layer is None and t.role not in _EMBEDDING_ROLES),
-                             grad_width) // lay.grad_shard
+    return Held(blocks=blocks, tensors=tensors, by_layer=by_layer)
+
+
+def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes, stage: int) -> Step:
+    """Every term of one stage's step, before the phases combine them."""
+    arch, training = model.architecture, settings.training
+    held = _held(arch, training, lay, stage)
+    grad_width = widths.adapter if training.finetune != "full" else widths.param
+    states = optimizer_memory(training.optimizer, held.trainable, grad_width)
+    shape = _shape(model, settings, profile, lay, widths)
+    layers = list(arch.layers())[held.blocks.start:held.blocks.stop]
+    block_steps = tuple(_block_step(layer, held.blocks.start + i, held.by_layer.get(held.blocks.start + i, []),
+                                    shape, settings, widths, lay) for i, layer in enumerate(layers))
+    grads = gradient_bytes((t.elements for t in held.trainable), grad_width) // lay.grad_shard
     is_first, is_last = stage == 0, stage == lay.pipeline - 1
-    loss = act.loss_memory(arch, shape, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits,
-                           fp32_loss=profile.fp32_loss, logits_kept=profile.logits_kept) \
-        if is_last else act.LossMemory(saved=0, forward_transient=0, backward_transient=0, formula="not on stage")
-    saved_outside = _saved_outside(arch, shape, training, is_first)
-    saved_head = act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0
-    host = _host(states, tensors, widths, lay)
+    host = _host(states, held.tensors, widths, lay)
     offload_tail = 0
     if training.activation_offload:
         block_steps, offload_tail, host["activations"] = _offload_activations(block_steps)
     return Step(
-        weights=0 if lay.offload_params else weights, gathered=gathered,
-        amp_copies=_amp_copies(tensors, widths) if widths.amp and lay.param_shard == 1 else 0,
-        gradients=grads, outside_grads=outside,
+        weights=0 if lay.offload_params else _weights_bytes(held.tensors, widths) // lay.param_shard,
+        gathered=_gathered_bytes(held.by_layer, held.blocks, widths, lay),
+        amp_copies=_amp_copies(held.tensors, widths) if widths.amp and lay.param_shard == 1 else 0,
+        gradients=grads, outside_grads=_head_gradients(held, grad_width) // lay.grad_shard,
         states=_offloaded(states) if lay.offload_states else _sharded(states, lay.state_shard),
         batch=2 * allocation_bytes(settings.workload.batch_size * settings.workload.seq_len * act.INDEX),
-        saved_outside=saved_outside + offload_tail, saved_head=saved_head, loss=loss, blocks=block_steps,
+        saved_outside=_saved_outside(arch, shape, training, is_first) + offload_tail,
+        saved_head=act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0,
+        loss=_loss(arch, shape, profile) if is_last else _NO_LOSS, blocks=block_steps,
         buckets=ddp_bucket_bytes(grads) if lay.ddp_buckets else 0,
-        dequant=_dequant_bytes(tensors, widths), accumulating=settings.workload.grad_accum > 1,
+        dequant=_dequant_bytes(held.tensors, widths), accumulating=settings.workload.grad_accum > 1,
         in_flight=lay.in_flight if is_first else 1, host=host)
+
+
+_NO_LOSS = act.LossMemory(saved=0, forward_transient=0, backward_transient=0, formula="not on this stage")
+
+
+def _loss(arch: Architecture, shape: act.Shape, profile: Framework) -> act.LossMemory:
+    return act.loss_memory(arch, shape, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits,
+                           fp32_loss=profile.fp32_loss, logits_kept=profile.logits_kept)
+
+
+def _head_gradients(held: Held, grad_width: int) -> int:
+    """Gradients made before the blocks' backward: the head and final norm (the embedding's come last)."""
+    return gradient_bytes((t.elements for t in held.trainable if t.layer is None and t.role not in _EMBEDDING_ROLES),
+                          grad_width)
 
 
 def _shape(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes) -> act.Shape:
@@ -269,7 +295,7 @@ def _saved_outside(arch: Architecture, shape: act.Shape, training: Any, first: b
     return embedding + act.rotary_saved(arch, shape)
 
 
-def _weights_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes, finetune: str, profile: Framework) -> int:
+def _weights_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes) -> int:
     """Per tensor: 4-bit storages for QLoRA's base linears, adapters in their dtype, the rest in --dtype
     (fp32 under AMP)."""
     total = 0
