@@ -28,13 +28,24 @@ _OPTIMIZER_BYTES = {"adamw": None, "adam": None, "adamw-fused": None, "sgd-momen
                     "paged-adamw-8bit": 2, "lion": 4}
 
 
+# What transformers' config classes answer for these names (their attribute_map, e.g. GPT2Config: n_layer ->
+# num_hidden_layers), which get_model_config_from_hf reads through AutoConfig; the raw config.json may use either.
+_ALIASES = {"num_hidden_layers": ("num_hidden_layers", "n_layer", "n_layers", "num_layers"),
+            "num_attention_heads": ("num_attention_heads", "n_head", "n_heads"),
+            "hidden_size": ("hidden_size", "n_embd", "d_model"),
+            "max_position_embeddings": ("max_position_embeddings", "n_positions")}
+
+
+def _get(config: dict[str, Any], name: str) -> Any:
+    return next((config[k] for k in _ALIASES.get(name, (name,)) if config.get(k) is not None), None)
+
+
 def model_config(config: dict[str, Any], name: str) -> Any:
     from llm_analysis.config import ModelConfig
 
-    return ModelConfig(name=name.replace("/", "_"), max_seq_len=config.get("max_position_embeddings"),
-                       num_layers=config.get("num_hidden_layers", config.get("n_layers")),
-                       n_head=config.get("num_attention_heads", config.get("n_heads")),
-                       hidden_dim=config.get("hidden_size", config.get("d_model")), vocab_size=config["vocab_size"],
+    return ModelConfig(name=name.replace("/", "_"), max_seq_len=_get(config, "max_position_embeddings"),
+                       num_layers=_get(config, "num_hidden_layers"), n_head=_get(config, "num_attention_heads"),
+                       hidden_dim=_get(config, "hidden_size"), vocab_size=config["vocab_size"],
                        model_type=config.get("model_type"), num_key_value_heads=config.get("num_key_value_heads"))
 
 

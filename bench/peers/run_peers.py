@@ -39,6 +39,7 @@ from vramfit.truth.rows import TruthRow, read_rows
 from vramfit.truth.validate import default_loader, model_name
 
 TRUTH_DIR = Path("data/truth")
+CELL_WIDTH = 28   # reasons and crash messages are cut here in the table; bench/results/peers.json has them whole
 PEERS = {  # name -> (virtual environment, what its number is)
     "accelerate": ("/tmp/peer-accelerate", ("inference: weights of AutoModel (no head) at the dtype; training: "
                                             "max of its Adam table (model, grads, optimizer), batch 1, no "
@@ -167,7 +168,7 @@ def error(case: dict[str, Any], result: dict[str, Any]) -> float | None:
 def cell(case: dict[str, Any], result: dict[str, Any]) -> str:
     e = error(case, result)
     if e is None:
-        return result.get("cell", "-")
+        return result.get("cell", "-")[:CELL_WIDTH]
     marker = {"weights": " W", "model states": " S"}.get(result.get("quantity", ""), "")
     return f"{e:+.0%}{marker}"
 
@@ -196,9 +197,9 @@ def main() -> None:
                          else run_peer(name, cases, args.timeout))
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
     tools = list(results)
-    rows = [[c["id"][:60], c["measure"][:5], f"{c['truth'] / 2**30:.2f}",
+    rows = [[c["id"][:60], c["measure"], f"{c['truth'] / 2**30:.2f}",
              *(cell(c, results[t].get(c["id"], {})) for t in tools)] for c in cases]
-    print(table(["case", "truth", "GiB", *tools], rows))
+    print(table(["case", "measure", "truth GiB", *tools], rows))
     print("\nW: the peer's number is weights only; S: model states only (no activations, no overheads); "
           "errors are against the row's truth quantity either way.")
     for name, (_, what) in {"vramfit": ("", "the row's quantity (allocated, reserved or device) per GPU"),

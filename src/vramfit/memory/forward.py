@@ -30,6 +30,7 @@ from vramfit.model.architecture import (
     LatentAttention,
     Layer,
     MixtureOfExperts,
+    distinct_layers,
 )
 
 
@@ -96,7 +97,7 @@ def prefill_bytes(arch: Architecture, layers: tuple[Layer, ...], p: Pass) -> int
     """Peak transient of a forward over `layers`: resident tensors plus the worst layer's moment."""
     if not layers:
         return 0
-    return resident_bytes(arch.hidden_size, p) + max(layer_peak_bytes(layer, p) for layer in set(layers))
+    return resident_bytes(arch.hidden_size, p) + max(layer_peak_bytes(layer, p) for layer in distinct_layers(layers))
 
 
 def logits_bytes(vocab: int, *, rows: int, element_bytes: int, fp32_copies: int) -> int:

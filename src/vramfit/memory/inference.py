@@ -21,7 +21,7 @@ from vramfit.memory import forward, kv_cache, overhead, runtimes, sharding, weig
 from vramfit.memory.gguf import tensor_type_bytes
 from vramfit.memory.kv_cache import CacheLayout
 from vramfit.memory.runtimes import Profile
-from vramfit.model.architecture import Architecture, Layer
+from vramfit.model.architecture import Architecture, Layer, distinct_layers
 from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
 from vramfit.settings import DTYPE_BYTES, Settings
@@ -135,8 +135,9 @@ def _on_demand(stage: Stage) -> Result:
     if w.new_tokens:
         moments.append(_decode_moment(stage, sequences))
     name, cache, activations, logits = max(moments, key=lambda m: m[1] + m[2] + m[3])
-    kv_requests = [kv_cache.layer_bytes(layer, sequences=sequences, tokens=w.seq_len, layout=_layout(stage)) // 2
-                   for layer in stage.layers for _ in range(2)]
+    kv_requests = [each // 2 for each in kv_cache.each_layer_bytes(stage.layers, sequences=sequences,
+                                                                   tokens=w.seq_len, layout=_layout(stage))
+                   for _ in range(2)]
     components = (
         _weights(stage),
         Component(name="kv_cache", bytes=cache, formula="sum over layers of 2 x sequences x tokens x kv_heads x "
@@ -192,7 +193,7 @@ def _decode_moment(stage: Stage, sequences: int) -> Moment:
     layout = _layout(stage)
     cache = kv_cache.cache_bytes(stage.layers, sequences=sequences, tokens=w.seq_len, layout=layout)
     growth = max((kv_cache.layer_bytes(layer, sequences=sequences, tokens=w.seq_len, layout=layout) // 2
-                  for layer in set(stage.layers)), default=0)
+                  for layer in distinct_layers(stage.layers)), default=0)
     p = forward.Pass(sequences=sequences, tokens=1, context=w.seq_len, element_bytes=stage.element_bytes,
                      attention=stage.settings.runtime.attention)
     step = forward.prefill_bytes(stage.arch, stage.layers, p) + growth

@@ -85,12 +85,30 @@ def layer_bytes(layer: Layer, *, sequences: int, tokens: int, layout: CacheLayou
     """K and V (or the latent) of one layer for `sequences` sequences of `tokens` tokens."""
     per_token = elements_per_token(layer.attention, layout)
     held = cached_tokens(layer.attention, tokens, layout)
-    return int(-(-(sequences * held * per_token * layout.element_bytes) // 1))
+    return _bytes(sequences * held * per_token, layout.element_bytes)
+
+
+def _bytes(elements: int, element_bytes: Fraction) -> int:
+    """Whole bytes of `elements` cached values (rounded up: sub-byte types pack two per byte)."""
+    return int(-(-(elements * element_bytes) // 1))
+
+
+def each_layer_bytes(layers: tuple[Layer, ...], *, sequences: int, tokens: int, layout: CacheLayout) -> list[int]:
+    """layer_bytes of every layer, in order. Layers of a stack are equal but distinct objects, and hashing a
+    Layer walks all its parts, so the bytes are shared by what they depend on: (values per token, tokens held)."""
+    seen: dict[tuple[int, int], int] = {}
+    out = []
+    for layer in layers:
+        key = (elements_per_token(layer.attention, layout), cached_tokens(layer.attention, tokens, layout))
+        if key not in seen:
+            seen[key] = _bytes(sequences * key[0] * key[1], layout.element_bytes)
+        out.append(seen[key])
+    return out
 
 
 def cache_bytes(layers: tuple[Layer, ...], *, sequences: int, tokens: int, layout: CacheLayout) -> int:
     """The whole cache of `layers` (one pipeline stage's, or all)."""
-    return sum(layer_bytes(layer, sequences=sequences, tokens=tokens, layout=layout) for layer in layers)
+    return sum(each_layer_bytes(layers, sequences=sequences, tokens=tokens, layout=layout))
 
 
 def bytes_per_token(layers: tuple[Layer, ...], layout: CacheLayout) -> Fraction:

@@ -54,7 +54,7 @@ def parameter_tensors(arch: Architecture, training: Training, *, held: Iterable[
                       blocks: range | None = None) -> tuple[ParamTensor, ...]:
     """The model's tensors under the fine-tuning method, base weights first, then adapters. `held`: the
     (sliced) tensors one GPU holds under tensor/pipeline parallelism, default all; `blocks`: its blocks."""
-    base = tuple(_base_tensor(t, training) for t in (weight_tensors(arch) if held is None else held))
+    base = _base_tensors(tuple(weight_tensors(arch) if held is None else held), training)
     if training.finetune == "full":
         return base
     adapters = (t for t in adapter_tensors(arch, training)
@@ -62,7 +62,27 @@ def parameter_tensors(arch: Architecture, training: Training, *, held: Iterable[
     return base + tuple(adapters)
 
 
+# (ids of the weight tensors, finetune, frozen_layers) -> (those tensors, their ParamTensors). An estimate
+# asks twice and searches ask again and again for the same frozen tensors (rank_tensors and weight_tensors
+# hand out the same objects); the key holds every Training field _base_tensor reads, and the entry holds the
+# tensors, so their ids are not reused while it lives. The oldest entry goes first beyond _BASE_SIZE.
+_BASE: dict[tuple[tuple[int, ...], str, int], tuple[tuple[WeightTensor, ...], tuple[ParamTensor, ...]]] = {}
+_BASE_SIZE = 256
+
+
+def _base_tensors(tensors: tuple[WeightTensor, ...], training: Training) -> tuple[ParamTensor, ...]:
+    key = (tuple(map(id, tensors)), training.finetune, training.frozen_layers)
+    hit = _BASE.get(key)
+    if hit is None:
+        hit = (tensors, tuple(_base_tensor(t, training) for t in tensors))
+        if len(_BASE) >= _BASE_SIZE:
+            _BASE.pop(next(iter(_BASE)), None)
+        _BASE[key] = hit
+    return hit[1]
+
+
 def _base_tensor(tensor: WeightTensor, training: Training) -> ParamTensor:
+    """Reads training.finetune and training.frozen_layers only (the _BASE key holds both)."""
     if training.finetune == "full":
         frozen = tensor.layer is not None and tensor.layer < training.frozen_layers
         rows, cols = _shape(tensor)

@@ -25,6 +25,7 @@ Each constant names the measurement or source it comes from:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 from vramfit.result import Component
@@ -80,10 +81,10 @@ def segment_bytes(request: int) -> int:
 def reserve_bytes(requests: Iterable[int]) -> int:
     """Reserved beyond allocated for tensors that stay alive: the 2 MiB rounding of each large tensor's
     segment, plus one partly used 2 MiB small-pool segment and 20 MiB medium segment when such tensors exist."""
-    sizes = list(requests)
-    large = sum(segment_bytes(s) - block_bytes(s) for s in sizes if s > _MEDIUM_REQUEST)
-    small = sum(block_bytes(s) for s in sizes if s <= _SMALL_REQUEST)
-    medium = sum(block_bytes(s) for s in sizes if _SMALL_REQUEST < s <= _MEDIUM_REQUEST)
+    sizes = Counter(requests).items()   # a model repeats a few sizes many times: each size once, times its count
+    large = sum(n * (segment_bytes(s) - block_bytes(s)) for s, n in sizes if s > _MEDIUM_REQUEST)
+    small = sum(n * block_bytes(s) for s, n in sizes if s <= _SMALL_REQUEST)
+    medium = sum(n * block_bytes(s) for s, n in sizes if _SMALL_REQUEST < s <= _MEDIUM_REQUEST)
     small_pad = (-small) % _SMALL_SEGMENT
     medium_pad = (-medium) % _MEDIUM_SEGMENT
     return large + small_pad + medium_pad

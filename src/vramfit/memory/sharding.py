@@ -20,7 +20,7 @@ from dataclasses import replace
 from vramfit.errors import InvalidSetting
 from vramfit.memory.kv_cache import kv_heads_per_rank
 from vramfit.memory.tensors import WeightTensor, weight_tensors
-from vramfit.model.architecture import Architecture, Attention, Layer, MixtureOfExperts
+from vramfit.model.architecture import Architecture, Attention, Layer, MixtureOfExperts, distinct_layers
 
 _COLUMN = ("attn_q", "attn_q_b", "attn_kv_b", "ffn_gate", "ffn_up", "ffn_gate_up")
 _ROW = ("attn_output", "ffn_down")
@@ -46,7 +46,7 @@ def stage_layers(arch: Architecture, stage: int, stages: int) -> tuple[Layer, ..
 
 def validate_tensor_parallel(arch: Architecture, tensor: int) -> None:
     """Heads and MLP widths must split evenly (kv heads are checked by `kv_heads_per_rank`)."""
-    for layer in set(arch.layers()):
+    for layer in distinct_layers(tuple(arch.layers())):
         attn = layer.attention
         if attn.heads % tensor:
             raise InvalidSetting(f"tp: {attn.heads} attention heads cannot be split over {tensor} GPUs; "
@@ -61,7 +61,28 @@ def validate_tensor_parallel(arch: Architecture, tensor: int) -> None:
 
 def rank_tensors(arch: Architecture, *, tensor: int = 1, stage: int = 0, stages: int = 1,
                  expert: int = 1, vocab_parallel: bool = True) -> list[WeightTensor]:
-    """The tensors (sliced) one GPU holds: pipeline stage `stage` of `stages`, one tensor-parallel rank."""
+    """The tensors (sliced) one GPU holds: pipeline stage `stage` of `stages`, one tensor-parallel rank.
+
+    Sliced once per architecture object and split (searches and sweeps ask again and again); a fresh list
+    of the same frozen tensors is returned each time."""
+    key = (id(arch), tensor, stage, stages, expert, vocab_parallel)
+    hit = _SLICED.get(key)
+    if hit is None or hit[0] is not arch:
+        hit = (arch, tuple(_rank_tensors(arch, tensor, stage, stages, expert, vocab_parallel)))
+        if len(_SLICED) >= _SLICED_SIZE:
+            _SLICED.pop(next(iter(_SLICED)), None)
+        _SLICED[key] = hit
+    return list(hit[1])
+
+
+# (id(arch), split) -> (arch, its tensors): the entry holds the architecture, so its id is not reused while
+# the entry lives; the oldest entry goes first beyond _SLICED_SIZE.
+_SLICED: dict[tuple[int, int, int, int, int, bool], tuple[Architecture, tuple[WeightTensor, ...]]] = {}
+_SLICED_SIZE = 256
+
+
+def _rank_tensors(arch: Architecture, tensor: int, stage: int, stages: int, expert: int,
+                  vocab_parallel: bool) -> list[WeightTensor]:
     counts = stage_layer_counts(arch.num_layers, stages)
     first, last = sum(counts[:stage]), sum(counts[:stage + 1])
     out, seen_block = [], False

@@ -56,7 +56,32 @@ class WeightTensor:
 
 
 def weight_tensors(arch: Architecture) -> Iterator[WeightTensor]:
-    """Every stored tensor of the model, in the order of a state dict: embeddings, blocks, head."""
+    """Every stored tensor of the model, in the order of a state dict: embeddings, blocks, head.
+
+    Listed once per Architecture object and shared: an Architecture and its WeightTensors are frozen, so
+    the list cannot change, and an estimate walks it several times (bench/bench_estimate.py)."""
+    return iter(_listed(arch))
+
+
+# id(arch) -> (arch, its tensors). Keyed by identity, not by value: hashing an Architecture walks every
+# layer and costs more than listing the tensors once. The entry holds the architecture, so its id is not
+# reused while the entry lives; the oldest entry goes first beyond _LISTED_SIZE.
+_LISTED: dict[int, tuple[Architecture, tuple[WeightTensor, ...]]] = {}
+_LISTED_SIZE = 64
+
+
+def _listed(arch: Architecture) -> tuple[WeightTensor, ...]:
+    hit = _LISTED.get(id(arch))
+    if hit is not None and hit[0] is arch:
+        return hit[1]
+    tensors = tuple(_all_tensors(arch))
+    if len(_LISTED) >= _LISTED_SIZE:
+        _LISTED.pop(next(iter(_LISTED)), None)
+    _LISTED[id(arch)] = (arch, tensors)
+    return tensors
+
+
+def _all_tensors(arch: Architecture) -> Iterator[WeightTensor]:
     yield from _embedding_tensors(arch)
     index = 0
     for stack in arch.stacks():

@@ -306,7 +306,7 @@ class Stack:
 
     def groups(self) -> list[tuple[Layer, int]]:
         """Identical layers counted once: formulas run per distinct layer and multiply."""
-        return list(Counter(self.layers).items())
+        return list(_counted(self.layers))
 
     def parameters(self) -> int:
         final = self.final_norm.parameters() if self.final_norm else 0
@@ -414,3 +414,28 @@ class Architecture:
 
 def _sum_parts(*groups: object) -> int:
     return sum(part.parameters() for group in groups for part in group)  # type: ignore[attr-defined]
+
+
+# Equal layers are distinct objects (a reader builds each one), and a set or Counter of them hashes and
+# compares every part of every layer: about 30 us for 32 layers, several times per estimate. The answer
+# depends only on which layer objects are in the tuple, so it is kept per tuple of ids; each entry holds
+# its layers, so the ids cannot be reused while it lives; the oldest entry goes first beyond _MEMO_SIZE.
+_COUNTED: dict[tuple[int, ...], tuple[tuple[Layer, ...], tuple[tuple[Layer, int], ...]]] = {}
+_MEMO_SIZE = 256
+
+
+def _counted(layers: tuple[Layer, ...]) -> tuple[tuple[Layer, int], ...]:
+    key = tuple(map(id, layers))
+    hit = _COUNTED.get(key)
+    if hit is not None:
+        return hit[1]
+    counted = tuple(Counter(layers).items())
+    if len(_COUNTED) >= _MEMO_SIZE:
+        _COUNTED.pop(next(iter(_COUNTED)), None)
+    _COUNTED[key] = (layers, counted)
+    return counted
+
+
+def distinct_layers(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
+    """The distinct layers (by value) of `layers`, first occurrence first: what set(layers) holds."""
+    return tuple(layer for layer, _ in _counted(tuple(layers)))
