@@ -82,3 +82,13 @@ def test_parameter_offload_needs_sharded_parameters() -> None:
 def test_tensor_parallel_must_divide_the_heads() -> None:
     with pytest.raises(InvalidSetting, match="choose --tp dividing the number of heads"):
         estimate(MODEL, TRAIN.replace(gpus=3, tensor=3))
+
+
+def test_fsdp1_units_mixing_frozen_and_trained_weights_keep_all_their_gradients() -> None:
+    """litgpt wraps whole blocks with FSDP1 (use_orig_params=True): per PyTorch's FSDP docs a unit mixing
+    frozen and trainable parameters uses gradient memory as if none were frozen (litgpt issue #1417)."""
+    lora = TRAIN.replace(gpus=2, fsdp="full", finetune="lora", optimizer="adamw", batch_size=1, seq_len=64)
+    litgpt = estimate(MODEL, lora.replace(framework="litgpt")).extra["phases"]["optimizer_step"]
+    torchtune = estimate(MODEL, lora.replace(framework="torchtune")).extra["phases"]["optimizer_step"]
+    blocks = sum(layer.parameters() for layer in MODEL.architecture.layers())
+    assert litgpt - torchtune == pytest.approx(blocks * 2 // 2, rel=0.01)  # bf16 gradients, sharded over 2

@@ -38,7 +38,8 @@ class Framework:
     native_activations: activation functions are single PyTorch ops (F.gelu(approximate="tanh")) rather than
     transformers' Python compositions (NewGELUActivation); logits_kept: the training loop holds the logits
     through backward; fp32_loss: the loss upcasts the logits to fp32; expand_kv: grouped k and v heads are
-    expanded to every query head before attention; behaviours: the sentences --explain prints."""
+    expanded to every query head before attention; fsdp_unit_gradients: FSDP wraps units that mix frozen and
+    trainable parameters (FSDP1, use_orig_params=True), so every parameter of such a unit gets a gradient; behaviours: the sentences --explain prints."""
 
     name: str
     loss_chunks: int
@@ -50,13 +51,14 @@ class Framework:
     logits_kept: bool
     fp32_loss: bool
     expand_kv: bool
+    fsdp_unit_gradients: bool
     behaviours: tuple[str, ...]
 
 
 TRANSFORMERS = Framework(
     name="transformers", loss_chunks=1, fp32_logits=False, adapter_fp32=True, optimizer_in_backward=False,
     kv_cache_in_training=True, native_activations=False, logits_kept=False, fp32_loss=True,
-    expand_kv=False, behaviours=("the forward builds a DynamicCache (use_cache=True) unless gradient checkpointing is on",
+    expand_kv=False, fsdp_unit_gradients=False, behaviours=("the forward builds a DynamicCache (use_cache=True) unless gradient checkpointing is on",
                 "logits in the model dtype, upcast to fp32 inside the loss (ForCausalLMLoss)",
                 "full-vocabulary cross-entropy",
                 "PEFT LoRA adapters upcast to fp32 (autocast_adapter_dtype=True)",
@@ -65,7 +67,7 @@ TRANSFORMERS = Framework(
 TORCHTUNE = Framework(
     name="torchtune", loss_chunks=8, fp32_logits=True, adapter_fp32=False, optimizer_in_backward=False,
     kv_cache_in_training=False, native_activations=True, logits_kept=False, fp32_loss=True,
-    expand_kv=False, behaviours=("fp32 logits from the decoder (self.output(h).float())",
+    expand_kv=False, fsdp_unit_gradients=False, behaviours=("fp32 logits from the decoder (self.output(h).float())",
                 "chunked cross-entropy over 8 slices (CEWithChunkedOutputLoss)",
                 "LoRA adapters in the model dtype",
                 "activation offloading to host memory when --activation-offload is set",
@@ -74,7 +76,9 @@ TORCHTUNE = Framework(
 LITGPT = Framework(
     name="litgpt", loss_chunks=8, fp32_logits=False, adapter_fp32=False, optimizer_in_backward=False,
     kv_cache_in_training=False, native_activations=True, logits_kept=True, fp32_loss=False,
-    expand_kv=True, behaviours=("k and v expanded to all query heads for training (litgpt/model.py)",
+    expand_kv=True, fsdp_unit_gradients=True,
+    behaviours=("FSDP1 (use_orig_params=True) wraps whole blocks: LoRA blocks keep frozen-weight gradients too",
+                "k and v expanded to all query heads for training (litgpt/model.py)",
                 "head run in 128-token chunks (model(input_ids, lm_head_chunk_size=128))",
                 "cross-entropy per chunk in the model dtype, no fp32 upcast (litgpt/utils.py chunked_cross_entropy)",
                 "the logits stay referenced through backward (finetune/lora.py fit: logits, loss, backward)",

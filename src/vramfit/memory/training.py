@@ -166,9 +166,12 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
     states = optimizer_memory(training.optimizer, held.trainable, grad_width)
     shape = _shape(model, settings, profile, lay, widths)
     layers = list(arch.layers())[held.blocks.start:held.blocks.stop]
+    holders = _grad_holders(held, profile.fsdp_unit_gradients and lay.name.startswith("FSDP")
+                            and training.finetune != "full")
     block_steps = tuple(_block_step(layer, held.blocks.start + i, held.by_layer.get(held.blocks.start + i, []),
+                                    [t for t in holders if t.layer == held.blocks.start + i],
                                     shape, settings, widths, lay) for i, layer in enumerate(layers))
-    grads = gradient_bytes((t.elements for t in held.trainable), grad_width) // lay.grad_shard
+    grads = gradient_bytes((t.elements for t in holders), grad_width) // lay.grad_shard
     is_first, is_last = stage == 0, stage == lay.pipeline - 1
     host = _host(states, held.tensors, widths, lay)
     offload_tail = 0
@@ -195,6 +198,17 @@ _NO_LOSS = act.LossMemory(saved=0, forward_transient=0, backward_transient=0, fo
 def _loss(arch: Architecture, shape: act.Shape, profile: Framework) -> act.LossMemory:
     return act.loss_memory(arch, shape, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits,
                            fp32_loss=profile.fp32_loss, logits_kept=profile.logits_kept)
+
+
+def _grad_holders(held: Held, unit_gradients: bool) -> list[ParamTensor]:
+    """The tensors that get a .grad: the trainable ones; with FSDP1's use_orig_params=True, every parameter of
+    a wrapped unit that mixes frozen and trainable ones ("the gradient memory usage will be higher than
+    expected (namely, equivalent to not freezing those parameters)", PyTorch FSDP docs; litgpt issue #1417:
+    its LoRA recipes wrap whole blocks). Gradients of frozen base weights take the trained dtype here."""
+    if not unit_gradients:
+        return held.trainable
+    mixed = {layer for layer, ts in held.by_layer.items() if layer is not None and any(t.trainable for t in ts)}
+    return [t for t in held.tensors if t.trainable or (t.layer in mixed and not t.quantized)]
 
 
 def _head_gradients(held: Held, grad_width: int) -> int:
@@ -231,17 +245,17 @@ def _dropout(model: Model, override: float | None, keys: tuple[str, ...]) -> flo
     return 0.0
 
 
-def _block_step(layer: Layer, index: int, mine: list[ParamTensor], shape: act.Shape,
-                settings: Settings, widths: Bytes, lay: Layout) -> BlockStep:
-    """One block's step; `mine`: the block's own tensors (layer == index), in order."""
+def _block_step(layer: Layer, index: int, mine: list[ParamTensor], with_grads: list[ParamTensor],
+                shape: act.Shape, settings: Settings, widths: Bytes, lay: Layout) -> BlockStep:
+    """One block's step; `mine`: the block's own tensors (layer == index), in order; `with_grads`: those of
+    them that get a gradient."""
     training = settings.training
     trains = training.finetune == "full" and index >= training.frozen_layers
     block_shape = _with_trains(shape, trains)
     full = act.layer_saved(layer, block_shape)
     grad_width = widths.adapter if training.finetune != "full" else widths.param
-    grads = gradient_bytes((t.elements for t in mine if t.trainable), grad_width)
-    mlp_grads = gradient_bytes((t.elements for t in mine if t.trainable and t.role.startswith("ffn_down")),
-                               grad_width)
+    grads = gradient_bytes((t.elements for t in with_grads), grad_width)
+    mlp_grads = gradient_bytes((t.elements for t in with_grads if t.role.startswith("ffn_down")), grad_width)
     stream = allocation_bytes(shape.tokens * layer.attention.hidden_size // shape.replicated * shape.compute_bytes)
     saved = _checkpointed(full, training.grad_ckpt, stream, act.selective_saved(layer, block_shape))
     mlp_part = full.parts["mlp"] + full.parts["norms"] // 2 + full.parts["residual"] // 2
