@@ -165,7 +165,7 @@ _SMALL_CONFIG_SWITCHES = {
 
 
 # What a hand-edited or truncated config.json may hold where a number, switch or list is expected.
-_JSON_ODDITIES = st.sampled_from((None, 0, -1, 1.5, "x", True, False, [], {}, [1, 2], {"a": 1}, 10**6,
+_JSON_ODDITIES = st.sampled_from((None, 0, -1, 1.5, "x", True, False, [], {}, [1, 2], {"a": 1}, 4096,
                                   "sliding_attention", ["full_attention"]))
 
 
