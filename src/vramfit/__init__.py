@@ -14,6 +14,9 @@ Importing vramfit and estimating never imports torch or transformers (only `vram
 docs/API.md lists every public name.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from vramfit.errors import (
     InvalidConfig,
     InvalidSetting,
@@ -27,8 +30,10 @@ from vramfit.model.architecture import Architecture
 from vramfit.model.loaded import Model
 from vramfit.model.sources import load_model
 from vramfit.result import Component, Estimate, MemoryBreakdown, Parameters, Peak
-from vramfit.search import check, fit, max_batch, max_context, plan, what_to_change
 from vramfit.settings import LoRA, Parallelism, Precision, Runtime, Settings, Training, Workload
+
+if TYPE_CHECKING:
+    from vramfit.search import check, fit, max_batch, max_context, plan, what_to_change
 
 __all__ = [
     "Architecture",
@@ -60,3 +65,20 @@ __all__ = [
     "plan",
     "what_to_change",
 ]
+
+# The searches load at first use (PEP 562): `vramfit estimate` never needs them, and importing vramfit.search
+# adds about 15% to its start from the shell (bench/bench_cli.py).
+_SEARCHES = frozenset({"check", "fit", "max_batch", "max_context", "plan", "what_to_change"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SEARCHES or name == "search":   # `vramfit.search` was bound by the import it replaces
+        search = importlib.import_module("vramfit.search")   # (`from vramfit import search` would recurse here)
+        value = search if name == "search" else getattr(search, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vramfit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _SEARCHES)

@@ -6,10 +6,10 @@ Every command takes the workload flags of `estimate` (cli/common.py) and `--json
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vramfit import search
 from vramfit.cli.common import (
     add_model_arguments,
     add_settings_arguments,
@@ -22,6 +22,23 @@ from vramfit.settings import Settings
 from vramfit.units import format_bytes, parse_bytes
 
 _Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
+
+
+class _OnFirstUse:
+    """A module imported at its first attribute access: every command's parser is built at each start, and
+    importing vramfit.search would add about 15% to `vramfit estimate`'s start (bench/bench_cli.py)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+if TYPE_CHECKING:
+    from vramfit import search
+else:
+    search = _OnFirstUse("vramfit.search")
 
 
 def register(subparsers: _Subparsers[argparse.ArgumentParser]) -> None:
