@@ -374,3 +374,23 @@ def test_some_layout_fits_stays_true_as_gpus_double() -> None:
     base = Settings().replace(gpu="rtx-4090", seq_len=4096)
     fits = [bool(search.plan(model, base, n, top=1).layouts) for n in (1, 2, 4, 8, 16)]
     assert fits == sorted(fits) and fits[-1]
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["plan", LLAMA_8B, "--gpu", "h100", "--gpus", "8", "--top", "0"], "--top"),
+    (["plan", LLAMA_8B, "--gpu", "h100", "--gpus", "8", "--mode", "training", "--global-batch", "0"],
+     "--global-batch"),
+    (["max-batch", LLAMA_8B, "--gpu", "h100", "--limit", "0"], "--limit"),
+    (["fit", LLAMA_8B, "--max-gpus", "0"], "--max-gpus"),
+])
+def test_cli_bad_search_flags_name_the_flag(argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert flag in err and "Traceback" not in err
+
+
+def test_plan_says_when_the_global_batch_leaves_splits_out(synthetic: None) -> None:
+    result = search.plan(catalog_model(LLAMA_8B), Settings().replace(mode="training", gpu="h100-80gb"), 8,
+                         global_batch=3)
+    assert all(r.layout.data in (1, 3) for r in result.layouts)
+    assert any("--global-batch" in note for note in result.notes)

@@ -591,11 +591,21 @@ def plan(model: Model, settings: Settings, gpus: int, *, gpu: str | None = None,
     settings = resolve_settings(settings, model).validate()
     network = network or Network()
     capacity = required_capacity(settings.replace(gpu=gpu) if gpu else settings)
-    if gpus < 1:
-        raise InvalidSetting(f"--gpus: {gpus} must be 1 or more")
+    _check_plan_inputs(gpus, global_batch, top, network, margin)
     named = gpu or settings.gpu
     gpu_entry = lookup(named) if named else None
     return _Planner(model, settings, gpus, capacity, gpu_entry, network, global_batch, top, margin).run()
+
+
+def _check_plan_inputs(gpus: int, global_batch: int | None, top: int, network: Network, margin: float) -> None:
+    for name, value in (("--gpus", gpus), ("--top", top), ("--gpus-per-node", network.gpus_per_node),
+                        ("--inter-node-bandwidth", network.inter_node_bytes_per_s)):
+        if value < 1:
+            raise InvalidSetting(f"{name}: {value} must be 1 or more")
+    if global_batch is not None and global_batch < 1:
+        raise InvalidSetting(f"--global-batch: {global_batch} must be 1 or more sequences, or left out")
+    if not 0 <= margin < 1:
+        raise InvalidSetting(f"margin: {margin} must be a fraction of the GPU in [0, 1)")
 
 
 class _Planner:
@@ -611,9 +621,12 @@ class _Planner:
         self.rejected: list[str] = []
         self.alive: dict[Layout, bool] = {}
         self.margin = margin
+        self.batch_skipped = 0
 
     def run(self) -> PlanResult:
-        groups = [g for g in _groups(self.model, self.settings, self.gpus, self.network) if self._batch_ok(g)]
+        splits = list(_groups(self.model, self.settings, self.gpus, self.network))
+        groups = [g for g in splits if self._batch_ok(g)]
+        self.batch_skipped = len(splits) - len(groups)
         candidates = [(c, g) for g in groups for c in self._candidates(g)]
         bounds = {c: self.costs.lower_bound(c) for c, _ in candidates}
         candidates.sort(key=lambda pair: bounds[pair[0]])
@@ -627,6 +640,9 @@ class _Planner:
             "step costs use H100 flops and links: this GPU's are not in the catalog"]
         if self.rejected:
             notes.append(f"{len(self.rejected)} layouts the memory model rejects, e.g. {self.rejected[0]}")
+        if self.batch_skipped:
+            notes.append(f"{self.batch_skipped} splits left out: their data-parallel size does not divide the "
+                         f"global batch of {self.global_batch} sequences (--global-batch)")
         return tuple(notes)
 
     def _batch_ok(self, group: Layout) -> bool:

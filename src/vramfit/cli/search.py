@@ -16,6 +16,7 @@ from vramfit.cli.common import (
     model_from_args,
     settings_from_args,
 )
+from vramfit.errors import InvalidSetting
 from vramfit.gpus import CATALOG, GPU, custom, lookup
 from vramfit.model.loaded import Model
 from vramfit.settings import Settings
@@ -122,7 +123,14 @@ def _gib(n: int) -> str:
     return format_bytes(n, "GiB" if abs(n) >= 2**30 else "MiB")
 
 
+def _limit(args: argparse.Namespace) -> int | None:
+    if args.limit is not None and args.limit < 1:
+        raise InvalidSetting(f"--limit: {args.limit} must be 1 or more, or left out")
+    return int(args.limit) if args.limit else None
+
+
 def run_max_batch(args: argparse.Namespace) -> int:
+    _limit(args)
     model, settings = _inputs(args)
     found = search.max_batch(model, settings, **({"limit": args.limit} if args.limit else {}))
     return _print(args, {"max_batch_size": found.value, **_largest_json(found)}, _largest_lines(found, "batch"))
@@ -130,7 +138,7 @@ def run_max_batch(args: argparse.Namespace) -> int:
 
 def run_max_context(args: argparse.Namespace) -> int:
     model, settings = _inputs(args)
-    found = search.max_context(model, settings, limit=args.limit)
+    found = search.max_context(model, settings, limit=_limit(args))
     return _print(args, {"max_seq_len": found.value, **_largest_json(found)}, _largest_lines(found, "tokens"))
 
 
@@ -205,6 +213,8 @@ def _notes(notes: tuple[str, ...]) -> list[str]:
 
 def run_fit(args: argparse.Namespace) -> int:
     model, settings = _inputs(args)
+    if args.max_gpus < 1:
+        raise InvalidSetting(f"--max-gpus: {args.max_gpus} must be 1 or more")
     results = search.fit(model, settings, gpus=_candidates(args, settings), max_gpus=args.max_gpus)
     data = {"model": model.name, "gpus": [_gpu_fit_json(r) for r in results]}
     return _print(args, data, _fit_lines(results, args.max_gpus))
