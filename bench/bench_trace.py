@@ -49,6 +49,11 @@ def main() -> None:
     import transformers  # noqa: F401
 
     settings = Settings().replace(mode="training", seq_len=args.seq_len, batch_size=args.batch_size).validate()
+    from vramfit.truth.trace import trace
+
+    # Untimed warm-up: the first trace also imports the model's transformers modules and fills torch's
+    # dispatch caches, which the first timed model would otherwise pay for alone.
+    trace(load_model(args.models[0]), settings.replace(seq_len=64))
     runs = []
     for name in args.models:
         runs.append(run(name, settings))

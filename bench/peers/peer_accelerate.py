@@ -7,7 +7,8 @@ steps replaced by the case's own config.json: the config -> `AutoModel.from_conf
 float32)` under `init_empty_weights()` (AutoModel, as create_empty_model picks it: the headless base model),
 `calculate_maximum_sizes(model)`, then per dtype the total size (float16 halves it, int8 quarters, int4
 eighths) and "Training using Adam" = max of `estimate_training_usage(fp32 size, dtype)`'s values.
-Its dtype choices are float32, float16, int8, int4: bf16 is read as float16, bnb-nf4 as int4, bnb-int8 as int8.
+Its dtype choices are float32, float16, int8, int4: bf16 is read as float16, bnb-nf4 (with or without double
+quantization) as int4, bnb-int8 as int8.
 Inference: the Total Size (weights). Training (full fine-tuning): the Adam figure. It has no batch,
 sequence, KV cache, LoRA or multi-GPU input: those cases get a reason instead of a number.
 Time per estimate: building the empty model plus the size arithmetic, measured once per model (the tool
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 _DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "float16"}
-_QUANT = {"bnb-nf4": "int4", "bnb-fp4": "int4", "bnb-int8": "int8"}
+_QUANT = {"bnb-nf4": "int4", "bnb-nf4-dq": "int4", "bnb-fp4": "int4", "bnb-int8": "int8"}
 _DIVISOR = {"float32": 1, "float16": 2, "int8": 4, "int4": 8}
 
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+_FOUR_BIT = ("bnb-nf4", "bnb-nf4-dq", "bnb-fp4")
 _OPTIMIZER_BYTES = {"adamw": None, "adam": None, "adamw-fused": None, "sgd-momentum": 4, "adamw-8bit": 2,
                     "paged-adamw-8bit": 2, "lion": 4}
 
@@ -56,7 +57,7 @@ def analysis(case: dict[str, Any]) -> Any:
     s = case["settings"]
     gpu = get_gpu_config_by_name("h100-sxm-80gb")
     gpu.mem_per_GPU_in_GB = 1000.0
-    dtype = get_dtype_config_by_name("w4a16e16" if s["quant"] in ("bnb-nf4", "bnb-fp4") else "w16a16e16")
+    dtype = get_dtype_config_by_name("w4a16e16" if s["quant"] in _FOUR_BIT else "w16a16e16")
     data = max(1, s["gpus"] // (s["tensor"] * s["pipeline"]))
     parallel = ParallelismConfig(tp_size=s["tensor"], pp_size=s["pipeline"], dp_size=data)
     return LLMAnalysis(model_config(case["config"], case["model"]), gpu, dtype, parallel)
@@ -65,7 +66,7 @@ def analysis(case: dict[str, Any]) -> Any:
 def reason(s: dict[str, Any]) -> str | None:
     if s["dtype"] == "fp32" and not s["amp"]:
         return "no fp32"
-    if s["quant"] and s["quant"] not in ("bnb-nf4", "bnb-fp4"):
+    if s["quant"] and s["quant"] not in _FOUR_BIT:
         return f"no {s['quant']}"
     if s["mode"] == "training" and s["finetune"] != "full":
         return f"no {s['finetune']}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -137,6 +138,10 @@ def run_peer(name: str, cases: list[dict[str, Any]], timeout_s: int) -> dict[str
         return json.loads(got.read_text(encoding="utf-8"))
 
 
+# The seeds' precisions for bitsandbytes' formats ([S1] 1.2: INT4 half a byte, INT8 one byte).
+_TEXTBOOK_QUANT = {"bnb-nf4": "int4", "bnb-nf4-dq": "int4", "bnb-fp4": "int4", "bnb-int8": "int8"}
+
+
 def textbook(case: dict[str, Any]) -> dict[str, Any]:
     """The seeds' formulas (vramfit.textbook) with this case's numbers: one GPU, no LoRA, no quantization."""
     from vramfit import textbook as tb
@@ -146,7 +151,7 @@ def textbook(case: dict[str, Any]) -> dict[str, Any]:
         return {"cell": "one GPU only"}
     if s["finetune"] != "full" and s["mode"] == "training":
         return {"cell": "no LoRA"}
-    dtype = {"bnb-nf4": "int4", "bnb-fp4": "int4", "bnb-int8": "int8"}.get(s["quant"] or "", s["dtype"])
+    dtype = _TEXTBOOK_QUANT.get(s["quant"], "") if s["quant"] else s["dtype"]
     if dtype not in tb.PRECISION_BYTES:
         return {"cell": f"no {s['quant'] or s['dtype']}"}
     start = time.perf_counter()
@@ -173,13 +178,27 @@ def cell(case: dict[str, Any], result: dict[str, Any]) -> str:
     return f"{e:+.0%}{marker}"
 
 
-def summarize(name: str, cases: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> list[str]:
-    errors = [abs(e) for c in cases if (e := error(c, results.get(c["id"], {}))) is not None]
-    times = [r["seconds"] for r in results.values() if r.get("seconds") is not None]
-    return [name, f"{len(errors)}/{len(cases)}",
-            f"{statistics.median(errors):.1%}" if errors else "-",
-            f"{sorted(errors)[int(0.9 * (len(errors) - 1))]:.1%}" if errors else "-",
-            f"{statistics.median(times) * 1e3:.3f}" if times else "-"]
+def summarize(name: str, cases: list[dict[str, Any]], results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The tool's errors where it gave a number, and vramfit's errors on exactly those cases (like with like)."""
+    mine = results[name]
+    scored = [c for c in cases if error(c, mine.get(c["id"], {})) is not None]
+    errors = sorted(abs(error(c, mine[c["id"]]) or 0.0) for c in scored)
+    ours = sorted(abs(error(c, results["vramfit"][c["id"]]) or 0.0) for c in scored)
+    times = [mine[c["id"]]["seconds"] for c in scored if mine[c["id"]].get("seconds") is not None]
+    return [name, f"{len(scored)}/{len(cases)}", _pct(errors, 0.5), _pct(errors, 0.9), _pct(ours, 0.5),
+            _pct(ours, 0.9), f"{statistics.median(times) * 1e3:.3f}" if times else "-"]
+
+
+def _pct(ordered: list[float], q: float) -> str:
+    """The median, or the nearest-rank percentile q of sorted |errors| (as `vramfit validate` reports p90)."""
+    if not ordered:
+        return "-"
+    value = statistics.median(ordered) if q == 0.5 else ordered[math.ceil(q * len(ordered)) - 1]
+    return f"{value:.1%}"
+
+
+SUMMARY = ["tool", "cases with a number", "median |error|", "p90 |error|", "vramfit median, same cases",
+           "vramfit p90, same cases", "median ms/estimate"]
 
 
 def main() -> None:
@@ -206,9 +225,10 @@ def main() -> None:
                             **PEERS, "textbook": ("", TEXTBOOK)}.items():
         if name in tools:
             print(f"  {name}: {what}")
-    print()
-    print(table(["tool", "cases with a number", "median |error|", "p90 |error|", "median ms/estimate"],
-                [summarize(t, cases, results[t]) for t in tools]))
+    for mode in ("inference", "training", None):
+        subset = [c for c in cases if mode is None or c["settings"]["mode"] == mode]
+        print(f"\n{mode or 'all'} cases ({len(subset)})")
+        print(table(SUMMARY, [summarize(t, subset, results) for t in tools]))
     slim = [{k: v for k, v in c.items() if k != "config"} for c in cases]
     print(f"-> {write('peers', {'cases': slim, 'results': results})}")
 
