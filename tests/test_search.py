@@ -394,3 +394,13 @@ def test_plan_says_when_the_global_batch_leaves_splits_out(synthetic: None) -> N
                          global_batch=3)
     assert all(r.layout.data in (1, 3) for r in result.layouts)
     assert any("--global-batch" in note for note in result.notes)
+
+
+def test_fit_answers_do_not_depend_on_the_search_guess(synthetic: None) -> None:
+    """fit starts each GPU's search at the previous GPU's answer; alone, each GPU must get the same count."""
+    model, base = catalog_model(LLAMA_70B), Settings().replace(seq_len=8192, batch_size=4)
+    names = ("b200", "h100-80gb", "rtx-4090", "l4", "rtx-3070")
+    together = search.fit(model, base, gpus=[lookup(n) for n in names], max_gpus=64)
+    alone = [search.fit(model, base, gpus=[lookup(n)], max_gpus=64)[0] for n in names]
+    assert [r.count for r in together] == [r.count for r in alone]
+    assert [r.gpu.id for r in together] == list(names)

@@ -733,30 +733,45 @@ class GpuFit:
 def fit(model: Model, settings: Settings, *, gpus: Iterable[GPU] = CATALOG, max_gpus: int = 64,
         network: Network | None = None) -> list[GpuFit]:
     """For each GPU, the smallest count (1, 2, 4, ... up to max_gpus) with a layout that fits, the best such
-    layout and its headroom. Counts are bisected: twice the GPUs can always run what half of them ran (the
-    same split with twice the data-parallel ranks, each with the same batch), so "some layout fits" is false
-    and then true along the counts."""
+    layout and its headroom, in the order given.
+
+    Counts are searched, not walked: twice the GPUs can always run what half of them ran (the same split with
+    twice the data-parallel ranks, each with the same batch), so "some layout fits" is false and then true
+    along the counts. GPUs are visited largest first and each search starts at the previous GPU's answer (a
+    smaller GPU rarely needs fewer): only a guess, every answer is checked at its count and the one below."""
     settings = resolve_settings(settings, model).validate()
-    return [_fewest(model, settings, gpu, max_gpus, network) for gpu in gpus]
+    counts = [n for n in GPU_COUNTS if n <= max_gpus]
+    chosen = list(gpus)
+    found: dict[int, GpuFit] = {}
+    guess = 0
+    for index in sorted(range(len(chosen)), key=lambda i: -chosen[i].usable_bytes):
+        found[index], guess = _fewest(model, settings, chosen[index], counts, guess, network)
+    return [found[i] for i in range(len(chosen))]
 
 
-def _fewest(model: Model, settings: Settings, gpu: GPU, max_gpus: int, network: Network | None) -> GpuFit:
+def _fewest(model: Model, settings: Settings, gpu: GPU, counts: list[int], guess: int,
+            network: Network | None) -> tuple[GpuFit, int]:
+    """The first count with a layout, searched from index `guess`; also the index found (the next guess)."""
     in_catalog = gpu.id in {g.id for g in CATALOG}
     probe = settings.replace(gpu=gpu.id if in_catalog else None, gpu_memory=None if in_catalog else gpu.usable_bytes)
-    counts = [n for n in GPU_COUNTS if n <= max_gpus]
     plans: dict[int, PlanResult] = {}
 
-    def best(count: int) -> PlanResult:
-        if count not in plans:
-            plans[count] = plan(model, probe, count, global_batch=_global_batch(settings, count), top=1,
-                                network=network)
-        return plans[count]
+    def short(i: int) -> bool:
+        if counts[i] not in plans:
+            plans[counts[i]] = plan(model, probe, counts[i], global_batch=_global_batch(settings, counts[i]),
+                                    top=1, network=network)
+        return not plans[counts[i]].layouts
 
-    short = largest(lambda i: not best(counts[i]).layouts, 0, len(counts) - 1)
-    if short + 1 >= len(counts):
-        return GpuFit(gpu=gpu, count=0, best=None)
-    count = counts[short + 1]
-    return GpuFit(gpu=gpu, count=count, best=best(count).layouts[0])
+    guess = min(guess, len(counts) - 1)
+    if short(guess):
+        first = largest(short, guess, len(counts) - 1) + 1
+    elif guess == 0 or short(guess - 1):
+        first = guess
+    else:
+        first = largest(short, 0, guess - 2) + 1
+    if first >= len(counts):
+        return GpuFit(gpu=gpu, count=0, best=None), len(counts) - 1
+    return GpuFit(gpu=gpu, count=counts[first], best=plans[counts[first]].layouts[0]), first
 
 
 def _global_batch(settings: Settings, count: int) -> int:
