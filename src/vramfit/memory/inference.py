@@ -102,7 +102,7 @@ def _stage(arch: Architecture, settings: Settings, fmt: weights.WeightFormat, pr
     par, dtype = settings.parallelism, settings.precision.dtype
     tensors = sharding.rank_tensors(arch, tensor=par.tensor, stage=index, stages=par.pipeline, expert=par.expert,
                                     vocab_parallel=profile.vocab_parallel)
-    requests = tuple(weights.tensor_bytes(fmt, t, dtype) for t in tensors)
+    requests = weights.requests_bytes(fmt, tensors, dtype)
     return Stage(arch=arch, settings=settings, fmt=fmt, profile=profile,
                  layers=sharding.stage_layers(arch, index, par.pipeline), index=index,
                  last=index == par.pipeline - 1, weight_requests=requests,

@@ -28,8 +28,9 @@ Storage definitions, each cited where its function is:
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -231,8 +232,10 @@ FORMATS: tuple[str, ...] = (
 )
 
 
+@functools.lru_cache(maxsize=256)
 def resolve(name: str, dtype: str = "bf16") -> WeightFormat:
-    """The format a `--quant` name stands for; unknown names raise InvalidSetting listing the known ones."""
+    """The format a `--quant` name stands for; unknown names raise InvalidSetting listing the known ones.
+    One object per (name, dtype), made once: formats are frozen, and `requests_bytes` keys on the object."""
     scale = DTYPE_BYTES[dtype]
     if name in ("none", "fp32", "fp16", "bf16"):
         return _dense(dtype if name == "none" else name, DTYPE_BYTES[dtype if name == "none" else name])
@@ -325,6 +328,25 @@ def _compressed_tensors_name(qc: dict[str, Any]) -> str:
 
 
 # --- bytes of a whole model --------------------------------------------------------------------------------
+
+def requests_bytes(fmt: WeightFormat, tensors: Sequence[WeightTensor], dtype: str) -> tuple[int, ...]:
+    """tensor_bytes of each tensor, in order. Kept per (format object, tensor objects, dtype): formats and
+    tensors are frozen, and an estimate prices the same few hundred tensors again at every call; each entry
+    holds its format and tensors, so their ids are not reused while it lives."""
+    key = (id(fmt), tuple(map(id, tensors)), dtype)
+    hit = _REQUESTS.get(key)
+    if hit is None:
+        hit = (fmt, tuple(tensors), tuple(tensor_bytes(fmt, t, dtype) for t in tensors))
+        if len(_REQUESTS) >= _REQUESTS_SIZE:
+            _REQUESTS.pop(next(iter(_REQUESTS)), None)
+        _REQUESTS[key] = hit
+    return hit[2]
+
+
+_REQUESTS: dict[tuple[int, tuple[int, ...], str],
+                tuple[WeightFormat, tuple[WeightTensor, ...], tuple[int, ...]]] = {}
+_REQUESTS_SIZE = 256
+
 
 def tensor_bytes(fmt: WeightFormat, t: WeightTensor, dtype: str) -> int:
     """Bytes of one stored tensor (all its `count` copies) under `fmt`, unquantized ones in `dtype`."""
