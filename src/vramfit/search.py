@@ -397,6 +397,13 @@ def _options(layout: Layout, settings: Settings) -> list[Layout]:
     return out
 
 
+def _saving(layout: Layout) -> tuple[int, int, int]:
+    """How much an option saves on each axis (sharding level, offload, checkpointing), larger saves more."""
+    level = 3 if layout.fsdp == "full" else 2 if layout.fsdp == "shard-grad-op" else layout.zero_stage
+    return (level, ("none", "optimizer", "params").index(layout.offload),
+            ("none", "selective", "full").index(layout.grad_ckpt))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The step cost model
 
@@ -622,6 +629,7 @@ class _Planner:
         self.alive: dict[Layout, bool] = {}
         self.margin = margin
         self.batch_skipped = 0
+        self.failed: dict[tuple[int, ...], list[tuple[int, int, int]]] = {}
 
     def run(self) -> PlanResult:
         splits = list(_groups(self.model, self.settings, self.gpus, self.network))
@@ -698,7 +706,8 @@ class _Planner:
         otherwise a bisection finds the bound."""
         from dataclasses import replace
 
-        if not self._fits(layout):
+        if self._dominated(layout) or not self._fits(layout):
+            self.failed.setdefault(self._split(layout), []).append(_saving(layout))
             return None
         choice = layout
         if self.training:
@@ -710,6 +719,16 @@ class _Planner:
                 order = [c for c in order if c.micro_batch <= sizes[last].micro_batch]
             choice = order[0]
         return self._ranked(choice)
+
+    @staticmethod
+    def _split(layout: Layout) -> tuple[int, ...]:
+        return (layout.tensor, layout.pipeline, layout.context, layout.expert, layout.data)
+
+    def _dominated(self, layout: Layout) -> bool:
+        """True when an option of the same split that saves at least as much on every axis already failed at
+        micro-batch 1: no estimate needed (each saving option never adds memory, tests/test_monotonic.py)."""
+        mine = _saving(layout)
+        return any(all(f >= m for f, m in zip(failed, mine)) for failed in self.failed.get(self._split(layout), []))
 
     def _ranked(self, layout: Layout) -> Ranked:
         check, cost = self.checker.check(self._settings(layout)), self.costs.cost(layout)
