@@ -48,3 +48,14 @@ def test_thresholds_are_no_looser_than_their_ceiling() -> None:
         ceiling = THRESHOLDS["ceiling"].get(kind, {})
         for key, limit in THRESHOLDS[kind].items():
             assert limit <= ceiling.get(key, limit), f"{kind}.{key} was raised above its ceiling"
+
+
+def test_the_committed_suite_is_the_planned_one() -> None:
+    """Every case of vramfit.truth.suite has its row, and no row is left from a case since removed."""
+    from vramfit.truth.rows import read_rows
+    from vramfit.truth.suite import cases
+
+    planned = {case.id for case in cases()}
+    committed = [row.id for path in _files("traced") for row in read_rows(path)]
+    assert len(committed) == len(set(committed))
+    assert set(committed) == planned

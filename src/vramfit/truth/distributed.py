@@ -5,8 +5,8 @@ collective as a no-op that still returns correctly shaped outputs, so the memory
 real layout's: FSDP2 (torch.distributed.fsdp.fully_shard) per decoder layer and at the root, with
 reshard_after_forward True for "full", False for "shard-grad-op", over a (replicate, shard) mesh for
 "hybrid"; DistributedDataParallel (gradient buckets included); tensor parallelism with DTensor
-(torch.distributed.tensor.parallel: q/k/v and gate/up column-wise, o and down row-wise, the torchtitan
-recipe; embeddings and the head replicated). The device mesh is built before entering fake mode.
+(torch.distributed.tensor.parallel: q/k/v and gate/up column-wise, o and down row-wise, the head
+column-wise with its logits gathered, as transformers' tp_plan; the embedding and a tied head replicated). The device mesh is built before entering fake mode.
 
 Ranks: rank 0 and the last rank are traced (FSDP2 pads every shard to the same size, and DDP and TP ranks
 hold the same shapes, so the ranks between them hold what these hold); each one's peak is reported and
@@ -126,7 +126,22 @@ def _tensor_parallel(module: Any, mesh: Any) -> Any:
 
             raise Untraceable(f"no q/k/v/o or gate/up/down projections to split; {_MEASURE}")
         parallelize_module(layer, mesh, plan)
+    _split_head(module, mesh)
     return module
+
+
+def _split_head(module: Any, mesh: Any) -> None:
+    """The output projection split by vocabulary rows with the logits gathered, as transformers' own plan
+    does (`_tp_plan = {"lm_head": "colwise_gather_output"}` in its Llama/Qwen modeling files); a head tied
+    to the input embedding stays whole, like the embedding."""
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+
+    head, embedding = module.get_output_embeddings(), module.get_input_embeddings()
+    if head is None or (embedding is not None and head.weight is embedding.weight):
+        return
+    name = next(name for name, child in module.named_modules() if child is head)
+    parallelize_module(module, mesh, {name: ColwiseParallel(output_layouts=Replicate())})
 
 
 def _ddp(module: Any, mesh: Any) -> Any:

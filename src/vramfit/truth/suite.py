@@ -5,7 +5,8 @@
     python -m vramfit.truth.suite --only moe # one family
 
 Families cover the architectures by their parts: dense multi-head and grouped-query attention, mixture of
-experts, multi-head latent attention, sliding-window attention and encoders; each over inference (one
+experts, multi-head latent attention, sliding-window attention and encoders, and multi-GPU layouts (FSDP2
+full / shard-grad-op / hybrid, DDP, tensor parallelism, traced over a fake process group); each over inference (one
 forward, and generation with a KV cache) and training (full and LoRA, checkpointing on and off, other
 optimizers, gradient accumulation), with batch and sequence sweeps. Catalog models (and configs in
 data/truth/configs, named relative to the suite's folder), with the default settings except what each case
@@ -122,6 +123,15 @@ PLAN: tuple[tuple[str, str, tuple[dict[str, Any], ...]], ...] = (
         _infer(seq_len=512), _infer(seq_len=4096), _infer(seq_len=8192, new_tokens=1024),
         _train(seq_len=4096), _train(seq_len=4096, grad_ckpt="full", batch_size=2),
         _train(seq_len=2048, finetune="lora"),
+    )),
+    ("multi-gpu", "Qwen/Qwen3-0.6B", (
+        _train(seq_len=2048, gpus=4, fsdp="full"), _train(seq_len=2048, gpus=8, fsdp="full", grad_ckpt="full"),
+        _train(seq_len=2048, gpus=4, fsdp="shard-grad-op"), _train(seq_len=2048, gpus=16, fsdp="hybrid"),
+        _train(seq_len=2048, gpus=2), _train(seq_len=2048, gpus=2, tensor=2),
+        _infer(seq_len=4096, gpus=2, tensor=2), _infer(seq_len=4096, new_tokens=512, gpus=4, tensor=4),
+    )),
+    ("multi-gpu", "meta-llama/Llama-3.1-8B", (
+        _train(seq_len=4096, gpus=8, fsdp="full", grad_ckpt="full"), _infer(seq_len=8192, gpus=4, tensor=4),
     )),
     ("encoder", "google-bert/bert-base-uncased", (
         _infer(seq_len=512), _infer(seq_len=512, batch_size=32), _train(seq_len=512, batch_size=8),

@@ -74,8 +74,10 @@ def trace_row(result: TraceResult, *, model_id: str, row_id: str | None = None, 
 
 
 def settings_tag(settings: Settings) -> str:
-    w, t = settings.workload, settings.training
+    w, t, p = settings.workload, settings.training, settings.parallelism
     tag = f"{settings.mode}-b{w.batch_size}-s{w.seq_len}-{settings.precision.dtype}"
+    if p.gpus > 1:
+        tag += f"-gpus{p.gpus}-tp{p.tensor}-fsdp-{p.fsdp}"
     if settings.mode == "inference":
         return tag + f"-new{w.new_tokens}-{settings.runtime.attention}"
     return tag + f"-{t.finetune}-{t.optimizer}-ckpt-{t.grad_ckpt}-ga{w.grad_accum}"
@@ -179,11 +181,13 @@ def _trace_once(torch: Any, model: Model, settings: Settings, notes: list[str], 
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     with mode, _fake_failures(), _unpadded_inputs() if fake else contextlib.nullcontext():
         module = build_model(model, settings, notes, fake=fake)
-        if wrap is not None:
-            module = wrap(module)
         with LiveTensorTracker() as tracker:
+            if wrap is not None:   # tracked: what DDP (its gradient buckets) or FSDP (the shards) allocates
+                module = wrap(module)
             tracker.mark(module.parameters(), "parameters")
             tracker.mark(module.buffers(), "buffers")
+            tracker.label_live("distributed_buffers")   # the rest that stays: DDP's buckets, FSDP's own
+            tracker.reset_peak()   # what stays after setting up, not its transients
             run_step(torch, module, settings, tracker, {})
     return tracker
 

@@ -100,6 +100,11 @@ class LiveTensorTracker(TorchDispatchMode):
                 for serial in self.track(tensor):
                     self._labels.setdefault(serial, label)
 
+    def label_live(self, label: str) -> None:
+        """Label every live storage that has no label yet."""
+        for serial in self._by_storage.values():
+            self._labels.setdefault(serial, label)
+
     def reset_peak(self) -> None:
         """Start a new peak from what is live now (the measured step after a warm-up)."""
         self.peak_bytes = self.current_bytes
