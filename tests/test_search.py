@@ -404,3 +404,16 @@ def test_fit_answers_do_not_depend_on_the_search_guess(synthetic: None) -> None:
     alone = [search.fit(model, base, gpus=[lookup(n)], max_gpus=64)[0] for n in names]
     assert [r.count for r in together] == [r.count for r in alone]
     assert [r.gpu.id for r in together] == list(names)
+
+
+def test_data_parallel_traffic_follows_the_zero_paper() -> None:
+    """ZeRO, sec. 7: DDP and ZeRO-2 move 2 Psi per GPU per step, ZeRO-3 3 Psi (one micro-batch), times
+    (d - 1) / d for a ring; Psi here is the bf16 bytes of every parameter (full fine-tuning)."""
+    model = catalog_model(LLAMA_8B)
+    psi = model.architecture.parameter_count().total * 2
+    costs = search.CostModel(model, Settings().replace(mode="training"), lookup("h100-80gb"), search.Network())
+    peer = lookup("h100-80gb").peer_bytes_per_s
+    for stage, factor in ((2, 2), (3, 3)):
+        layout = search.Layout(data=8, zero_stage=stage)
+        seconds = costs.cost(layout).parts_s["data parallel"]
+        assert seconds * peer == pytest.approx(factor * psi * 7 / 8)

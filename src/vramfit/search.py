@@ -426,8 +426,8 @@ def step_cost(model: Model, settings: Settings, layout: Layout, gpu: GPU | None 
        (Shoeybi et al. 2019, "Megatron-LM", fig. 3), 2 more with full recompute; a ring all-reduce moves
        2 (t - 1) / t of the message per GPU (Patarasuk and Yuan 2009).
     5. Data parallel: gradient all-reduce of 2 Psi per step for DDP, ZeRO-1 and ZeRO-2, 3 Psi for ZeRO-3
-       (Rajbhandari et al. 2020, "ZeRO", sec. 7), where the extra parameter all-gathers happen for every
-       micro-batch; PyTorch FSDP FULL_SHARD and SHARD_GRAD_OP move the same as ZeRO-3 and ZeRO-2 (Zhao et al.
+       (Rajbhandari et al. 2020, "ZeRO", sec. 7): Psi of gradient reduce-scatter per step and 2 Psi of
+       parameter all-gathers for every micro-batch; PyTorch FSDP FULL_SHARD and SHARD_GRAD_OP move the same as ZeRO-3 and ZeRO-2 (Zhao et al.
        2023, "PyTorch FSDP", sec. 3). Psi is the parameters of one tensor/pipeline shard; gradients only for
        trainable ones, parameter gathers for all. Routed experts, split e ways by expert parallelism, sync
        over the d / e ranks that hold the same experts (Megatron-Core MoE, expert data parallelism).
@@ -549,12 +549,17 @@ class CostModel:
 
     def _sync_bytes(self, params: float, trainable: float, layout: Layout, ranks: int) -> float:
         """Bytes one GPU moves to keep `params` (of which `trainable` get gradients) in step over `ranks`
-        ranks: 2 x gradients per step, and for ZeRO-3 2 x parameters per micro-batch (ZeRO, sec. 7)."""
+        ranks (ZeRO, sec. 7): up to ZeRO-2, an all-reduce of the gradients (or its halves, a reduce-scatter
+        and an all-gather of the updated shard), 2 Psi per step; ZeRO-3 keeps parameters sharded, so Psi for
+        the gradient reduce-scatter plus 2 Psi of parameter all-gathers (forward, backward) per micro-batch."""
         if ranks <= 1:
             return 0.0
         level = 3 if layout.fsdp == "full" else 2 if layout.fsdp == "shard-grad-op" else layout.zero_stage
-        gathers = 2 * params * self.bytes * layout.grad_accum if level == 3 else 0.0
-        return (ranks - 1) / ranks * (2 * trainable * self.bytes + gathers)
+        if level == 3:
+            moved = trainable * self.bytes + 2 * params * self.bytes * layout.grad_accum
+        else:
+            moved = 2 * trainable * self.bytes
+        return (ranks - 1) / ranks * moved
 
     def _pipeline_bytes(self, layout: Layout) -> float:
         if layout.pipeline == 1:
