@@ -397,6 +397,12 @@ def _options(layout: Layout, settings: Settings) -> list[Layout]:
     return out
 
 
+def _group_of(layout: Layout) -> Layout:
+    """The bare split of a candidate: its sizes, no options, micro-batch 1."""
+    return Layout(tensor=layout.tensor, pipeline=layout.pipeline, context=layout.context, expert=layout.expert,
+                  data=layout.data)
+
+
 def _saving(layout: Layout) -> tuple[int, int, int]:
     """How much an option saves on each axis (sharding level, offload, checkpointing), larger saves more."""
     level = 3 if layout.fsdp == "full" else 2 if layout.fsdp == "shard-grad-op" else layout.zero_stage
@@ -711,8 +717,10 @@ class _Planner:
         otherwise a bisection finds the bound."""
         from dataclasses import replace
 
-        if self._dominated(layout) or not self._fits(layout):
-            self.failed.setdefault(self._split(layout), []).append(_saving(layout))
+        if self._dominated(layout):
+            return None
+        if not self._fits(layout):
+            self._record_failure(layout)
             return None
         choice = layout
         if self.training:
@@ -724,6 +732,27 @@ class _Planner:
                 order = [c for c in order if c.micro_batch <= sizes[last].micro_batch]
             choice = order[0]
         return self._ranked(choice)
+
+    def _record_failure(self, layout: Layout) -> None:
+        """Remember that `layout` does not fit, and climb a chain of more saving options of its split to the
+        last one that still does not fit (a bisection): that failure rules out more of the split's options
+        than `layout`'s own, each without an estimate."""
+        chain = self._chain(layout) if self.training else [layout]
+        last = largest(lambda i: not self._fits(chain[i]), 0, len(chain) - 1)
+        self.failed.setdefault(self._split(layout), []).append(_saving(chain[max(last, 0)]))
+
+    def _chain(self, layout: Layout) -> list[Layout]:
+        """`layout`, then options of the same split each saving one step more (checkpointing first, then
+        offload, then sharding), up to the most saving one."""
+        options = {_saving(o): o for o in self._candidates(_group_of(layout))}
+        chain, here = [layout], _saving(layout)
+        while True:
+            steps = [(here[0], here[1], here[2] + 1), (here[0], here[1] + 1, here[2]), (here[0] + 1, here[1], here[2]),
+                     (3, here[1], here[2]), (3, here[1] + 1, here[2])]
+            here = next((step for step in steps if step in options), here)
+            if options.get(here) is None or options[here] is chain[-1]:
+                return chain
+            chain.append(options[here])
 
     @staticmethod
     def _split(layout: Layout) -> tuple[int, ...]:
