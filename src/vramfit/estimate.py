@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vramfit.memory import inference, training
+from vramfit.memory import inference, sharding, training
 from vramfit.model.loaded import Model
 from vramfit.result import Estimate, MemoryBreakdown, Peak
 from vramfit.settings import Settings
@@ -19,6 +19,7 @@ def estimate(model: Model | str, settings: Settings | None = None, **changes: An
 
         model = load_model(model)
     settings = resolve_settings((settings or Settings()).replace(**changes), model).validate()
+    sharding.validate_layout(model.architecture, settings)
     planner = inference if settings.mode == "inference" else training
     plan = planner.plan(model, settings)
     memory = MemoryBreakdown(components=plan.components)

@@ -8,6 +8,9 @@ same error for the same mistake.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,9 +33,16 @@ RUNTIMES = ("transformers", "vllm", "sglang", "llama.cpp", "litgpt")
 FRAMEWORKS = ("transformers", "torchtune", "litgpt")
 
 
+# Counts (batch, tokens, ranks, ...) above this are refused: beyond 10^9 tokens, the range over which
+# tests/test_properties.py checks that the integer arithmetic is exact, a count is a typo, not a workload.
+MAX_COUNT = 10**9
+
+
 def _positive(name: str, value: int, *, fix: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InvalidSetting(f"{name}: must be a positive integer, got {value!r}; {fix}")
+    if value > MAX_COUNT:
+        raise InvalidSetting(f"{name}: {value:,} is more than {MAX_COUNT:,}, beyond any real workload; {fix}")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -67,7 +77,8 @@ class Workload:
         _positive("num_return_sequences", self.num_return_sequences, fix="pass --num-return-sequences 1 or more")
         if self.new_tokens < 0 or (self.new_tokens and self.new_tokens >= self.seq_len):
             raise InvalidSetting(f"new_tokens: {self.new_tokens} must be at least 0 and less than seq_len "
-                                 f"({self.seq_len}), since seq_len counts prompt plus generated tokens")
+                                 f"({self.seq_len}), since seq_len counts prompt plus generated tokens; raise "
+                                 "--seq-len or lower --new-tokens")
         if self.num_return_sequences > self.num_beams and self.num_beams > 1:
             raise InvalidSetting("num_return_sequences: cannot exceed num_beams with beam search; lower it")
         if self.prefill_chunk is not None:
@@ -116,7 +127,7 @@ class LoRA:
     def validate(self) -> None:
         _positive("lora_rank", self.rank, fix="pass --lora-rank 1 or more, e.g. 16")
         if not 0.0 <= self.dropout < 1.0:
-            raise InvalidSetting(f"lora_dropout: {self.dropout} must be in [0, 1)")
+            raise InvalidSetting(f"lora_dropout: {self.dropout} must be in [0, 1); pass e.g. 0.05")
         if not self.targets:
             raise InvalidSetting("lora_targets: empty; pass module names such as q_proj,v_proj or all-linear")
 
@@ -140,7 +151,7 @@ class Training:
         _choice("grad_ckpt", self.grad_ckpt, ("none", "full", "selective"))
         _choice("framework", self.framework, FRAMEWORKS)
         if self.frozen_layers < 0:
-            raise InvalidSetting(f"frozen_layers: {self.frozen_layers} must be 0 or more")
+            raise InvalidSetting(f"frozen_layers: {self.frozen_layers} must be 0 or more; pass --frozen-layers 0")
         if self.finetune != "full":
             self.lora.validate()
 
@@ -197,10 +208,13 @@ class Runtime:
         _choice("runtime", self.name, RUNTIMES)
         _choice("attention", self.attention, ("eager", "sdpa", "flash"))
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise InvalidSetting(f"gpu_memory_utilization: {self.gpu_memory_utilization} must be in (0, 1]")
+            raise InvalidSetting(f"gpu_memory_utilization: {self.gpu_memory_utilization} must be in (0, 1]; "
+                                 "pass a fraction such as 0.9 (vLLM's default)")
         _positive("block_size", self.block_size, fix="pass --block-size 16 (vLLM's default)")
         if self.n_gpu_layers is not None and self.n_gpu_layers < 0:
-            raise InvalidSetting(f"n_gpu_layers: {self.n_gpu_layers} must be 0 or more")
+            raise InvalidSetting(f"n_gpu_layers: {self.n_gpu_layers} must be 0 or more; leave --n-gpu-layers out for all")
+        if self.max_num_seqs is not None:
+            _positive("max_num_seqs", self.max_num_seqs, fix="pass --max-num-seqs 1 or more (vLLM's default: 256)")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -217,10 +231,15 @@ class Settings:
     gpu_memory: int | None = None
 
     def validate(self) -> Settings:
+        _check_types(self, "")
         for part in (self.workload, self.precision, self.parallelism, self.runtime):
             part.validate()
+        if self.gpu_memory is not None and not 0 < self.gpu_memory <= MAX_GPU_MEMORY_BYTES:
+            raise InvalidSetting(f"gpu_memory: {self.gpu_memory!r} bytes is not a GPU capacity; pass --gpu-memory "
+                                 "as a size such as 24GiB or 80GB (at most 1 PiB)")
         if self.workload.mode == "training":
             self.training.validate()
+        _consistent(self)
         return self
 
     @property
@@ -245,6 +264,86 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+MAX_GPU_MEMORY_BYTES = 2**50  # 1 PiB: a bound on typos, far above any GPU
+
+
+def _check_types(value: Any, where: str) -> None:
+    """Each field holds the type its annotation names, before any rule compares or multiplies it: the Python
+    API takes any object, and "8" < 1 would be a TypeError, True a batch of one, NaN a silent wrong number."""
+    hints = typing.get_type_hints(type(value))
+    for f in dataclasses.fields(value):
+        field_value, name = getattr(value, f.name), f"{where}{f.name}"
+        if dataclasses.is_dataclass(field_value):
+            _check_types(field_value, f"{name}.")
+        elif not _has_type(field_value, hints[f.name]):
+            raise InvalidSetting(f"{_FIELD_NAMES.get(name, f.name)}: got {field_value!r}; pass "
+                                 f"{_type_name(hints[f.name])}")
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return isinstance(value, (str, int)) and not isinstance(value, bool) and value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in args)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_has_type(item, args[0]) for item in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in args)
+    if origin is tuple:
+        return "a list of strings"
+    return {int: "a whole number", float: "a finite number", str: "a string", bool: "true or false",
+            type(None): "nothing (null)"}.get(hint, str(hint))
+
+
+# Nested field paths by the name the rest of vramfit (and the CLI's errors) calls them.
+_FIELD_NAMES = {"training.lora.rank": "lora_rank", "training.lora.alpha": "lora_alpha",
+                "training.lora.dropout": "lora_dropout", "training.lora.targets": "lora_targets",
+                "runtime.name": "runtime"}
+
+
+def _consistent(s: Settings) -> None:
+    """Flags that are each valid but contradict each other, or that the chosen mode would silently ignore."""
+    mode, quant = s.workload.mode, s.precision.quant
+    if mode == "inference" and s.precision.amp is not None:
+        raise InvalidSetting("amp: automatic mixed precision is a training setting; in inference pass --dtype "
+                             "for the weights and compute dtype and drop --amp")
+    if mode == "training" and quant and s.training.finetune != "qlora":
+        raise InvalidSetting(f"quant: training models a quantized base only as QLoRA (bitsandbytes NF4); pass "
+                             f"--finetune qlora, or drop --quant {quant}")
+    if mode == "training" and quant and quant != "bnb-nf4":
+        raise InvalidSetting(f"quant: QLoRA quantizes the base with bitsandbytes NF4, not {quant}; pass "
+                             "--quant bnb-nf4 or drop --quant")
+    if s.parallelism.context > s.workload.seq_len:
+        raise InvalidSetting(f"cp: {s.parallelism.context} context-parallel ranks exceed seq_len "
+                             f"{s.workload.seq_len} tokens; lower --cp")
+    if mode == "inference":
+        _training_only_parallelism(s.parallelism)
+
+
+def _training_only_parallelism(par: Parallelism) -> None:
+    """Inference runs tensor and pipeline parallel (and replicas); the training-only shardings would be
+    silently ignored, so they are refused."""
+    if par.context > 1:
+        raise InvalidSetting("cp: context parallelism is modelled for training; in inference pass --cp 1")
+    if par.zero_stage or par.fsdp != "none" or par.offload != "none":
+        raise InvalidSetting("zero_stage/fsdp/offload: ZeRO, FSDP and offload shard a training step; in "
+                             "inference pass --zero 0 --fsdp none --offload none (split with --tp/--pp)")
 
 
 def settings_from_dict(data: dict[str, Any]) -> Settings:

@@ -21,6 +21,7 @@ from vramfit.errors import InvalidSetting
 from vramfit.memory.kv_cache import kv_heads_per_rank
 from vramfit.memory.tensors import WeightTensor, weight_tensors
 from vramfit.model.architecture import Architecture, Attention, Layer, MixtureOfExperts, distinct_layers
+from vramfit.settings import Settings
 
 _COLUMN = ("attn_q", "attn_q_b", "attn_kv_b", "ffn_gate", "ffn_up", "ffn_gate_up")
 _ROW = ("attn_output", "ffn_down")
@@ -57,6 +58,28 @@ def validate_tensor_parallel(arch: Architecture, tensor: int) -> None:
         if mlp.intermediate_size % tensor:
             raise InvalidSetting(f"tp: MLP width {mlp.intermediate_size} cannot be split over {tensor} GPUs; "
                                  "choose --tp dividing it")
+
+
+def validate_layout(arch: Architecture, settings: Settings) -> None:
+    """What the model's shape allows of settings.parallelism, for both planners: tensor parallelism splits
+    heads and MLP widths evenly, pipeline stages have a layer each, expert parallelism needs experts and splits
+    them (and, in training, the data-parallel ranks) evenly; frozen layers are layers the model has."""
+    par = settings.parallelism
+    validate_tensor_parallel(arch, par.tensor)
+    stage_layer_counts(arch.num_layers, par.pipeline)
+    if par.expert > 1:
+        counts = sorted({layer.mlp.experts for layer in arch.layers() if isinstance(layer.mlp, MixtureOfExperts)})
+        if not counts:
+            raise InvalidSetting(f"ep: this model has no experts to split over {par.expert} ranks; pass --ep 1")
+        if any(count % par.expert for count in counts):
+            raise InvalidSetting(f"ep: {counts[0]} experts cannot be split over {par.expert} ranks; choose --ep "
+                                 "dividing the number of experts")
+        if settings.mode == "training" and par.data % par.expert:
+            raise InvalidSetting(f"ep: expert parallelism splits the experts over the {par.data} data-parallel "
+                                 f"ranks; choose --ep dividing {par.data}")
+    if settings.mode == "training" and settings.training.frozen_layers > arch.num_layers:
+        raise InvalidSetting(f"frozen_layers: {settings.training.frozen_layers} exceeds the model's "
+                             f"{arch.num_layers} layers; pass at most {arch.num_layers}")
 
 
 def rank_tensors(arch: Architecture, *, tensor: int = 1, stage: int = 0, stages: int = 1,

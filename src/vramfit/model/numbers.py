@@ -37,6 +37,7 @@ from vramfit.model.architecture import (
     Table,
 )
 from vramfit.model.loaded import Model
+from vramfit.model.readers.fields import MAX_LAYERS as MAX_STATED_LAYERS
 from vramfit.units import format_count
 
 __all__ = ["decoder", "model_from_numbers", "swiglu_intermediate"]
@@ -188,6 +189,10 @@ def _check_positive(**values: int | None) -> None:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             flag = "--" + name.replace("_", "-")
             raise InvalidSetting(f"{flag}: must be a positive integer, got {value!r}")
+    layers = values.get("layers")
+    if layers is not None and layers > MAX_STATED_LAYERS:
+        raise InvalidSetting(f"--layers: {layers:,} is more than {MAX_STATED_LAYERS:,} layers, beyond any published "
+                             "model; pass a real layer count")
 
 
 def _check_divides(h: int, heads: int, kv_heads: int) -> None:

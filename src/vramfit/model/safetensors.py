@@ -58,7 +58,7 @@ def read_header(path: Path) -> dict[str, Any]:
 def _parse_header(raw: bytes, path: Path) -> dict[str, Any]:
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise InvalidConfig(f"{path}: safetensors header is not valid JSON ({error}); re-download the file") from error
     if not isinstance(header, dict):
         raise InvalidConfig(f"{path}: safetensors header is not a JSON object; re-download the file")

@@ -95,6 +95,9 @@ def read_config(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise InvalidConfig(f"{path}: malformed JSON at line {error.lineno}, column {error.colno} ({error.msg}); "
                             "fix the file or download config.json again") from error
+    except RecursionError:
+        raise InvalidConfig(f"{path}: JSON nested too deeply to be a config.json; pass the model's config.json") \
+            from None
     if not isinstance(config, dict):
         raise InvalidConfig(f"{path}: expected a JSON object with model_type and dimensions, "
                             f"found a JSON {type(config).__name__}; pass the model's config.json")

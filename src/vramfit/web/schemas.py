@@ -12,9 +12,10 @@ properties: `CheckOut.of(check)` and friends copy them, nothing is recomputed he
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from vramfit.gpus import GPU
 from vramfit.result import Estimate
@@ -67,7 +68,20 @@ class EstimateRequest(ModelRequest):
         unknown = unknown_keys(Settings, value, "settings.")
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)}; see the Settings schema for known keys")
-        return value
+        return _strict_settings(value) if isinstance(value, dict) else value
+
+
+_SETTINGS = TypeAdapter(Settings)
+
+
+def _strict_settings(value: dict[str, Any]) -> Settings:
+    """Settings read in pydantic's strict JSON mode: a JSON true, "4" or 4.0 is not the integer 4 (lax mode
+    would coerce them, and a boolean batch size would pass as 1); JSON arrays still become tuples."""
+    try:
+        return _SETTINGS.validate_json(json.dumps(value), strict=True)
+    except ValidationError as error:
+        raise ValueError("; ".join(f"settings.{'.'.join(map(str, e['loc']))}: {e['msg']}, got {e['input']!r}"
+                                   for e in error.errors())) from None
 
 
 class CatalogModel(BaseModel):

@@ -35,6 +35,13 @@ ALIASES: dict[str, tuple[str, ...]] = {
 
 _UNSET = object()
 
+# A bound on layer counts, so an absurd config cannot make a reader build billions of layers (minutes of CPU
+# and all the memory): twice the deepest published Transformer, DeepNet's 1,000 layers (Wang et al. 2022,
+# "DeepNet: Scaling Transformers to 1,000 Layers", arXiv:2203.00555). Other sizes need no bound: they are
+# multiplied, never iterated, in exact integer arithmetic.
+MAX_LAYERS = 2048
+_LAYER_COUNTS = ("num_hidden_layers", "num_decoder_layers", "num_encoder_layers")
+
 
 class Fields:
     """The fields of one config.json, read under their canonical names."""
@@ -118,4 +125,7 @@ class Fields:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise InvalidConfig(f"config.json ({self.model_type}) field {name} is {value!r}; "
                                 f"it must be a positive integer")
+        if name in _LAYER_COUNTS and value > MAX_LAYERS:
+            raise InvalidConfig(f"config.json ({self.model_type}) field {name} is {value:,}; more than {MAX_LAYERS:,} "
+                                "layers is beyond any published model, fix the layer count")
         return value
