@@ -600,11 +600,12 @@ def plan(model: Model, settings: Settings, gpus: int, *, gpu: str | None = None,
     parallel reading of the flags); each split takes a micro-batch dividing its per-replica batch.
     Inference: batch_size sequences per replica, no memory options.
 
-    Search, fast enough for 1,000+ GPUs: only divisors are enumerated; a split whose most memory-saving
-    options do not fit at micro-batch 1 is dropped with one estimate (memory only shrinks with more saving
-    and grows with the micro-batch); the remaining candidates are visited cheapest lower bound first (the
-    cost at micro-batch 1, which no larger micro-batch beats), and the walk stops once `top` layouts fit and
-    no unvisited candidate could beat them.
+    Search, fast enough for 1,000+ GPUs (bench/bench_search.py): only divisors are enumerated; candidates
+    are visited cheapest lower bound first (each cost part at its best micro-batch split), and the walk
+    stops once `top` layouts fit and no unvisited candidate could beat them. Memory only shrinks with more
+    saving and grows with the micro-batch (tests/test_monotonic.py), so a split whose most saving options do
+    not fit at micro-batch 1 is dropped with one estimate, an option saving no more than one that failed is
+    dropped with none, and the fitting micro-batches are found by bisection.
     """
     settings = resolve_settings(settings, model).validate()
     network = network or Network()
@@ -750,7 +751,7 @@ class _Planner:
             steps = [(here[0], here[1], here[2] + 1), (here[0], here[1] + 1, here[2]), (here[0] + 1, here[1], here[2]),
                      (3, here[1], here[2]), (3, here[1] + 1, here[2])]
             here = next((step for step in steps if step in options), here)
-            if options.get(here) is None or options[here] is chain[-1]:
+            if options.get(here) is None or options[here] == chain[-1]:
                 return chain
             chain.append(options[here])
 
