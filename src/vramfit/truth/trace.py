@@ -22,6 +22,7 @@ the attention matrix); autocast (amp) follows the CPU autocast op lists.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 import warnings
 from collections.abc import Iterator
@@ -97,8 +98,7 @@ def check_traceable(settings: Settings) -> None:
     p, t, w, r = settings.precision, settings.training, settings.workload, settings.runtime
     training = settings.mode == "training"
     reasons = [
-        (p.quant is not None, f"quant {p.quant}: quantized kernels (bitsandbytes, GPTQ, AWQ) cannot run on fake "
-                              "tensors"),
+        (p.quant is not None, f"quant {p.quant}: quantized kernels (bitsandbytes, GPTQ, AWQ) cannot run on fake tensors"),
         (training and t.finetune == "qlora", "finetune qlora: bitsandbytes 4-bit kernels cannot run on fake tensors"),
         (p.kv_dtype != "auto", f"kv_dtype {p.kv_dtype}: quantized KV caches are not traced"),
         (r.name != "transformers", f"runtime {r.name}: only transformers steps are traced"),
@@ -161,7 +161,7 @@ def trace(model: Model | str, settings: Settings, *, fake: bool = True) -> Trace
     for rank in distributed.ranks_to_trace(settings):
         with distributed.fake_world(settings.parallelism.gpus, rank):
             mesh = distributed.device_mesh(settings)
-            trackers.append(_trace_once(torch, model, settings, notes, fake=fake, wrap=lambda module: (
+            trackers.append(_trace_once(torch, model, settings, notes, fake=fake, wrap=lambda module, mesh=mesh: (
                 distributed.distribute(module, settings, mesh, kind))))
     busiest = max(trackers, key=lambda t: t.peak_bytes)
     notes.append(f"{kind} over a fake process group of {settings.parallelism.gpus} ranks; traced ranks "
@@ -214,13 +214,15 @@ def _unpadded_inputs() -> Iterator[None]:
     head. The traced inputs are never padded or packed, so the answer the data would give is given here."""
     from transformers import masking_utils
 
-    is_tracing, find_packed = masking_utils.is_tracing, masking_utils.find_packed_sequence_indices
-    masking_utils.is_tracing = lambda tensor=None: is_tracing(None)
-    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    is_tracing = getattr(masking_utils, "is_tracing")  # noqa: B009  (imported there, not exported)
+    find_packed = masking_utils.find_packed_sequence_indices
+    setattr(masking_utils, "is_tracing", lambda tensor=None: is_tracing(None))  # noqa: B010
+    setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)  # noqa: B010
     try:
         yield
     finally:
-        masking_utils.is_tracing, masking_utils.find_packed_sequence_indices = is_tracing, find_packed
+        setattr(masking_utils, "is_tracing", is_tracing)  # noqa: B010
+        setattr(masking_utils, "find_packed_sequence_indices", find_packed)  # noqa: B010
 
 
 # --- the model -------------------------------------------------------------------------------------------
@@ -311,7 +313,7 @@ def prepare_training(module: Any, settings: Settings, *, fake: bool = True) -> A
 
 def _layer_index(name: str) -> int | None:
     parts = name.split(".")
-    for before, after in zip(parts, parts[1:]):
+    for before, after in itertools.pairwise(parts):
         if before in ("layers", "h", "layer", "blocks") and after.isdigit():
             return int(after)
     return None

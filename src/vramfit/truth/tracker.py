@@ -50,11 +50,12 @@ class _Life:
     died: int | None = None
 
 
+# torch's TorchDispatchMode is untyped: its super() calls are marked for mypy below.
 class LiveTensorTracker(TorchDispatchMode):
     """`with LiveTensorTracker() as tracker: ...`; then tracker.peak_bytes and tracker.breakdown()."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._serials = itertools.count()
         self._by_storage: dict[int, int] = {}   # storage _cdata -> serial, live storages only
         self._lives: dict[int, _Life] = {}
@@ -65,7 +66,7 @@ class LiveTensorTracker(TorchDispatchMode):
         self.peak_bytes = 0
         self._original_resize: Any = None
 
-    def __enter__(self) -> LiveTensorTracker:
+    def __enter__(self) -> LiveTensorTracker:  # noqa: PYI034  (typing.Self needs Python 3.11)
         self._original_resize = torch.UntypedStorage.resize_
         tracker, original = self, self._original_resize
 
@@ -74,12 +75,12 @@ class LiveTensorTracker(TorchDispatchMode):
             tracker._resized(storage)
             return result
 
-        torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
-        super().__enter__()
+        torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign, assignment]
+        super().__enter__()  # type: ignore[no-untyped-call]
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        super().__exit__(*exc)
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)  # type: ignore[no-untyped-call]
         torch.UntypedStorage.resize_ = self._original_resize  # type: ignore[method-assign]
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
