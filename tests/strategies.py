@@ -182,3 +182,49 @@ def damaged_configs(draw: st.DrawFn, configs: list[dict[str, object]]) -> dict[s
         if not config:
             break
     return config
+
+
+# Values that are wrong for any field: wrong types, out of range, absurd; property tests mix them in.
+_HOSTILE = (0, -1, -(10**18), 10**30, True, False, None, "", "8", "nope", 1.5, float("nan"), float("inf"), (), ("x",))
+
+
+def field_values(valid: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """A field's value: mostly valid, sometimes hostile (see _HOSTILE)."""
+    return st.one_of(valid, valid, valid, st.sampled_from(_HOSTILE))
+
+
+@st.composite
+def any_settings(draw: st.DrawFn) -> Settings:
+    """Settings with every field drawn from its valid values or from hostile ones (wrong types, negative,
+    huge, NaN, unknown names), built without validation: what a Python caller can pass. Owner: reliability
+    (tests/test_properties.py: the only exception vramfit raises for them is its own)."""
+    from vramfit.settings import OPTIMIZERS, Parallelism, Precision, Runtime, Training, Workload
+
+    def pick(*values: object) -> object:
+        return draw(field_values(st.sampled_from(values)))
+
+    def count(high: int = 8) -> object:
+        return draw(field_values(st.integers(1, high)))
+
+    workload = Workload(mode=pick("inference", "training"), batch_size=count(16), seq_len=count(4096),
+                        new_tokens=pick(0, 1, 64), grad_accum=count(4), num_beams=count(2),
+                        num_return_sequences=count(2), prefill_chunk=pick(None, 256))  # type: ignore[arg-type]
+    precision = Precision(dtype=pick("auto", "fp32", "fp16", "bf16"), amp=pick(None, "bf16", "fp16"),
+                          quant=pick(None, "bnb-nf4", "bnb-int8", "awq-4bit-g128", "gguf-Q4_K_M", "fp8"),
+                          kv_dtype=pick("auto", "fp8", "int8"))  # type: ignore[arg-type]
+    training = Training(finetune=pick("full", "lora", "qlora", "dora"),
+                        lora=LoRA(rank=count(64), alpha=count(64), dropout=pick(0.0, 0.05),
+                                  targets=pick(("all-linear",), ("q_proj", "v_proj"))),  # type: ignore[arg-type]
+                        optimizer=pick(*OPTIMIZERS), grad_ckpt=pick("none", "full", "selective"),
+                        activation_offload=pick(False, True), frozen_layers=pick(0, 2),
+                        framework=pick("transformers", "torchtune"))  # type: ignore[arg-type]
+    parallelism = Parallelism(gpus=pick(1, 2, 4, 8), tensor=pick(1, 2, 4), pipeline=pick(1, 2), context=pick(1, 2),
+                              expert=pick(1, 2), zero_stage=pick(0, 1, 2, 3),
+                              fsdp=pick("none", "full", "shard-grad-op", "hybrid"),
+                              offload=pick("none", "optimizer", "params"))  # type: ignore[arg-type]
+    runtime = Runtime(name=pick(*RUNTIMES), attention=pick("eager", "sdpa", "flash"),
+                      gpu_memory_utilization=pick(0.9, 0.5), block_size=pick(16, 32), n_gpu_layers=pick(None, 4),
+                      max_num_seqs=pick(None, 16))  # type: ignore[arg-type]
+    return Settings(workload=workload, precision=precision, training=training, parallelism=parallelism,
+                    runtime=runtime, gpu=pick(None, "h100-80gb", "rtx-4090"),
+                    gpu_memory=pick(None, 24 * 2**30))  # type: ignore[arg-type]
