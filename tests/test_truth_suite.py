@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-import vramfit.truth.trace as trace_module  # noqa: E402
-from vramfit.truth.rows import read_rows  # noqa: E402
-from vramfit.truth.suite import cases, run  # noqa: E402
-from vramfit.truth.trace import TraceResult  # noqa: E402
+import vramfit.truth.trace as trace_module
+from vramfit.truth.rows import read_rows
+from vramfit.truth.suite import cases, run
+from vramfit.truth.trace import TraceResult
 
 
 def test_cases_are_unique_and_at_least_60() -> None:
