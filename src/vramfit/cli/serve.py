@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vramfit.errors import MissingExtra
+from vramfit.errors import InvalidSetting, MissingExtra
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "(default: off; requests use the catalog or a pasted config.json)")
     parser.add_argument("--max-body-kib", type=int, default=1024,
                         help="largest request body accepted, in KiB (default: 1024)")
+    parser.add_argument("--request-timeout", type=float, default=30.0,
+                        help="seconds a request may run before it gets 503 (default: 30)")
     parser.set_defaults(handler=run)
 
 
@@ -29,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
                            "pip install 'vramfit[web]'") from error
     from vramfit.web.app import create_app
 
-    app = create_app(allow_network=args.allow_network, max_body_bytes=args.max_body_kib * 1024)
+    if not args.request_timeout > 0:
+        raise InvalidSetting(f"--request-timeout: {args.request_timeout} must be more than 0 seconds, e.g. 30")
+    app = create_app(allow_network=args.allow_network, max_body_bytes=args.max_body_kib * 1024,
+                     request_timeout_s=args.request_timeout)
     print(f"vramfit: serving http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

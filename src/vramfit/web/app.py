@@ -21,6 +21,8 @@ with the same one-line message the CLI prints.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -55,6 +57,9 @@ from vramfit.web.schemas import (
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY_BYTES = 1024**2
+# The slowest legitimate request measured (fit over every GPU up to 1024 of them, DeepSeek-V3 training) takes
+# about 6 s on one core; 30 s leaves room for a loaded machine and stops a pathological one.
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 Scope = MutableMapping[str, Any]
@@ -64,8 +69,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def create_app(*, allow_network: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
-    """The app; `allow_network` lets requests name hub ids outside the catalog (read from the hub)."""
+def create_app(*, allow_network: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> FastAPI:
+    """The app; `allow_network` lets requests name hub ids outside the catalog (read from the hub);
+    a request still running after `request_timeout_s` gets 503 (see `Deadline`)."""
     app = FastAPI(title="vramfit", version=_version(), docs_url=None, redoc_url=None,
                   description="Exact, explained per-GPU memory of LLM inference and training.")
     app.state.allow_network = allow_network
@@ -73,6 +80,7 @@ def create_app(*, allow_network: bool = False, max_body_bytes: int = DEFAULT_MAX
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _routes(app)
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
+    app.add_middleware(Deadline, seconds=request_timeout_s)
     return app
 
 
@@ -224,3 +232,39 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+class Deadline:
+    """ASGI middleware: a request that has not started its response after `seconds` gets 503 with a message,
+    instead of holding its client (and a worker) without an answer. The work itself runs in Starlette's
+    thread pool, where it cannot be interrupted: it finishes in the background and its response is dropped.
+    What bounds that work is the validation (layer counts, sizes, search limits), not this deadline."""
+
+    def __init__(self, app: ASGIApp, *, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = {"started": False, "expired": False}
+
+        async def guarded_send(message: Message) -> None:
+            if state["expired"]:
+                return
+            state["started"] = state["started"] or message["type"] == "http.response.start"
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, receive, guarded_send))
+        done, _ = await asyncio.wait({task}, timeout=self.seconds)
+        if task in done or state["started"]:
+            await task
+            return
+        state["expired"] = True
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())   # collected, never logged as lost
+        body = json.dumps({"detail": f"the request took longer than {self.seconds:g} s and was abandoned; ask "
+                                     "for less (fewer GPUs in fit or plan, a lower search limit)",
+                           "error": "Timeout"}).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
