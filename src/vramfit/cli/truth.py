@@ -112,6 +112,9 @@ def _register_validate(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     parser.add_argument("--max-p90", type=float, help="fail when the p90 |error| exceeds this fraction")
     parser.add_argument("--max-error", type=float, help="fail when any |error| exceeds this fraction")
     parser.add_argument("--plot", metavar="PNG", help="also save predicted vs truth as a scatter plot (matplotlib)")
+    parser.add_argument("--results", metavar="FILE.jsonl",
+                        help="append each row's outcome here as it finishes; a rerun reads finished rows back "
+                             "instead of scoring them again (resume after an interruption)")
     parser.add_argument("--convert-published", metavar="SRC",
                         help="convert published measurements into truth rows (written to --output) and stop")
     parser.add_argument("--output", default=str(DEFAULT_TRUTH_DIR / "published.jsonl"),
@@ -126,7 +129,8 @@ def run_validate(args: argparse.Namespace) -> int:
         return convert([args.convert_published, args.output])
     from vramfit.truth.validate import check_thresholds, summary, validate_files
 
-    report = check_thresholds(validate_files(_truth_files(args.files)), _limits(args))
+    results = Path(args.results) if args.results else None
+    report = check_thresholds(validate_files(_truth_files(args.files), results=results), _limits(args))
     data = summary(report)
     print(json.dumps(data, indent=2) if args.json else render(data))
     if args.plot:

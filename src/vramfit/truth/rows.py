@@ -111,17 +111,45 @@ def read_rows(path: str | Path) -> list[TruthRow]:
 
 
 def finished_ids(path: str | Path) -> set[str]:
-    """Ids already in a file (empty when it does not exist yet): what a resumed run skips."""
+    """Ids already in a file (empty when it does not exist yet): what a resumed run skips. A torn last line
+    (a run killed while writing it) is not finished: it is skipped here, and `append_row` cuts it off."""
     path = Path(path)
-    return {row.id for row in read_rows(path)} if path.is_file() else set()
+    if not path.is_file():
+        return set()
+    drop_torn_tail(path)
+    return {row.id for row in read_rows(path)}
 
 
-def append_row(path: str | Path, row: TruthRow) -> None:
-    """Append one row and make it durable at once (flush + fsync), so an interrupted run keeps it."""
+def append_row(path: str | Path, row: TruthRow) -> bool:
+    """Append one row and make it durable at once (flush + fsync), so an interrupted run keeps it. A row whose
+    id the file already has is not appended again (returns False): a rerun never duplicates a finished row."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(row.check().to_dict(), sort_keys=True) + "\n"
+    if path.is_file() and row.id in finished_ids(path):
+        return False
     with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row.check().to_dict(), sort_keys=True) + "\n")
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+def drop_torn_tail(path: Path) -> None:
+    """A file that does not end in a newline was cut while its last line was written (rows are written whole,
+    newline included): cut the partial line off, so the next row starts on a line of its own. A last line
+    that is complete JSON but lost only its newline gets the newline back."""
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[start:])
+    except ValueError:
+        os.truncate(path, start)   # in place: the finished rows before it are never rewritten
+        return
+    with path.open("ab") as handle:
+        handle.write(b"\n")
         handle.flush()
         os.fsync(handle.fileno())
 

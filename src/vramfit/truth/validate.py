@@ -10,17 +10,20 @@ unmapped with the reason, never silently dropped.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vramfit.errors import VramfitError
+from vramfit.errors import InvalidConfig, VramfitError
 from vramfit.model.loaded import Model
 from vramfit.settings import settings_from_dict
-from vramfit.truth.rows import TruthRow, read_rows
+from vramfit.truth.rows import TruthRow, drop_torn_tail, read_rows
 
 ModelLoader = Callable[[str], Model]
 
@@ -116,20 +119,76 @@ def _score_oom(row: TruthRow, predicted: int, capacity_bytes: int | None) -> Sco
     return Scored(row=row, predicted=predicted, truth=None, error=None, oom_caught=predicted > capacity_bytes)
 
 
-def validate_rows(rows: Iterable[tuple[TruthRow, Path | None]], load: ModelLoader | None = None) -> Report:
+def validate_rows(rows: Iterable[tuple[TruthRow, Path | None]], load: ModelLoader | None = None, *,
+                  results: Path | None = None) -> Report:
+    """Score every row. With `results`, each row's outcome is appended there (flushed) as it finishes, and
+    rows whose outcome the file already holds are not scored again: an interrupted run resumes."""
     load = load or default_loader()
-    outcomes = [score_row(row, load, base) for row, base in rows]
+    done = _finished_results(results) if results is not None else {}
+    outcomes = []
+    for row, base in rows:
+        key = _result_key(row, base)
+        outcome = _outcome_from(done[key], row) if key in done else score_row(row, load, base)
+        if results is not None and key not in done:
+            _append_result(results, key, outcome)
+            done[key] = _outcome_dict(outcome)
+        outcomes.append(outcome)
     return Report(scored=tuple(o for o in outcomes if isinstance(o, Scored)),
                   unmapped=tuple(o for o in outcomes if isinstance(o, Unmapped)))
 
 
-def validate_files(paths: Sequence[str | Path], load: ModelLoader | None = None) -> Report:
+def validate_files(paths: Sequence[str | Path], load: ModelLoader | None = None, *,
+                   results: Path | None = None) -> Report:
     """Every row of every file; ids must be unique within a file."""
     rows: list[tuple[TruthRow, Path | None]] = []
     for path in paths:
         base = Path(path).resolve().parent
         rows.extend((row, base) for row in read_rows(path))
-    return validate_rows(rows, load)
+    return validate_rows(rows, load, results=results)
+
+
+def _result_key(row: TruthRow, base: Path | None) -> str:
+    """The row's id and a digest of everything in it: an edited row is scored again, not read back."""
+    content = json.dumps([row.to_dict(), str(base)], sort_keys=True).encode()
+    return f"{row.id}#{hashlib.sha256(content).hexdigest()[:16]}"
+
+
+def _outcome_dict(outcome: Scored | Unmapped) -> dict[str, Any]:
+    if isinstance(outcome, Unmapped):
+        return {"reason": outcome.reason}
+    return {"predicted": outcome.predicted, "truth": outcome.truth, "error": outcome.error,
+            "oom_caught": outcome.oom_caught}
+
+
+def _outcome_from(data: dict[str, Any], row: TruthRow) -> Scored | Unmapped:
+    if "reason" in data:
+        return Unmapped(id=row.id, reason=data["reason"])
+    return Scored(row=row, predicted=data["predicted"], truth=data["truth"], error=data["error"],
+                  oom_caught=data["oom_caught"])
+
+
+def _finished_results(path: Path) -> dict[str, dict[str, Any]]:
+    """Outcomes already in a results file; a torn last line (a killed run) is cut off and redone."""
+    if not path.is_file():
+        return {}
+    drop_torn_tail(path)
+    done = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            data = json.loads(line)
+            done[data["key"]] = data["outcome"]
+        except (ValueError, KeyError, TypeError):
+            raise InvalidConfig(f"{path}:{number}: not a validate result line; delete the file to start "
+                                "over") from None
+    return done
+
+
+def _append_result(path: Path, key: str, outcome: Scored | Unmapped) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"key": key, "outcome": _outcome_dict(outcome)}, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def summary(report: Report) -> dict[str, Any]:
