@@ -113,6 +113,12 @@ _ROW = ("o_proj", "down_proj")
 def _tensor_parallel(module: Any, mesh: Any) -> Any:
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+    if any(".experts." in name for name, _ in module.named_parameters()):
+        from vramfit.truth.trace import _MEASURE, Untraceable
+
+        raise Untraceable(f"tensor parallelism of mixture-of-experts layers (how the experts are split) is not "
+                          f"traced; {_MEASURE}")
+
     for layer in _decoder_layers(module):
         plan: dict[str, Any] = {}
         for name, _ in layer.named_modules():
