@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from vramfit.settings import settings_from_dict
-from vramfit.truth.published import convert_file, convert_row, gpu_capacity_bytes
+from vramfit.truth.published import catalog_gpu, convert_file, convert_row, gpu_capacity_bytes
 from vramfit.truth.rows import read_rows
 from vramfit.units import GiB, MiB
 
@@ -67,8 +67,15 @@ def test_precision_and_inference_tokens() -> None:
 def test_oom_rows_carry_the_gpu_capacity() -> None:
     row = convert_row(_src(oom=True, what_measured="OOM", measured_gb=None))
     assert (row.oom, row.measure, row.truth) == (True, "device", {})
-    assert settings_from_dict(row.settings).gpu_memory == 40 * GiB
+    settings = settings_from_dict(row.settings)
+    assert (settings.gpu, settings.gpu_memory) == ("a100-40gb", None)   # the catalog knows the card
+    unknown = settings_from_dict(convert_row(_src(oom=True, what_measured="OOM", measured_gb=None,
+                                                  gpus={"count": 2, "type": "40GB GPUs (stated '2X40GB')"}),
+                                             ).settings)
+    assert (unknown.gpu, unknown.gpu_memory) == (None, 40 * GiB)       # only a size: nominal GiB
     assert gpu_capacity_bytes("A100 (runpod)") is None
+    assert catalog_gpu("A10G 24GB") == "a10g"
+    assert catalog_gpu("A100 (runpod)") is None
 
 
 @pytest.mark.parametrize(("change", "reason"), [

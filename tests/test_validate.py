@@ -147,3 +147,13 @@ def test_unmapped_rows_count_against_their_kind(tmp_path: Path, predicted: dict[
     assert check_thresholds(report, {"traced": {"unmapped": 0}}).failures == ()
     assert check_thresholds(report, {"measured": {"unmapped": 0}}).failures == (
         "measured rows: unmapped 1 exceeds the threshold 0",)
+
+
+def test_oom_capacity_comes_from_the_gpu_catalog(tmp_path: Path, predicted: dict[int, int]) -> None:
+    predicted[8] = 30 * GB                              # batch 8 predicts more than an A10G's 22.49 GiB usable
+    a10g = Settings().replace(gpu="a10g")
+    path = tmp_path / "t.jsonl"
+    write_rows(path, [_row("small", 0, oom=True, truth={}, measure="device", settings=a10g.to_dict()),
+                      _row("large", 0, oom=True, truth={}, measure="device",
+                           settings=a10g.replace(batch_size=8).to_dict())])
+    assert summary(validate_files([path], _load))["oom"] == {"rows": 2, "missed": ["small"]}

@@ -17,9 +17,11 @@ Each source row names what it measured (`what_measured`) and in which unit (`mea
   (torchtitan logs torch.cuda max_reserved, torchtitan/tools/utils.py GPUMemoryMonitor); AutoAWQ's
   "Memory (VRAM)" -> allocated (casper-hansen/AutoAWQ examples/benchmark.py: max_memory_allocated/1024**3);
   pynvml / nvidia-smi / per-GPU figures -> device.
-- OOM rows: measure "device" and settings.gpu_memory = the card's capacity, so validate can check that the
-  estimate exceeds it. Capacity is the nominal size, read as GiB (a "40GB" A100 has 40 GiB of HBM); the
-  usable part is a little smaller, so an estimate between the two is scored as a miss (conservative).
+- GPUs: settings.gpu = the vramfit catalog id where the name identifies one (vramfit.gpus.lookup), so
+  the estimate knows the card; otherwise settings.gpu_memory = the nominal size in the name, read as GiB
+  (a "40GB" card has 40 GiB). OOM rows (measure "device") are caught when the estimate exceeds that
+  capacity: the catalog's driver-reported usable bytes, else the nominal size (conservative: an estimate
+  between usable and nominal counts as a miss).
 Rows that cannot be mapped keep their place with "unmapped": the reason.
 """
 
@@ -62,7 +64,7 @@ def convert_row(src: dict[str, Any]) -> TruthRow:
     try:
         settings, group = settings_of(src)
         measure, truth, oom = measured(src)
-        if oom and settings.gpu_memory is None:
+        if oom and settings.gpu is None and settings.gpu_memory is None:
             raise Unmappable(f"OOM on an unknown GPU ({src.get('gpus')}): no capacity to compare against")
     except Unmappable as reason:
         return TruthRow(**base, model=str(src.get("model")), settings={}, unmapped=str(reason))
@@ -91,9 +93,10 @@ def settings_of(src: dict[str, Any]) -> tuple[Settings, str]:
     precision = _precision(src["dtype_quant"])
     if str(src["method"]) == "qlora":   # finetune qlora is the NF4 base: vramfit takes no --quant beside it
         precision = Precision(dtype=precision.dtype, amp=precision.amp)
+    gpu = catalog_gpu(src["gpus"].get("type"))
     settings = Settings(workload=workload, precision=precision,
                         training=_training(src), parallelism=_parallelism(src), runtime=_runtime(src),
-                        gpu_memory=gpu_capacity_bytes(src["gpus"].get("type")))
+                        gpu=gpu, gpu_memory=None if gpu else gpu_capacity_bytes(src["gpus"].get("type")))
     return settings, group
 
 
@@ -199,6 +202,21 @@ def _runtime(src: dict[str, Any]) -> Runtime:
     text = str(flash).lower()
     attention: Any = "flash" if flash is True else "sdpa" if ("sdpa" in text or "default" in text) else "eager"
     return Runtime(name="litgpt" if _is_litgpt(src) else "transformers", attention=attention)
+
+
+def catalog_gpu(gpu_type: Any) -> str | None:
+    """The vramfit GPU catalog id of a source's GPU name ('Tesla V100-SXM2 16GB' -> v100-16gb, 'A10G 24GB'
+    -> a10g), or None for a class of GPUs or an ambiguous name ('A100', '80GB-class')."""
+    from vramfit.errors import InvalidSetting
+    from vramfit.gpus import lookup
+
+    cleaned = re.sub(r"\(.*?\)|-?SXM\d|Tesla", " ", str(gpu_type or "")).strip()
+    for name in (cleaned, re.sub(r"\s*\d+\s*GB$", "", cleaned)):
+        try:
+            return lookup(name).id if name else None
+        except InvalidSetting:
+            continue
+    return None
 
 
 def gpu_capacity_bytes(gpu_type: Any) -> int | None:

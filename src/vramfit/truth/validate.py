@@ -3,7 +3,7 @@
 Torch-free: it only calls `vramfit.estimate`. The error of a row is (predicted - truth) / truth, where both
 are the quantity the row measured (allocated, reserved or device); summaries use its absolute value.
 An OOM row has no truth number: it counts as caught when the predicted peak exceeds the GPU's capacity
-(settings.gpu_memory), and as missed otherwise; OOM rows are reported apart from the error statistics.
+(settings.gpu_memory, else the catalog's usable bytes of settings.gpu), and as missed otherwise; OOM rows are reported apart from the error statistics.
 Rows that cannot be estimated (model not in the catalog, a setting vramfit does not model) are listed as
 unmapped with the reason, never silently dropped.
 """
@@ -107,14 +107,16 @@ def score_row(row: TruthRow, load: ModelLoader, base: Path | None = None) -> Sco
         return Unmapped(id=row.id, reason=f"{type(error).__name__}: {error}", kind=row.kind)
     predicted = int(getattr(result.peak, row.measure))
     if row.oom:
-        return _score_oom(row, predicted, settings.gpu_memory)
+        from vramfit.gpus import capacity_bytes
+
+        return _score_oom(row, predicted, capacity_bytes(settings.gpu, settings.gpu_memory))
     truth = int(row.truth[row.measure])
     return Scored(row=row, predicted=predicted, truth=truth, error=(predicted - truth) / truth)
 
 
 def _score_oom(row: TruthRow, predicted: int, capacity_bytes: int | None) -> Scored | Unmapped:
     if capacity_bytes is None:
-        return Unmapped(id=row.id, reason="OOM row without settings.gpu_memory: nothing to compare against",
+        return Unmapped(id=row.id, reason="OOM row without settings.gpu or gpu_memory: nothing to compare against",
                         kind=row.kind)
     return Scored(row=row, predicted=predicted, truth=None, error=None, oom_caught=predicted > capacity_bytes)
 
