@@ -17,12 +17,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-import vramfit.truth.measure as measure_module  # noqa: E402
-from vramfit.cli import main  # noqa: E402
-from vramfit.model.sources import load_model  # noqa: E402
-from vramfit.settings import Settings  # noqa: E402
-from vramfit.truth.measure import measure, record  # noqa: E402
-from vramfit.truth.rows import read_rows  # noqa: E402
+import vramfit.truth.measure as measure_module
+from vramfit.cli import main
+from vramfit.model.sources import load_model
+from vramfit.settings import Settings
+from vramfit.truth.measure import measure, record
+from vramfit.truth.rows import read_rows
 
 TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
         "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,

@@ -13,11 +13,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from vramfit.cli import main  # noqa: E402
-from vramfit.model.sources import load_model  # noqa: E402
-from vramfit.settings import Settings  # noqa: E402
-from vramfit.truth.trace import Untraceable, trace  # noqa: E402
-from vramfit.truth.tracker import LiveTensorTracker, rounded_bytes  # noqa: E402
+from vramfit.cli import main
+from vramfit.model.sources import load_model
+from vramfit.settings import Settings
+from vramfit.truth.trace import Untraceable, trace
+from vramfit.truth.tracker import LiveTensorTracker, rounded_bytes
 
 TINY_LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
               "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,

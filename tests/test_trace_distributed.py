@@ -11,9 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from vramfit.model.sources import load_model  # noqa: E402
-from vramfit.settings import Settings  # noqa: E402
-from vramfit.truth.trace import Untraceable, trace  # noqa: E402
+from vramfit.model.sources import load_model
+from vramfit.settings import Settings
+from vramfit.truth.trace import Untraceable, trace
 
 TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,

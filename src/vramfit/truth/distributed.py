@@ -6,7 +6,8 @@ real layout's: FSDP2 (torch.distributed.fsdp.fully_shard) per decoder layer and 
 reshard_after_forward True for "full", False for "shard-grad-op", over a (replicate, shard) mesh for
 "hybrid"; DistributedDataParallel (gradient buckets included); tensor parallelism with DTensor
 (torch.distributed.tensor.parallel: q/k/v and gate/up column-wise, o and down row-wise, the head
-column-wise with its logits gathered, as transformers' tp_plan; the embedding and a tied head replicated). The device mesh is built before entering fake mode.
+column-wise with its logits gathered, as transformers' tp_plan; the embedding and a tied head
+replicated). The device mesh is built before entering fake mode.
 
 Ranks: rank 0 and the last rank are traced (FSDP2 pads every shard to the same size, and DDP and TP ranks
 hold the same shapes, so the ranks between them hold what these hold); each one's peak is reported and

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
@@ -71,6 +72,7 @@ def cuda_environment(torch: Any) -> dict[str, Any]:
 
     properties = torch.cuda.get_device_properties(0)
     return {"gpu": torch.cuda.get_device_name(0), "gpu_total_bytes": int(properties.total_memory),
+            "utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "driver": _nvml(lambda nvml, handle: _text(nvml.nvmlSystemGetDriverVersion())),
             "cuda": torch.version.cuda, "torch": torch.__version__, "transformers": transformers.__version__}
 
@@ -148,7 +150,9 @@ def measurement_row(result: Measurement, *, model_id: str, measure: str = "alloc
     from vramfit.truth.trace import settings_tag
 
     gpu = str(result.env.get("gpu", "gpu")).replace(" ", "-")
-    return TruthRow(id=row_id or f"measure/{gpu}/{model_id}/{settings_tag(result.settings)}", kind="measured",
+    # Every run is its own row (append_row never repeats an id): the run's UTC time ends the id.
+    run = result.env.get("utc", "")
+    return TruthRow(id=row_id or f"measure/{gpu}/{model_id}/{settings_tag(result.settings)}/{run}", kind="measured",
                     model=model_id, settings=result.settings.to_dict(), truth=result.truth(),
                     measure="device" if result.oom else cast(Quantity, measure), oom=result.oom, group=group,
                     breakdown={"allocated_at_failure": result.allocated_bytes} if result.oom else {},

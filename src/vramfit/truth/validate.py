@@ -3,7 +3,8 @@
 Torch-free: it only calls `vramfit.estimate`. The error of a row is (predicted - truth) / truth, where both
 are the quantity the row measured (allocated, reserved or device); summaries use its absolute value.
 An OOM row has no truth number: it counts as caught when the predicted peak exceeds the GPU's capacity
-(settings.gpu_memory, else the catalog's usable bytes of settings.gpu), and as missed otherwise; OOM rows are reported apart from the error statistics.
+(settings.gpu_memory, else the catalog's usable bytes of settings.gpu), and as missed otherwise; OOM rows
+are reported apart from the error statistics.
 Rows that cannot be estimated (model not in the catalog, a setting vramfit does not model) are listed as
 unmapped with the reason, never silently dropped.
 """
@@ -164,7 +165,7 @@ def _outcome_dict(outcome: Scored | Unmapped) -> dict[str, Any]:
 
 def _outcome_from(data: dict[str, Any], row: TruthRow) -> Scored | Unmapped:
     if "reason" in data:
-        return Unmapped(id=row.id, reason=data["reason"])
+        return Unmapped(id=row.id, reason=data["reason"], kind=row.kind)
     return Scored(row=row, predicted=data["predicted"], truth=data["truth"], error=data["error"],
                   oom_caught=data["oom_caught"])
 
