@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from vramfit.errors import InvalidSetting
+from vramfit.estimate import resolve_settings
 from vramfit.model.loaded import Model
 from vramfit.settings import Settings
 from vramfit.truth.rows import Quantity, TruthRow, append_row
@@ -29,7 +30,6 @@ from vramfit.truth.trace import (
     build_model,
     check_generation,
     check_traceable,
-    concrete_dtype,
     require_torch,
     run_step,
 )
@@ -107,7 +107,7 @@ def measure(model: Model | str, settings: Settings, *, device: str = "cuda") -> 
         from vramfit.model.sources import load_model
 
         model = load_model(model)
-    settings = concrete_dtype(model, settings.validate())
+    settings = resolve_settings(settings, model).validate()
     check_traceable(settings)
     check_generation(model, settings)
     if not torch.cuda.is_available():

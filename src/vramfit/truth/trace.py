@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vramfit.errors import InvalidSetting, MissingExtra
+from vramfit.estimate import resolve_settings
 from vramfit.model.loaded import Model
 from vramfit.settings import Settings
 
@@ -116,14 +117,6 @@ def check_traceable(settings: Settings) -> None:
             raise Untraceable(f"{reason}; {_MEASURE}")
 
 
-def concrete_dtype(model: Model, settings: Settings) -> Settings:
-    """dtype "auto" made concrete as transformers' dtype="auto" loads it (Model.weight_dtype, else bf16), so
-    the recorded settings say what ran."""
-    if settings.precision.dtype != "auto":
-        return settings
-    return settings.replace(dtype=model.weight_dtype or "bf16")
-
-
 def check_generation(model: Model, settings: Settings) -> None:
     """Inference needs a decoder alone or an encoder alone: an encoder generates nothing (one forward pass),
     and encoder-decoder inference is not traced."""
@@ -145,7 +138,7 @@ def trace(model: Model | str, settings: Settings, *, fake: bool = True) -> Trace
         from vramfit.model.sources import load_model
 
         model = load_model(model)
-    settings = concrete_dtype(model, settings.validate())
+    settings = resolve_settings(settings, model).validate()
     check_traceable(settings)
     check_generation(model, settings)
     from vramfit.truth import distributed
