@@ -83,9 +83,26 @@ def test_vllm_reports_pool_tokens_and_full_length_sequences(llama3) -> None:  # 
 
 
 def test_tensor_parallel_halves_weights_and_replicates_norms(llama3) -> None:  # type: ignore[no-untyped-def]
+    """transformers' TP plan: blocks and the untied lm_head split, norms and embed_tokens whole."""
     tp2 = estimate(llama3, Settings(), tensor=2, gpus=2).memory["weights"]
     norms = 2 * 4096 * (2 * 32 + 1)
+    embedding = 2 * 128256 * 4096
+    assert tp2 == (2 * 8_030_261_248 - norms - embedding) // 2 + norms + embedding
+
+
+def test_vllm_tensor_parallel_splits_the_padded_vocabulary(llama3) -> None:  # type: ignore[no-untyped-def]
+    """vLLM's VocabParallelEmbedding and ParallelLMHead: 128256 rows (a multiple of 64) split in two."""
+    tp2 = estimate(llama3, Settings(), tensor=2, gpus=2, name="vllm").memory["weights"]
+    norms = 2 * 4096 * (2 * 32 + 1)
     assert tp2 == (2 * 8_030_261_248 - norms) // 2 + norms
+
+
+def test_tensor_parallel_head_gathers_logits(llama3) -> None:  # type: ignore[no-untyped-def]
+    """colwise_gather_output: the rank's vocabulary slice, the all-gather buffer and the concatenated logits
+    (a plain forward of 1 x 1024 tokens returns logits for every position)."""
+    tp4 = estimate(llama3, Settings(), tensor=4, gpus=4, seq_len=1024, new_tokens=0).memory["logits"]
+    full = 1024 * 128256 * 2
+    assert tp4 == 2 * full + full // 4
 
 
 def test_pipeline_reports_the_most_loaded_stage(llama3) -> None:  # type: ignore[no-untyped-def]
@@ -182,3 +199,46 @@ def test_k_and_v_projections_are_replicated_beyond_the_kv_heads(llama3) -> None:
     q_rows = {t.rows for t in tensors if t.role == "attn_q"}
     assert k_rows == {128}          # one whole kv head (8 heads over 16 ranks: each head on two ranks)
     assert q_rows == {4096 // 16}   # query heads split evenly
+
+
+def _gemma2_layers() -> tuple[object, ...]:
+    return tuple(load_model("google/gemma-2-2b").architecture.layers())
+
+
+def test_softmax_converts_bf16_scores_to_fp32_first() -> None:
+    """aten softmax(x, dtype=float32): bf16 input, its fp32 copy and the fp32 result (10 bytes per score);
+    a CUDA fp16 input takes the half-to-float kernel (the 8 of the `.to(dtype)` after it); fp32 8."""
+    def per_score(dtype: str, element_bytes: int) -> int:
+        return forward.softmax_bytes_per_score(forward.Pass(sequences=1, tokens=1, context=1,
+                                                            element_bytes=element_bytes, dtype=dtype))
+    assert (per_score("bf16", 2), per_score("fp16", 2), per_score("fp32", 4)) == (10, 8, 8)
+
+
+def test_masks_live_for_the_whole_forward() -> None:
+    """gemma-2 mixes full and sliding (4096) layers: eager keeps two additive masks; sdpa keeps one bool
+    mask once the context reaches the window and none below it; flash none."""
+    layers = _gemma2_layers()
+
+    def masks(attention: str, tokens: int) -> int:
+        return forward.mask_bytes(layers, forward.Pass(sequences=1, tokens=tokens, context=tokens,  # type: ignore[arg-type]
+                                                       element_bytes=2, attention=attention))
+    assert masks("eager", 2048) == 2 * 2048 * 2048 * 2
+    assert (masks("sdpa", 4096), masks("sdpa", 4095)) == (4096 * 4096, 0)
+    assert masks("flash", 8192) == 0
+
+
+def test_final_logit_softcapping_holds_two_logits() -> None:
+    """Gemma2ForCausalLM: logits / cap, tanh, * cap out of place: two full logits tensors at once."""
+    gemma = load_model("google/gemma-2-2b")
+    logits = estimate(gemma, Settings(), seq_len=2048, new_tokens=0, dtype="bf16",
+                      attention="eager").memory["logits"]
+    assert logits == 2 * 2048 * 256000 * 2
+
+
+def test_tensor_parallel_splits_heads_and_mlp_width(llama3) -> None:  # type: ignore[no-untyped-def]
+    """Per rank: heads / tp, kv heads / tp and intermediate / tp; the hidden states stay whole."""
+    layer = next(iter(llama3.architecture.layers()))
+    one = forward.Pass(sequences=1, tokens=1024, context=1024, element_bytes=2)
+    four = forward.Pass(sequences=1, tokens=1024, context=1024, element_bytes=2, tensor=4)
+    assert forward.mlp_bytes(layer, four) * 4 == forward.mlp_bytes(layer, one)
+    assert forward.attention_bytes(layer, four) * 4 == forward.attention_bytes(layer, one)

@@ -13,9 +13,24 @@ sequences of T new tokens (attending to C cached plus new tokens), element size 
   the output, plus, for eager attention, the score matrix B*heads*T*C: eager_attention_forward
   (models/llama/modeling_llama.py) computes matmul*scaling (+mask) in the compute dtype, softmax in fp32
   then `.to(dtype)` while the input is still referenced: 2 x e + 4 bytes per score, K and V repeated to
-  all heads (`repeat_kv`), and the additive mask B x 1 x T x C in the compute dtype. sdpa (with
+  all heads (`repeat_kv`);
+  `softmax(x, dtype=torch.float32)` first converts x to fp32 (aten/src/ATen/native/SoftMax.cpp `softmax`:
+  `input_.toType(dtype)`; only a CUDA fp16 input takes the half-to-float kernel without a copy), so a
+  bf16 score moment holds the input (e), its fp32 copy (4) and the fp32 result (4): 2 + 4 + 4 = 10 bytes,
+  more than the 8 of the `.to(dtype)` that follows (seen at the peak of a traced gemma-2-2b prefill:
+  aten._softmax with both fp32 tensors and the bf16 input live). sdpa (with
   enable_gqa, mask None for plain causal batches) and flash attention never materialize scores: their
   workspace is the B*heads*T fp32 log-sum-exp, counted here.
+- the masks, built once before the first block and kept for the whole forward (transformers
+  masking_utils; `causal_mask_mapping` in models/gemma2/modeling_gemma2.py, gemma3 likewise): eager gets
+  an additive B x 1 x T x C mask in the compute dtype per attention kind the stack has (full, sliding);
+  sdpa gets None for a plain causal batch, but a bool B x 1 x T x C mask for sliding layers once the
+  context reaches the window (`_ignore_causal_mask_sdpa`: `local_attention_size is not None and
+  kv_length >= local_attention_size` cannot skip); flash attention takes no mask.
+
+Tensor parallelism (column-parallel q/k/v and gate/up, row-parallel o and down) leaves each rank its
+heads / tp query heads, kv_heads / tp key/value heads (never below one) and intermediate / tp MLP
+columns; the hidden states between blocks stay whole on every rank.
 """
 
 from __future__ import annotations
@@ -43,6 +58,8 @@ class Pass:
     context: int
     element_bytes: int
     attention: str = "sdpa"   # eager, sdpa or flash
+    dtype: str = ""           # the compute dtype's name: fp16 softmax skips the fp32 copy on CUDA
+    tensor: int = 1           # tensor-parallel ranks: heads and MLP width per rank
 
 
 def resident_bytes(hidden_size: int, p: Pass) -> int:
@@ -56,36 +73,59 @@ def mlp_bytes(layer: Layer, p: Pass) -> int:
     mlp = layer.mlp
     if isinstance(mlp, MixtureOfExperts):
         routed = rows * mlp.experts_per_token
-        expert = _ffn_width_bytes(mlp.expert, routed, p.element_bytes)
+        expert = _ffn_width_bytes(mlp.expert, routed, p)
         return expert + rows * mlp.experts * 4 + 2 * routed * mlp.hidden_size * p.element_bytes
-    return _ffn_width_bytes(mlp, rows, p.element_bytes)
+    return _ffn_width_bytes(mlp, rows, p)
 
 
-def _ffn_width_bytes(mlp: FeedForward, rows: int, element_bytes: int) -> int:
+def _ffn_width_bytes(mlp: FeedForward, rows: int, p: Pass) -> int:
     tensors = 3 if isinstance(mlp, GatedMLP) else 2
-    return tensors * rows * mlp.intermediate_size * element_bytes
+    return tensors * rows * -(-mlp.intermediate_size // p.tensor) * p.element_bytes
 
 
 def attention_bytes(layer: Layer, p: Pass) -> int:
     """The attention's largest moment: projections, rotary copies, output, and eager scores."""
     attn = layer.attention
-    heads, q_dim, kv_width = _shape(attn)
+    heads, q_dim, kv_width = _shape(attn, p.tensor)
     rows = p.sequences * p.tokens
     projections = 2 * rows * (heads * q_dim + kv_width) * p.element_bytes + rows * heads * q_dim * p.element_bytes
     if p.attention != "eager":
         return projections + p.sequences * heads * p.tokens * 4
     scores = p.sequences * heads * p.tokens * p.context
-    score_bytes = 8 if p.element_bytes == 4 else 2 * p.element_bytes + 4
-    mask = p.sequences * p.tokens * p.context * p.element_bytes
+    score_bytes = softmax_bytes_per_score(p)
     repeated = 2 * p.sequences * p.context * heads * q_dim * p.element_bytes
-    return projections + scores * score_bytes + mask + repeated
+    return projections + scores * score_bytes + repeated
 
 
-def _shape(attn: Attention | LatentAttention) -> tuple[int, int, int]:
-    """(heads, per-head query width, K+V width per token) of one layer."""
+def softmax_bytes_per_score(p: Pass) -> int:
+    """Bytes per eager attention score at its largest moment (module docstring): fp32 8 (input and
+    result), fp16 on CUDA 2 + 4 + 2 (softmax, then `.to(dtype)` beside its input), bf16 2 + 4 + 4."""
+    if p.element_bytes == 4:
+        return 8
+    if p.dtype == "fp16":
+        return 2 * p.element_bytes + 4
+    return p.element_bytes + 4 + 4
+
+
+def mask_bytes(layers: tuple[Layer, ...], p: Pass) -> int:
+    """The masks a forward keeps for all its blocks (module docstring): eager one additive mask per
+    attention kind, sdpa one bool mask when a sliding window is no longer than the context."""
+    elements = p.sequences * p.tokens * p.context
+    windows = {getattr(layer.attention, "sliding_window", None) for layer in layers}
+    if p.attention == "eager":
+        return len({window is not None for window in windows}) * elements * p.element_bytes
+    if p.attention == "sdpa" and any(window is not None and p.context >= window for window in windows):
+        return elements
+    return 0
+
+
+def _shape(attn: Attention | LatentAttention, tensor: int = 1) -> tuple[int, int, int]:
+    """(heads, per-head query width, K+V width per token) of one layer on one tensor-parallel rank."""
+    heads = -(-attn.heads // tensor)
     if isinstance(attn, LatentAttention):
-        return attn.heads, attn.qk_head_dim, attn.heads * (attn.qk_head_dim + attn.v_head_dim)
-    return attn.heads, attn.head_dim, 2 * attn.kv_heads * attn.head_dim
+        return heads, attn.qk_head_dim, heads * (attn.qk_head_dim + attn.v_head_dim)
+    kv_heads = attn.kv_heads // tensor if tensor <= attn.kv_heads else 1
+    return heads, attn.head_dim, 2 * kv_heads * attn.head_dim
 
 
 def layer_peak_bytes(layer: Layer, p: Pass) -> int:
@@ -97,7 +137,8 @@ def prefill_bytes(arch: Architecture, layers: tuple[Layer, ...], p: Pass) -> int
     """Peak transient of a forward over `layers`: resident tensors plus the worst layer's moment."""
     if not layers:
         return 0
-    return resident_bytes(arch.hidden_size, p) + max(layer_peak_bytes(layer, p) for layer in distinct_layers(layers))
+    resident = resident_bytes(arch.hidden_size, p) + mask_bytes(layers, p)
+    return resident + max(layer_peak_bytes(layer, p) for layer in distinct_layers(layers))
 
 
 def logits_bytes(vocab: int, *, rows: int, element_bytes: int, fp32_copies: int) -> int:

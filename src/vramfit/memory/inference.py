@@ -40,6 +40,7 @@ class Stage:
     last: bool
     weight_requests: tuple[int, ...]
     dequantized_bytes: int = 0   # the largest matrix a prefill matmul dequantizes (bnb 4-bit)
+    softcapped_logits: bool = False  # final_logit_softcapping: logits / cap, tanh, * cap (new tensors)
 
     @property
     def element_bytes(self) -> int:
@@ -62,7 +63,8 @@ def plan(model: Model, settings: Settings) -> Plan:
         components, notes, extra = _llama_cpp(arch, settings, fmt)
     else:
         stored = model.weight_dtype if profile.quantizes_stored_dtype else None
-        stages = [_stage(arch, settings, fmt, profile, s, stored) for s in range(settings.parallelism.pipeline)]
+        stages = [replace(_stage(arch, settings, fmt, profile, s, stored), softcapped_logits=_softcapped(model))
+                  for s in range(settings.parallelism.pipeline)]
         results = [_run_stage(stage) for stage in stages]
         components, notes, extra = max(results, key=lambda r: sum(c.bytes for c in r[0]))
     draft = _draft(settings)
@@ -79,6 +81,14 @@ def quant_name(model: Model, settings: Settings) -> str:
     if settings.runtime.name == "llama.cpp":
         return "gguf-BF16" if settings.precision.dtype == "bf16" else "gguf-F16"
     return "none"
+
+
+def _softcapped(model: Model) -> bool:
+    """config.json's final_logit_softcapping (Gemma 2): the CausalLM divides, tanh's and multiplies the
+    logits out of place (models/gemma2/modeling_gemma2.py Gemma2ForCausalLM.forward), so two full logits
+    tensors are alive at once. Read from the config as transformers reads it; the Architecture does not
+    carry it."""
+    return bool(model.config.get("final_logit_softcapping"))
 
 
 def _check_layout(arch: Architecture, settings: Settings, fmt: weights.WeightFormat) -> None:
@@ -101,7 +111,7 @@ def _stage(arch: Architecture, settings: Settings, fmt: weights.WeightFormat, pr
            index: int, quantized_from: str | None = None) -> Stage:
     par, dtype = settings.parallelism, settings.precision.dtype
     tensors = sharding.rank_tensors(arch, tensor=par.tensor, stage=index, stages=par.pipeline, expert=par.expert,
-                                    vocab_parallel=profile.vocab_parallel)
+                                    vocab_parallel=profile.vocab_parallel, head_parallel=profile.head_parallel)
     requests = weights.requests_bytes(fmt, tensors, dtype)
     return Stage(arch=arch, settings=settings, fmt=fmt, profile=profile,
                  layers=sharding.stage_layers(arch, index, par.pipeline), index=index,
@@ -169,8 +179,7 @@ def _prefill_moment(stage: Stage, sequences: int) -> Moment:
     prompt = w.prompt_len
     cache = _prefill_cache(stage, sequences)
     chunk = min(w.prefill_chunk or prompt, prompt)
-    p = forward.Pass(sequences=sequences, tokens=chunk, context=prompt, element_bytes=stage.element_bytes,
-                     attention=stage.settings.runtime.attention)
+    p = _pass(stage, sequences=sequences, tokens=chunk, context=prompt)
     dequantized = stage.dequantized_bytes if chunk > 1 else 0
     return "prefill", cache, forward.prefill_bytes(stage.arch, stage.layers, p) + dequantized, 0
 
@@ -181,11 +190,35 @@ def _head_moment(stage: Stage, sequences: int) -> Moment:
     if not stage.last:
         return "head", cache, 0, 0
     rows = sequences if w.new_tokens and not stage.profile.all_position_logits else sequences * w.prompt_len
-    hidden = forward.resident_bytes(stage.arch.hidden_size, forward.Pass(
-        sequences=sequences, tokens=w.prompt_len, context=w.prompt_len, element_bytes=stage.element_bytes))
+    # the base model has returned: only its last_hidden_state (the final norm's output) feeds lm_head
+    hidden = sequences * w.prompt_len * stage.arch.hidden_size * stage.element_bytes
     logits = forward.logits_bytes(stage.arch.vocab_size, rows=rows, element_bytes=stage.element_bytes,
                                   fp32_copies=1 if w.new_tokens else 0)
-    return "head", cache, hidden, logits
+    return "head", cache, hidden, logits + _extra_logits_bytes(stage, rows)
+
+
+def _pass(stage: Stage, *, sequences: int, tokens: int, context: int) -> forward.Pass:
+    s = stage.settings
+    return forward.Pass(sequences=sequences, tokens=tokens, context=context, element_bytes=stage.element_bytes,
+                        attention=s.runtime.attention, dtype=s.precision.dtype, tensor=s.parallelism.tensor)
+
+
+def _gathers_logits(stage: Stage) -> bool:
+    """transformers' lm_head `colwise_gather_output` (integrations/tensor_parallel.py): each rank computes
+    its vocabulary slice and DTensor's Shard -> Replicate all-gathers it (funcol.all_gather_tensor: the
+    gathered [tp x rows, vocab / tp] buffer, then torch.cat of its chunks along the vocabulary), so the
+    local slice, the gathered buffer and the full logits are alive at the cat. A tied head stays whole."""
+    p = stage.profile
+    return (stage.settings.parallelism.tensor > 1 and p.head_parallel and not p.vocab_parallel
+            and not stage.arch.head.tied)
+
+
+def _extra_logits_bytes(stage: Stage, rows: int) -> int:
+    """Model-dtype logits beyond the one copy of logits_bytes: the TP gather's buffer and local slice, or
+    soft-capping's second copy, whichever moment is larger (they follow one another)."""
+    full = rows * stage.arch.vocab_size * stage.element_bytes
+    gathered = full + -(-full // stage.settings.parallelism.tensor) if _gathers_logits(stage) else 0
+    return max(gathered, full if stage.softcapped_logits else 0)
 
 
 def _decode_moment(stage: Stage, sequences: int) -> Moment:
@@ -194,8 +227,7 @@ def _decode_moment(stage: Stage, sequences: int) -> Moment:
     cache = kv_cache.cache_bytes(stage.layers, sequences=sequences, tokens=w.seq_len, layout=layout)
     growth = max((kv_cache.layer_bytes(layer, sequences=sequences, tokens=w.seq_len, layout=layout) // 2
                   for layer in distinct_layers(stage.layers)), default=0)
-    p = forward.Pass(sequences=sequences, tokens=1, context=w.seq_len, element_bytes=stage.element_bytes,
-                     attention=stage.settings.runtime.attention)
+    p = _pass(stage, sequences=sequences, tokens=1, context=w.seq_len)
     step = forward.prefill_bytes(stage.arch, stage.layers, p) + growth
     logits = forward.logits_bytes(stage.arch.vocab_size, rows=sequences, element_bytes=stage.element_bytes,
                                   fp32_copies=2) if stage.last else 0

@@ -48,6 +48,7 @@ class Profile:
     prefill_keeps_prompt: bool  # sliding layers keep the whole prompt after prefill (transformers' view)
     source: str
     vocab_parallel: bool = True   # tensor parallelism splits the embedding and lm_head
+    head_parallel: bool = True    # ... or, with vocab_parallel False, the (untied) lm_head alone
     cache_before_prefill: bool = False  # the whole cache (prompt + new tokens) exists before the prefill
     all_position_logits: bool = False   # the forward returns logits for every prompt position
     quantizes_every_linear: bool = False  # bitsandbytes replaces the lm_head too (Lightning's plugin)
@@ -56,8 +57,10 @@ class Profile:
 
 PROFILES = {
     "transformers": Profile(name="transformers", latent_mla=False, cap_window=True, paged=False,
-                            preallocates=False, prefill_keeps_prompt=True,
-                            source="transformers 5.23 generation/utils.py, cache_utils.py DynamicCache"),
+                            preallocates=False, prefill_keeps_prompt=True, vocab_parallel=False,
+                            source="transformers 5.23 generation/utils.py, cache_utils.py DynamicCache; tensor "
+                                   "parallelism: base_model_tp_plan leaves embed_tokens whole, _tp_plan splits "
+                                   "lm_head colwise_gather_output"),
     "vllm": Profile(name="vllm", latent_mla=True, cap_window=True, paged=True, preallocates=True,
                     prefill_keeps_prompt=False,
                     source="vLLM v1 gpu_worker.determine_available_memory, kv_cache_utils.get_num_blocks"),
@@ -68,7 +71,7 @@ PROFILES = {
                          prefill_keeps_prompt=False,
                          source="llama.cpp llama-kv-cache.cpp, llama-context.cpp, ggml-alloc.c"),
     "litgpt": Profile(name="litgpt", latent_mla=False, cap_window=False, paged=False, preallocates=False,
-                      prefill_keeps_prompt=False, vocab_parallel=False, cache_before_prefill=True,
+                      prefill_keeps_prompt=False, vocab_parallel=False, head_parallel=False, cache_before_prefill=True,
                       all_position_logits=True, quantizes_every_linear=True, quantizes_stored_dtype=True,
                       source="litgpt generate/base.py (model.set_kv_cache(max_seq_length=prompt + new tokens) "
                              "before the prefill; GPT.forward returns logits for all positions), generate/tp.py "

@@ -15,7 +15,7 @@ embedding, the last the final norm and the head (a tied head becomes its own cop
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from vramfit.errors import InvalidSetting
 from vramfit.memory.kv_cache import kv_heads_per_rank
@@ -83,15 +83,17 @@ def validate_layout(arch: Architecture, settings: Settings) -> None:
 
 
 def rank_tensors(arch: Architecture, *, tensor: int = 1, stage: int = 0, stages: int = 1,
-                 expert: int = 1, vocab_parallel: bool = True) -> list[WeightTensor]:
+                 expert: int = 1, vocab_parallel: bool = True, head_parallel: bool | None = None) -> list[WeightTensor]:
     """The tensors (sliced) one GPU holds: pipeline stage `stage` of `stages`, one tensor-parallel rank.
+    `head_parallel` (default: as `vocab_parallel`) splits an untied lm_head when the embedding stays whole.
 
     Sliced once per architecture object and split (searches and sweeps ask again and again); a fresh list
     of the same frozen tensors is returned each time."""
-    key = (id(arch), tensor, stage, stages, expert, vocab_parallel)
+    split = _Split(vocab=vocab_parallel, head=vocab_parallel if head_parallel is None else head_parallel)
+    key = (id(arch), tensor, stage, stages, expert, split)
     hit = _SLICED.get(key)
     if hit is None or hit[0] is not arch:
-        hit = (arch, tuple(_rank_tensors(arch, tensor, stage, stages, expert, vocab_parallel)))
+        hit = (arch, tuple(_rank_tensors(arch, tensor, stage, stages, expert, split)))
         if len(_SLICED) >= _SLICED_SIZE:
             _SLICED.pop(next(iter(_SLICED)), None)
         _SLICED[key] = hit
@@ -100,12 +102,12 @@ def rank_tensors(arch: Architecture, *, tensor: int = 1, stage: int = 0, stages:
 
 # (id(arch), split) -> (arch, its tensors): the entry holds the architecture, so its id is not reused while
 # the entry lives; the oldest entry goes first beyond _SLICED_SIZE.
-_SLICED: dict[tuple[int, int, int, int, int, bool], tuple[Architecture, tuple[WeightTensor, ...]]] = {}
+_SLICED: dict[tuple[int, int, int, int, int, _Split], tuple[Architecture, tuple[WeightTensor, ...]]] = {}
 _SLICED_SIZE = 256
 
 
 def _rank_tensors(arch: Architecture, tensor: int, stage: int, stages: int, expert: int,
-                  vocab_parallel: bool) -> list[WeightTensor]:
+                  split: _Split) -> list[WeightTensor]:
     counts = stage_layer_counts(arch.num_layers, stages)
     first, last = sum(counts[:stage]), sum(counts[:stage + 1])
     out, seen_block = [], False
@@ -116,26 +118,47 @@ def _rank_tensors(arch: Architecture, tensor: int, stage: int, stages: int, expe
         else:
             keep = first <= t.layer < last
         if keep:
-            out.append(shard(t, tensor, expert, vocab_parallel=vocab_parallel))
+            out.append(shard(t, tensor, expert, vocab_parallel=split.vocab, head_parallel=split.head))
     if stages > 1 and arch.head.tied and arch.head.output is not None and stage == stages - 1:
         emb = arch.embedding.tokens
         out.append(shard(WeightTensor(role="output", rows=emb.rows, cols=emb.dim), tensor, expert,
-                         vocab_parallel=vocab_parallel))
+                         vocab_parallel=split.vocab, head_parallel=split.head))
     return out
 
 
-def shard(t: WeightTensor, tensor: int, expert: int = 1, *, vocab_parallel: bool = True) -> WeightTensor:
-    """One rank's slice of a tensor (embedding and head whole on every rank unless vocab_parallel)."""
+@dataclass(frozen=True, slots=True)
+class _Split:
+    """Which vocabulary-sized tensors tensor parallelism splits: the embedding (and head), or the head only."""
+
+    vocab: bool
+    head: bool
+
+
+def _vocab_shard(t: WeightTensor, tensor: int, *, vocab_parallel: bool, head_parallel: bool) -> WeightTensor:
+    if vocab_parallel:
+        padded = -(-t.rows // _VOCAB_PADDING) * _VOCAB_PADDING
+        return replace(t, rows=padded // tensor)
+    if head_parallel and t.role != "token_embd":
+        return replace(t, rows=-(-t.rows // tensor))
+    return t
+
+
+def shard(t: WeightTensor, tensor: int, expert: int = 1, *, vocab_parallel: bool = True,
+          head_parallel: bool | None = None) -> WeightTensor:
+    """One rank's slice of a tensor (embedding and head whole on every rank unless vocab_parallel).
+
+    vocab_parallel: vLLM's VocabParallelEmbedding / ParallelLMHead, the vocabulary padded to 64 and split.
+    head_parallel alone (transformers' `_tp_plan = {"lm_head": "colwise_gather_output"}` with no entry for
+    `embed_tokens` in base_model_tp_plan, models/llama/modeling_llama.py and configuration_llama.py): the
+    embedding stays whole and an untied head is a DTensor Shard(0) of its rows, ceil(rows / tp) on rank 0."""
     if t.expert and expert > 1:
         return replace(t, count=-(-t.count // expert))
     role = t.parent or t.role
     if tensor == 1:
         return t
     if t.role in ("token_embd", "output") or role == "output" and t.role == "bias":
-        if not vocab_parallel:
-            return t
-        padded = -(-t.rows // _VOCAB_PADDING) * _VOCAB_PADDING
-        return replace(t, rows=padded // tensor)
+        return _vocab_shard(t, tensor, vocab_parallel=vocab_parallel,
+                            head_parallel=vocab_parallel if head_parallel is None else head_parallel)
     base = role.split("_exps")[0].split("_shexp")[0]
     if base in ("attn_k", "attn_v"):
         return replace(t, rows=t.rows // min(tensor, t.kv_heads))

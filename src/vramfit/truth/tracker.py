@@ -27,6 +27,12 @@ from torch.utils._pytree import tree_leaves
 
 BLOCK_BYTES = 512   # c10/cuda/CUDACachingAllocator.cpp: kMinBlockSize, every allocation is rounded up to it
 OTHER = "activations"
+# Operators whose result is their input tensor on a real device but a fresh tensor under FakeTensorMode:
+# c10d's functional wait_tensor returns the tensor it waited on (torch/csrc/distributed/c10d/Functional.cpp,
+# `wait_tensor(const at::Tensor& tensor) { ...; return tensor; }`), while its fake kernel returns a new
+# one, which counted a tensor-parallel all-gather's output twice (the full logits of `lm_head` gathered by
+# DTensor's Shard -> Replicate, funcol.all_gather_tensor then wait_tensor).
+RETURNS_ITS_INPUT = frozenset({"_c10d_functional.wait_tensor.default"})
 
 
 def rounded_bytes(nbytes: int) -> int:
@@ -85,6 +91,9 @@ class LiveTensorTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        if str(func) in RETURNS_ITS_INPUT and isinstance(out, torch.Tensor):
+            self.alias(out, args[0])
+            return out
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
                 self.track(leaf)
@@ -93,6 +102,19 @@ class LiveTensorTracker(TorchDispatchMode):
     def track(self, tensor: torch.Tensor) -> list[int]:
         """Count the tensor's storages if they are new; returns their serial numbers."""
         return [self._register(storage) for storage in storages(tensor)]
+
+    def alias(self, tensor: torch.Tensor, source: torch.Tensor) -> None:
+        """Count `tensor` as `source`'s storage (see RETURNS_ITS_INPUT): no new bytes, and the source's
+        bytes stay live until both are gone."""
+        for out, src in zip(storages(tensor), storages(source)):
+            if out._cdata in self._by_storage:
+                continue
+            self._by_storage[out._cdata] = self._register(src)
+            weakref.finalize(out, self._forget, out._cdata, src)
+
+    def _forget(self, key: int, _source: Any) -> None:
+        """An alias died: drop its key (the source, held until now by this call's arguments, may die next)."""
+        self._by_storage.pop(key, None)
 
     def mark(self, tensors: Iterable[torch.Tensor | None], label: str) -> None:
         """Label these tensors' storages (tracking them first if they were made before tracking began)."""
