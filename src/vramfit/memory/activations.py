@@ -19,7 +19,8 @@ dtype's bytes:
   that q, a view of it, keeps alive), the output (T x heads x head_dim, already in (b, s, h, d) layout,
   which o_proj then reads without a copy) and the log-sum-exp (b x heads x s, fp32).
   eager: q, k and v repeated to all heads (repeat_kv), the fp32 softmax (b x heads x s x s x 4) and its cast to
-  E when E < 4, the dropout mask when attention dropout is on, and the transposed output copy for o_proj.
+  E when E < 4 (the softmax in E alone for MODEL_DTYPE_SOFTMAX), the dropout mask when attention dropout is
+  on, and the transposed output copy for o_proj.
 - gated MLP: gate (saved by the activation), act(gate) and up (saved by the product), product (saved by
   down_proj when it trains). Plain MLP: up output and the activation output; `gelu_new` is written out in
   Python ops (transformers/activations.py NewGELUActivation) and saves five tensors of T x intermediate.
@@ -51,6 +52,14 @@ from vramfit.model.architecture import (
 
 FP32 = 4
 INDEX = 8  # int64 token ids and expert indices
+
+# Model types whose eager attention takes the softmax in the model dtype, `softmax(attn_weights, dim=-1)`
+# (transformers 5.23 models/gpt2, gpt_neo, bert, roberta, xlm_roberta, distilbert, electra, biogpt:
+# eager_attention_forward; falcon passes dtype=hidden_states.dtype). The rest (modeling_llama.py and the
+# models copied from it, opt, gpt_neox, bloom, phi) write `softmax(..., dtype=torch.float32).to(query.dtype)`,
+# which saves the fp32 probabilities and their cast.
+MODEL_DTYPE_SOFTMAX = frozenset({"gpt2", "gpt_neo", "bert", "roberta", "xlm-roberta", "distilbert", "electra",
+                                 "biogpt", "falcon"})
 
 # Tensors an activation function saves besides its output, as transformers implements it.
 _ACTIVATION_EXTRA = {"gelu_new": 4, "gelu_fast": 3, "gelu_accurate": 4, "quick_gelu": 2, "relu": 0, "relu2": 1}
@@ -89,6 +98,7 @@ class Shape:
     native_activations: bool = False
     expand_kv: bool = False
     amp: bool = False
+    softmax_fp32: bool = True
     lora: dict[str, tuple[int, int, bool]] = field(default_factory=dict, hash=False)
 
     @property
@@ -149,7 +159,8 @@ def attention_saved(attn: Attention | LatentAttention, shape: Shape) -> int:
     q = _t(b * s * heads * attn.head_dim, e)
     if shape.attention == "eager":
         kv = 2 * q
-        softmax = _t(b * heads * s * s, FP32) + (_t(b * heads * s * s, e) if e < FP32 else 0)
+        upcast = shape.softmax_fp32 and e < FP32
+        softmax = _t(b * heads * s * s, FP32) + _t(b * heads * s * s, e) if upcast else _t(b * heads * s * s, e)
         dropout = _t(b * heads * s * s, 1) + _t(b * heads * s * s, e) if shape.attention_dropout else 0
         return q + kv + softmax + dropout + q  # + the transposed output copy o_proj reads
     kv = 2 * _t(b * s * (heads if shape.expand_kv else kv_heads) * attn.head_dim, e)
@@ -267,11 +278,29 @@ def final_norm_saved(arch: Architecture, shape: Shape, *, trains: bool) -> int:
     """The last norm before the head, and its output that the head saves when the head trains."""
     stack = arch.decoder or arch.encoder
     norm = stack.final_norm if stack else None
-    if norm is None:
-        return 0
     rows = shape.tokens // shape.replicated
+    transform = head_transform_saved(arch, rows, shape, trains=trains)
+    if norm is None:
+        return transform
     head_input = _t(rows * arch.hidden_size, shape.compute_bytes) if trains else 0
-    return norm_saved(norm, arch.hidden_size, rows, shape, trains=trains) + head_input
+    return norm_saved(norm, arch.hidden_size, rows, shape, trains=trains) + head_input + transform
+
+
+def head_transform_saved(arch: Architecture, rows: int, shape: Shape, *, trains: bool) -> int:
+    """A head's transform before the output projection (BERT's MLM head, modeling_bert.py
+    BertPredictionHeadTransform: dense -> gelu -> LayerNorm, then the decoder). The hidden states require grad
+    whether or not the head trains, so each step saves its input: the dense output (saved by the activation),
+    the activation output (saved by the LayerNorm, with its mean and rstd) and the LayerNorm output (saved by
+    the decoder when the decoder's weight trains: tied to the token table, it trains with full fine-tuning).
+    The transform's own input, the last block's output, is counted with the blocks."""
+    head = arch.head
+    if head.output is None or not head.transform:
+        return 0
+    one = _t(rows * arch.hidden_size, shape.compute_bytes)
+    linears = sum(1 for part in head.transform if isinstance(part, Linear))
+    norms = [part for part in head.transform if isinstance(part, Norm)]
+    saved = linears * one + sum(one + norm_saved(n, n.size, rows, shape, trains=trains) for n in norms)
+    return saved + (one if trains else 0)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

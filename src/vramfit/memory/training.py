@@ -197,7 +197,16 @@ _NO_LOSS = act.LossMemory(saved=0, forward_transient=0, backward_transient=0, fo
 
 def _loss(arch: Architecture, shape: act.Shape, profile: Framework) -> act.LossMemory:
     return act.loss_memory(arch, shape, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits,
-                           fp32_loss=profile.fp32_loss, logits_kept=profile.logits_kept)
+                           fp32_loss=profile.fp32_loss and not _masked_lm(arch), logits_kept=profile.logits_kept)
+
+
+def _masked_lm(arch: Architecture) -> bool:
+    """An encoder with an output head is a masked LM. transformers' masked-LM heads take the loss with a plain
+    `CrossEntropyLoss()(prediction_scores.view(-1, vocab), labels.view(-1))` on the model-dtype scores
+    (models/bert/modeling_bert.py BertForMaskedLM.forward; RoBERTa, ELECTRA, ... copy it): log_softmax and
+    its gradients stay in the model dtype. Only causal LMs go through loss/loss_utils.py ForCausalLMLoss,
+    which upcasts the logits to fp32 first."""
+    return arch.decoder is None and arch.encoder is not None and arch.head.output is not None
 
 
 def _grad_holders(held: Held, unit_gradients: bool) -> list[ParamTensor]:
@@ -231,7 +240,8 @@ def _shape(model: Model, settings: Settings, profile: Framework, lay: Layout, wi
                      trains=training.finetune == "full", lora=lora,
                      kv_cache=profile.kv_cache_in_training and training.grad_ckpt == "none",
                      native_activations=profile.native_activations, amp=widths.amp,
-                     expand_kv=profile.expand_kv)
+                     expand_kv=profile.expand_kv,
+                     softmax_fp32=model.config.get("model_type") not in act.MODEL_DTYPE_SOFTMAX)
 
 
 def _dropout(model: Model, override: float | None, keys: tuple[str, ...]) -> float:

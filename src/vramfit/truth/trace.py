@@ -172,7 +172,7 @@ def _trace_once(torch: Any, model: Model, settings: Settings, notes: list[str], 
     from vramfit.truth.tracker import LiveTensorTracker
 
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
-    with mode, _fake_failures(), _unpadded_inputs() if fake else contextlib.nullcontext():
+    with mode, _fake_failures(), _fused_dropout(), _unpadded_inputs() if fake else contextlib.nullcontext():
         module = build_model(model, settings, notes, fake=fake)
         with LiveTensorTracker() as tracker:
             if wrap is not None:   # tracked: what DDP (its gradient buckets) or FSDP (the shards) allocates
@@ -195,6 +195,31 @@ def _fake_failures() -> Iterator[None]:
     except (DataDependentOutputException, DynamicOutputShapeException) as error:
         raise Untraceable(f"the step uses a data-dependent operator ({error}) that fake tensors cannot run; "
                           f"{_MEASURE}") from None
+
+
+@contextlib.contextmanager
+def _fused_dropout() -> Iterator[None]:
+    """Dropout as it runs on a GPU. aten/src/ATen/native/Dropout.cpp `dropout()` takes the fused
+    `native_dropout` only where `is_fused_kernel_acceptable` (CUDA, XPU, lazy, privateuse1 tensors): it saves a
+    bool mask (1 byte per element). On the CPU it falls back to `_dropout_impl`, `input * empty_like(input)
+    .bernoulli_(1 - p).div_(1 - p)`, whose saved noise has the input's dtype (2 bytes in bf16), which a CPU
+    trace would count for every nn.Dropout in train mode (BERT and GPT-2 blocks, PEFT's lora_dropout). The
+    GPU's path is taken here: torch.native_dropout, which has a CPU kernel with the same outputs."""
+    import torch
+    from torch.nn import functional
+
+    original = functional.dropout
+
+    def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+        if not training or p == 0 or inplace:
+            return original(input, p, training, inplace)
+        return torch.native_dropout(input, p, True)[0]
+
+    functional.dropout = dropout
+    try:
+        yield
+    finally:
+        functional.dropout = original
 
 
 @contextlib.contextmanager
