@@ -240,7 +240,7 @@ def _preallocated(stage: Stage) -> Result:
     s = stage.settings
     tokens = s.workload.prefill_chunk or runtimes.VLLM_MAX_BATCHED_TOKENS
     p = forward.Pass(sequences=1, tokens=tokens, context=tokens, element_bytes=stage.element_bytes,
-                     attention="flash")
+                     attention="flash", tensor=s.parallelism.tensor)
     activations = forward.prefill_bytes(stage.arch, stage.layers, p)
     seqs = min(s.runtime.max_num_seqs or runtimes.VLLM_MAX_NUM_SEQS, tokens)
     hidden = tokens * stage.arch.hidden_size * stage.element_bytes
