@@ -84,17 +84,20 @@ def _ffn_width_bytes(mlp: FeedForward, rows: int, p: Pass) -> int:
 
 
 def attention_bytes(layer: Layer, p: Pass) -> int:
-    """The attention's largest moment: projections, rotary copies, output, and eager scores."""
+    """The attention's largest moment: projections with their rotary copies and the output, or, for eager
+    attention, the score moment: the rotated q, k, v (the unrotated ones are gone: `apply_rotary_pos_emb`'s
+    results replace them), K and V repeated to all heads and the scores (the output comes after softmax;
+    seen at the traced gemma-2-2b softmax peak: q, k, v, the repeated K/V and the scores)."""
     attn = layer.attention
     heads, q_dim, kv_width = _shape(attn, p.tensor)
     rows = p.sequences * p.tokens
-    projections = 2 * rows * (heads * q_dim + kv_width) * p.element_bytes + rows * heads * q_dim * p.element_bytes
+    qkv = rows * (heads * q_dim + kv_width) * p.element_bytes
+    projections = 2 * qkv + rows * heads * q_dim * p.element_bytes
     if p.attention != "eager":
         return projections + p.sequences * heads * p.tokens * 4
     scores = p.sequences * heads * p.tokens * p.context
-    score_bytes = softmax_bytes_per_score(p)
     repeated = 2 * p.sequences * p.context * heads * q_dim * p.element_bytes
-    return projections + scores * score_bytes + repeated
+    return max(projections, qkv + repeated + scores * softmax_bytes_per_score(p))
 
 
 def softmax_bytes_per_score(p: Pass) -> int:
