@@ -9,6 +9,7 @@ The schemathesis pass here is bounded (SCHEMA_EXAMPLES per operation, about 10 s
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -16,12 +17,12 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("fastapi", reason="the web extra is not installed: pip install 'vramfit[web]'")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from vramfit.model.catalog import catalog_config  # noqa: E402
-from vramfit.web.app import create_app  # noqa: E402
+from vramfit.model.catalog import catalog_config
+from vramfit.web.app import create_app
 
-SCHEMA_EXAMPLES = 25
+SCHEMA_EXAMPLES = int(os.environ.get("VRAMFIT_SCHEMA_EXAMPLES", "25"))   # bench/load_test.py --schemathesis: more
 SLOW_S = 10.0   # no generated request may take this long (the slowest legitimate one measured: about 6 s)
 SRC = Path(__file__).resolve().parents[1] / "src" / "vramfit"
 

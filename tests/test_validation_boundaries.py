@@ -23,9 +23,9 @@ from vramfit.model.sources import load_model
 from vramfit.settings import settings_from_dict
 
 pytest.importorskip("fastapi", reason="the web extra is not installed: pip install 'vramfit[web]'")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from vramfit.web.app import create_app  # noqa: E402
+from vramfit.web.app import create_app
 
 DENSE = "Qwen/Qwen3-0.6B"       # 16 heads, 8 kv heads, 28 layers, no experts
 MOE = "Qwen/Qwen3-30B-A3B"      # 128 experts
