@@ -78,9 +78,15 @@ def test_oom_rows_carry_the_gpu_capacity() -> None:
     assert catalog_gpu("A100 (runpod)") is None
 
 
+def test_paged_adamw_rows_map_to_paged_adamw() -> None:
+    """bitsandbytes PagedAdamW (32-bit states in unified memory) is vramfit's paged-adamw."""
+    row = convert_row(_src(optimizer="bnb PagedAdamW"))
+    assert row.unmapped is None
+    assert settings_from_dict(row.settings).training.optimizer == "paged-adamw"
+
+
 @pytest.mark.parametrize(("change", "reason"), [
     ({"seq_len": None}, "seq_len not stated"),
-    ({"optimizer": "bnb PagedAdamW"}, "paged 32-bit AdamW"),
     ({"what_measured": "peak GPU memory 'GRAM' (method unstated)"}, "method is not stated"),
     ({"model": "LLaMA-7B (qlora.py example)"}, "not a hub id"),
     ({"oom": True, "what_measured": "OOM", "gpus": {"count": 1, "type": "A100"}}, "no capacity"),

@@ -20,7 +20,9 @@ dtype's bytes:
   which o_proj then reads without a copy) and the log-sum-exp (b x heads x s, fp32).
   eager: q, k and v repeated to all heads (repeat_kv), the fp32 softmax (b x heads x s x s x 4) and its cast to
   E when E < 4 (the softmax in E alone for MODEL_DTYPE_SOFTMAX), the dropout mask when attention dropout is
-  on, and the transposed output copy for o_proj.
+  on, and the transposed output copy for o_proj. With attention logit soft-capping (Gemma 2,
+  modeling_gemma2.py eager_attention_forward: scores / cap, tanh, * cap) tanh saves its output, b x heads x
+  s x s x E, too.
 - gated MLP: gate (saved by the activation), act(gate) and up (saved by the product), product (saved by
   down_proj when it trains). Plain MLP: up output and the activation output; `gelu_new` is written out in
   Python ops (transformers/activations.py NewGELUActivation) and saves five tensors of T x intermediate.
@@ -61,6 +63,13 @@ INDEX = 8  # int64 token ids and expert indices
 MODEL_DTYPE_SOFTMAX = frozenset({"gpt2", "gpt_neo", "bert", "roberta", "xlm-roberta", "distilbert", "electra",
                                  "biogpt", "falcon"})
 
+# Model types whose RMSNorm multiplies by (1 + weight) in fp32 and casts afterwards (transformers 5.23
+# models/gemma/modeling_gemma.py GemmaRMSNorm: `output * (1.0 + self.weight.float())`, `.type_as(x)`; the same
+# in gemma2, gemma3, vaultgemma, recurrent_gemma, qwen3_next, qwen3_5): the normalised x it saves for the
+# weight's gradient is fp32 (Llama's casts first and saves it in the model dtype).
+FP32_NORM_WEIGHT = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text", "vaultgemma", "recurrent_gemma",
+                              "qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_text"})
+
 # Tensors an activation function saves besides its output, as transformers implements it.
 _ACTIVATION_EXTRA = {"gelu_new": 4, "gelu_fast": 3, "gelu_accurate": 4, "quick_gelu": 2, "relu": 0, "relu2": 1}
 
@@ -99,6 +108,8 @@ class Shape:
     expand_kv: bool = False
     amp: bool = False
     softmax_fp32: bool = True
+    attention_softcap: bool = False
+    norm_weight_fp32: bool = False
     lora: dict[str, tuple[int, int, bool]] = field(default_factory=dict, hash=False)
 
     @property
@@ -127,7 +138,7 @@ def norm_saved(norm: Norm, width: int, rows: int, shape: Shape, *, trains: bool)
     if norm.kind == "layer":
         return 2 * _t(rows, FP32)
     upcast = _t(rows * width, FP32) if e < FP32 else 0
-    normed = _t(rows * width, e) if trains else 0
+    normed = _t(rows * width, FP32 if shape.norm_weight_fp32 else e) if trains else 0
     return upcast + _t(rows, FP32) + normed
 
 
@@ -162,13 +173,27 @@ def attention_saved(attn: Attention | LatentAttention, shape: Shape) -> int:
         upcast = shape.softmax_fp32 and e < FP32
         softmax = _t(b * heads * s * s, FP32) + _t(b * heads * s * s, e) if upcast else _t(b * heads * s * s, e)
         dropout = _t(b * heads * s * s, 1) + _t(b * heads * s * s, e) if shape.attention_dropout else 0
-        return q + kv + softmax + dropout + q  # + the transposed output copy o_proj reads
+        capped = _t(b * heads * s * s, e) if shape.attention_softcap else 0
+        return q + kv + capped + softmax + dropout + q  # + the transposed output copy o_proj reads
     kv = 2 * _t(b * s * (heads if shape.expand_kv else kv_heads) * attn.head_dim, e)
+    kv += _sliding_mask(attn, shape)
     if attn.fused and shape.kv_cache and attn.causal:
         kv *= 2  # q is a view of the fused projection, keeping all of it alive beside the cache's k and v
     qk_norms = sum(norm_saved(n, attn.head_dim, b * s * (heads if n.name == "q_norm" else kv_heads),
                               shape, trains=shape.trains) for n in attn.norms())
     return q + kv + q + _t(b * heads * s, FP32) + qk_norms
+
+
+def _sliding_mask(attn: Attention, shape: Shape) -> int:
+    """SDPA over a sliding window gets a mask: transformers skips it (is_causal instead) only while the keys
+    fit in the window (masking_utils.py _ignore_causal_mask_sdpa: `local_attention_size is not None and
+    kv_length >= local_attention_size` keeps it), and torch's SDPA converts the boolean (b, 1, s, s) mask to
+    the query dtype at each call (aten/src/ATen/native/transformers/attention.cpp convert_boolean_attn_mask),
+    which the kernel saves as its attention bias for backward."""
+    window = attn.sliding_window
+    if shape.attention != "sdpa" or window is None or shape.seq < window:
+        return 0
+    return _t(shape.batch * shape.seq * shape.seq, shape.compute_bytes)
 
 
 def _latent_attention_saved(attn: LatentAttention, shape: Shape) -> int:
@@ -219,11 +244,18 @@ def layer_saved(layer: Layer, shape: Shape) -> Saved:
         attention += attention_saved(layer.cross_attention, shape)
     mlp = moe_saved(layer.mlp, shape) if isinstance(layer.mlp, MixtureOfExperts) else feed_forward_saved(
         layer.mlp, t, shape)
-    residual = stream * (1 if layer.parallel else 2)
+    residual = stream * (1 if layer.parallel else 2) if _keeps_residual(layer, shape) else 0
     sites = 2 if shape.hidden_dropout else 0
     dropout = sites * _t(rows * layer.attention.hidden_size, 1)
     return Saved(parts={"norms": norms, "linear_inputs": linear_inputs, "attention": attention, "mlp": mlp,
                         "residual": residual, "dropout": dropout})
+
+
+def _keeps_residual(layer: Layer, shape: Shape) -> bool:
+    """The residual sums are saved by the norm that reads them, unless that norm's first op makes an fp32
+    copy (RMSNorm in a 16-bit stream: `hidden_states.to(torch.float32)`, modeling_llama.py LlamaRMSNorm), which
+    is what it saves instead (counted with the norm); `add` itself saves nothing (derivatives.yaml)."""
+    return any(n.kind == "layer" for n in layer.norms) or shape.stream_bytes >= FP32
 
 
 def _linear_inputs(layer: Layer, shape: Shape, stream: int) -> int:
@@ -233,7 +265,10 @@ def _linear_inputs(layer: Layer, shape: Shape, stream: int) -> int:
     attn = list(layer.attention.linears())
     ffn = _feed_forward_linears(layer)
     ffn_in, ffn_out = (ffn, []) if len(ffn) == 1 else (ffn[:-1], ffn[-1:])
-    normed_inputs = 2 if not layer.parallel else 1
+    # A parallel block reads one norm output (GPT-J, phi: one input_layernorm) or, with a norm per branch,
+    # two (modeling_gpt_neox.py use_parallel_residual: input_layernorm for attention, post_attention_layernorm
+    # for the MLP, both of the same x).
+    normed_inputs = 2 if not layer.parallel else min(2, len(layer.norms))
     if shape.amp:  # one cast copy per linear reading a norm output
         normed_inputs = len(attn) - 1 + len(ffn_in)
     base = normed_inputs * stream if shape.trains else 0

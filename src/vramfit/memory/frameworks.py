@@ -39,7 +39,12 @@ class Framework:
     transformers' Python compositions (NewGELUActivation); logits_kept: the training loop holds the logits
     through backward; fp32_loss: the loss upcasts the logits to fp32; expand_kv: grouped k and v heads are
     expanded to every query head before attention; fsdp_unit_gradients: FSDP wraps units that mix frozen and
-    trainable parameters (FSDP1, use_orig_params=True), so every parameter of such a unit gets a gradient; behaviours: the sentences --explain prints."""
+    trainable parameters (FSDP1, use_orig_params=True), so every parameter of such a unit gets a gradient;
+    tp_plan: tensor parallelism is transformers' own `tp_plan="auto"` (models/*/configuration_*.py
+    base_model_tp_plan: attention heads and the MLP width split colwise/rowwise, no sequence parallelism so the
+    hidden-sized activations stay whole on every rank, embed_tokens whole, lm_head `colwise_gather_output`
+    so every rank gets the full-vocabulary logits) instead of Megatron's layout with sequence parallelism;
+    behaviours: the sentences --explain prints."""
 
     name: str
     loss_chunks: int
@@ -52,17 +57,20 @@ class Framework:
     fp32_loss: bool
     expand_kv: bool
     fsdp_unit_gradients: bool
+    tp_plan: bool = False
     behaviours: tuple[str, ...]
 
 
 TRANSFORMERS = Framework(
     name="transformers", loss_chunks=1, fp32_logits=False, adapter_fp32=True, optimizer_in_backward=False,
     kv_cache_in_training=True, native_activations=False, logits_kept=False, fp32_loss=True,
-    expand_kv=False, fsdp_unit_gradients=False, behaviours=("the forward builds a DynamicCache (use_cache=True) unless gradient checkpointing is on",
+    expand_kv=False, fsdp_unit_gradients=False, tp_plan=True,
+    behaviours=("the forward builds a DynamicCache (use_cache=True) unless gradient checkpointing is on",
                 "logits in the model dtype, upcast to fp32 inside the loss (ForCausalLMLoss)",
                 "full-vocabulary cross-entropy",
                 "PEFT LoRA adapters upcast to fp32 (autocast_adapter_dtype=True)",
-                "gradient checkpointing saves each block's input (use_reentrant=True)"))
+                "gradient checkpointing saves each block's input (use_reentrant=True)",
+                "tensor parallelism by the model's tp_plan: no sequence parallelism, full logits on every rank"))
 
 TORCHTUNE = Framework(
     name="torchtune", loss_chunks=8, fp32_logits=True, adapter_fp32=False, optimizer_in_backward=False,

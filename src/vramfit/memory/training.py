@@ -146,11 +146,14 @@ class Held:
         return [t for t in self.tensors if t.trainable]
 
 
-def _held(arch: Architecture, training: Any, lay: Layout, stage: int) -> Held:
+def _held(arch: Architecture, training: Any, lay: Layout, stage: int, tp_plan: bool) -> Held:
+    """tp_plan: transformers' split (embedding whole, an untied head split by rows, sharding.shard); else
+    Megatron's vocabulary-parallel embedding and head."""
     counts = stage_layer_counts(arch.num_layers, lay.pipeline)
     first = sum(counts[:stage])
     blocks = range(first, first + counts[stage])
-    sliced = rank_tensors(arch, tensor=lay.tensor, stage=stage, stages=lay.pipeline, expert=lay.expert)
+    sliced = rank_tensors(arch, tensor=lay.tensor, stage=stage, stages=lay.pipeline, expert=lay.expert,
+                          vocab_parallel=not tp_plan, head_parallel=True)
     tensors = parameter_tensors(arch, training, held=sliced, blocks=blocks)
     by_layer: dict[int | None, list[ParamTensor]] = {}
     for t in tensors:   # one pass, in order: each block's own tensors (a filter per block is layers x tensors)
@@ -161,7 +164,7 @@ def _held(arch: Architecture, training: Any, lay: Layout, stage: int) -> Held:
 def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes, stage: int) -> Step:
     """Every term of one stage's step, before the phases combine them."""
     arch, training = model.architecture, settings.training
-    held = _held(arch, training, lay, stage)
+    held = _held(arch, training, lay, stage, profile.tp_plan)
     grad_width = widths.adapter if training.finetune != "full" else widths.param
     states = optimizer_memory(training.optimizer, held.trainable, grad_width)
     shape = _shape(model, settings, profile, lay, widths)
@@ -186,7 +189,7 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
         batch=2 * allocation_bytes(settings.workload.batch_size * settings.workload.seq_len * act.INDEX),
         saved_outside=_saved_outside(arch, shape, training, is_first) + offload_tail,
         saved_head=act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0,
-        loss=_loss(arch, shape, profile) if is_last else _NO_LOSS, blocks=block_steps,
+        loss=_loss(arch, shape, profile, _softcapped(model)) if is_last else _NO_LOSS, blocks=block_steps,
         buckets=ddp_bucket_bytes(grads) if lay.ddp_buckets else 0,
         dequant=_dequant_bytes(held.tensors, widths), accumulating=settings.workload.grad_accum > 1,
         in_flight=lay.in_flight if is_first else 1, host=host)
@@ -195,9 +198,26 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
 _NO_LOSS = act.LossMemory(saved=0, forward_transient=0, backward_transient=0, formula="not on this stage")
 
 
-def _loss(arch: Architecture, shape: act.Shape, profile: Framework) -> act.LossMemory:
-    return act.loss_memory(arch, shape, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits,
+def _loss(arch: Architecture, shape: act.Shape, profile: Framework, softcapped: bool) -> act.LossMemory:
+    """The loss as the framework takes it; with final logit soft-capping, tanh's saved output on top."""
+    from dataclasses import replace
+
+    if profile.tp_plan:   # lm_head colwise_gather_output: the loss sees the full vocabulary on every rank
+        shape = replace(shape, shard=1)
+    loss = act.loss_memory(arch, shape, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits,
                            fp32_loss=profile.fp32_loss and not _masked_lm(arch), logits_kept=profile.logits_kept)
+    if not softcapped or arch.head.output is None:
+        return loss
+    tanh = allocation_bytes(shape.tokens * (arch.head.output.out_features // shape.shard) * shape.compute_bytes)
+    return replace(loss, saved=loss.saved + tanh, formula=loss.formula + f" + T x V x {shape.compute_bytes} "
+                   "(soft-capping's tanh output)")
+
+
+def _softcapped(model: Model) -> bool:
+    """config.json's final_logit_softcapping (Gemma 2): the CausalLM computes logits / cap, tanh, * cap
+    (modeling_gemma2.py Gemma2ForCausalLM.forward); tanh saves its output (T x V x E) for its backward, which
+    runs right after the loss's backward, so it lives from the head's forward to there."""
+    return bool(model.config.get("final_logit_softcapping"))
 
 
 def _masked_lm(arch: Architecture) -> bool:
@@ -236,12 +256,15 @@ def _shape(model: Model, settings: Settings, profile: Framework, lay: Layout, wi
                      compute_bytes=widths.compute, attention=settings.runtime.attention,
                      hidden_dropout=_dropout(model, training.dropout, _HIDDEN_DROPOUT_KEYS),
                      attention_dropout=_dropout(model, training.dropout, _ATTENTION_DROPOUT_KEYS),
-                     shard=lay.tensor, replicated=lay.tensor if lay.sequence_parallel else 1,
+                     shard=lay.tensor,
+                     replicated=lay.tensor if lay.sequence_parallel and not profile.tp_plan else 1,
                      trains=training.finetune == "full", lora=lora,
                      kv_cache=profile.kv_cache_in_training and training.grad_ckpt == "none",
                      native_activations=profile.native_activations, amp=widths.amp,
                      expand_kv=profile.expand_kv,
-                     softmax_fp32=model.config.get("model_type") not in act.MODEL_DTYPE_SOFTMAX)
+                     softmax_fp32=model.config.get("model_type") not in act.MODEL_DTYPE_SOFTMAX,
+                     attention_softcap=bool(model.config.get("attn_logit_softcapping")),
+                     norm_weight_fp32=model.config.get("model_type") in act.FP32_NORM_WEIGHT)
 
 
 def _dropout(model: Model, override: float | None, keys: tuple[str, ...]) -> float:
@@ -269,12 +292,20 @@ def _block_step(layer: Layer, index: int, mine: list[ParamTensor], with_grads: l
     stream = allocation_bytes(shape.tokens * layer.attention.hidden_size // shape.replicated * shape.compute_bytes)
     saved = _checkpointed(full, training.grad_ckpt, stream, act.selective_saved(layer, block_shape))
     mlp_part = full.parts["mlp"] + full.parts["norms"] // 2 + full.parts["residual"] // 2
-    product = _intermediate(layer, block_shape) if trains else 0
+    product = _intermediate(layer, block_shape) if trains or _down_adapted(layer, shape) else 0
     return BlockStep(saved=saved, recomputed=full.total if training.grad_ckpt != "none" else saved,
                      mlp_saved=mlp_part, product=product, grads=grads, grads_kept=grads // lay.grad_shard,
                      mlp_grads=mlp_grads,
                      amp_copies=_amp_copies(mine, widths) if widths.amp and lay.param_shard == 1 else 0,
                      mlp_temporaries=_mlp_temporaries(layer, shape), attention_temporaries=2 * stream)
+
+
+def _down_adapted(layer: Layer, shape: act.Shape) -> bool:
+    """A LoRA adapter on the MLP's output linear saves the product as lora_A's input
+    (activations._lora_saved), which its backward frees just as a training down_proj's would."""
+    if isinstance(layer.mlp, MixtureOfExperts):
+        return False
+    return list(layer.mlp.linears())[-1].name in shape.lora
 
 
 def _with_trains(shape: act.Shape, trains: bool) -> act.Shape:
@@ -511,7 +542,8 @@ def _notes(settings: Settings, profile: Framework, lay: Layout, phase: str) -> t
     notes = [f"peak phase: {phase}; steady-state step (optimizer states already allocated)",
              f"framework {profile.name}: " + "; ".join(profile.behaviours)]
     if lay.tensor > 1:
-        notes.append("tensor parallelism assumes sequence parallelism (Megatron layout)")
+        notes.append("tensor parallelism as transformers' tp_plan (no sequence parallelism, gathered logits)"
+                     if profile.tp_plan else "tensor parallelism assumes sequence parallelism (Megatron layout)")
     if settings.parallelism.data > 1:
         notes.append("NCCL communicator buffers (device level) are not included")
     return tuple(notes)

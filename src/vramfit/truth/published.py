@@ -93,6 +93,8 @@ def settings_of(src: dict[str, Any]) -> tuple[Settings, str]:
     precision = _precision(src["dtype_quant"])
     if str(src["method"]) == "qlora":   # finetune qlora is the NF4 base: vramfit takes no --quant beside it
         precision = Precision(dtype=precision.dtype, amp=precision.amp)
+    if _torchtitan_default_precision(src, precision):
+        precision = Precision(dtype="fp32", amp="bf16")
     gpu = catalog_gpu(src["gpus"].get("type"))
     settings = Settings(workload=workload, precision=precision,
                         training=_training(src), parallelism=_parallelism(src), runtime=_runtime(src),
@@ -133,6 +135,14 @@ _QUANT_PATTERNS = (  # (regex on dtype_quant, vramfit quant format); first match
     (r"fp4 quant type", "bnb-fp4"), (r"int8|8-bit", "bnb-int8"))
 
 
+def _torchtitan_default_precision(src: dict[str, Any], precision: Precision) -> bool:
+    """A torchtitan row whose source assumes torchtitan's defaults: the model is built in fp32 and FSDP2's
+    MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32) (torchtitan config
+    `mixed_precision_param = "bfloat16"`) keeps fp32 sharded parameters and computes in bf16."""
+    return ("torchtitan" in str(src.get("framework")).lower() and "defaults assumed" in str(src.get("trust"))
+            and precision.dtype == "bf16" and precision.amp is None and precision.quant is None)
+
+
 def _precision(text: str) -> Precision:
     lowered = text.lower()
     quant = next((fmt for pattern, fmt in _QUANT_PATTERNS if re.search(pattern, lowered)), None)
@@ -145,7 +155,7 @@ def _precision(text: str) -> Precision:
 
 
 _OPTIMIZERS = (  # (regex on the source's optimizer text, vramfit optimizer)
-    (r"pagedadamw$|paged_adamw_32bit", None), (r"adam8bit|adamw8bit", "adamw-8bit"),
+    (r"pagedadamw$|paged_adamw_32bit", "paged-adamw"), (r"adam8bit|adamw8bit", "adamw-8bit"),
     (r"adafactor", "adafactor"), (r"adamw?\b", "adamw"))
 
 
@@ -161,7 +171,10 @@ def _training(src: dict[str, Any]) -> Training:
     finetune: Any = "qlora" if method == "qlora" else "lora" if method == "lora" else "full"
     ckpt = src.get("grad_ckpt")
     grad_ckpt: Any = "selective" if isinstance(ckpt, str) and "selective" in ckpt else "full" if ckpt else "none"
-    lora = LoRA(rank=src.get("lora_rank") or 8, targets=_lora_targets(src.get("lora_targets")))
+    # lit-gpt's finetune/lora.py (and finetune/adapter-era scripts) set lora_dropout = 0.05 as a module
+    # default; the rows state r and alpha from the same defaults and no other dropout.
+    dropout = 0.05 if _is_litgpt(src) and finetune in ("lora", "qlora") else 0.0
+    lora = LoRA(rank=src.get("lora_rank") or 8, targets=_lora_targets(src.get("lora_targets")), dropout=dropout)
     return Training(finetune=finetune, optimizer=matched[0][1], grad_ckpt=grad_ckpt, lora=lora,
                     framework="litgpt" if _is_litgpt(src) else "transformers")
 
