@@ -94,6 +94,8 @@ class Step:
     accumulating: bool
     in_flight: int
     host: dict[str, int] = field(default_factory=dict, hash=False)
+    fsdp_root: int = 0
+    fsdp_block: int = 0
 
 
 def plan(model: Model, settings: Settings) -> Plan:
@@ -183,6 +185,8 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
     return Step(
         weights=0 if lay.offload_params else _weights_bytes(held.tensors, widths) // lay.param_shard,
         gathered=_gathered_bytes(held.by_layer, held.blocks, widths, lay),
+        fsdp_root=_fsdp_root_bytes(held.by_layer, widths, lay),
+        fsdp_block=_gathered_bytes(held.by_layer, held.blocks, widths, lay) // max(1, lay.gathered_blocks),
         amp_copies=_amp_copies(held.tensors, widths) if widths.amp and lay.param_shard == 1 else 0,
         gradients=grads, outside_grads=_head_gradients(held, grad_width) // lay.grad_shard,
         states=_offloaded(states) if lay.offload_states else _sharded(states, lay.state_shard),
@@ -380,6 +384,17 @@ def _gathered_bytes(by_layer: dict[int | None, list[ParamTensor]], blocks: range
     return min(lay.gathered_blocks, len(blocks)) * per_block
 
 
+def _fsdp_root_bytes(by_layer: dict[int | None, list[ParamTensor]], widths: Bytes, lay: Layout) -> int:
+    """FSDP's root unit (fully_shard on the model after each block: the embedding, the final norm and the
+    head) in the compute dtype. The root's forward gathers it first and its output is the loss, so FSDP2's
+    pre-backward hook on that output (torch/distributed/fsdp/_fully_shard/_fsdp_state.py _pre_backward)
+    gathers it again at the very start of backward and it is resharded only in the post-backward callback at
+    the end (the embedding's gradient comes last): alive at the loss and through every block's backward."""
+    if not lay.gathered_blocks or not lay.name.startswith("FSDP"):
+        return 0
+    return tensors_bytes((t.elements for t in by_layer.get(None, []) if not t.quantized), widths.compute)
+
+
 def _dequant_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes) -> int:
     """bitsandbytes matmul_4bit dequantizes the whole weight to the compute dtype for each call."""
     largest = max((t.elements for t in tensors if t.quantized), default=0)
@@ -429,12 +444,17 @@ def _phases(step: Step) -> dict[str, dict[str, int]]:
     resident = {"weights": step.weights, "gathered_parameters": step.gathered,
                 "optimizer_states": step.states.states, "batch": step.batch, "ddp_gradient_buckets": step.buckets}
     grads_before = step.gradients if step.accumulating else 0
-    forward = {**resident, "gradients": grads_before, "amp_weight_copies": step.amp_copies,
+    fsdp = step.fsdp_root > 0
+    # FSDP (reshard after forward): at the loss only the root is gathered; backward's first hook prefetches the
+    # last block; inside the blocks' backward, the current block and the prefetched one beside the root.
+    forward = {**resident, "gathered_parameters": step.fsdp_root if fsdp else step.gathered,
+               "gradients": grads_before, "amp_weight_copies": step.amp_copies,
                "activations": saved, "logits_and_loss": step.loss.forward_transient + step.dequant}
-    backward_start = {**resident, "gradients": grads_before, "amp_weight_copies": step.amp_copies,
+    backward_start = {**resident, "gathered_parameters": step.fsdp_root + step.fsdp_block if fsdp else step.gathered,
+                      "gradients": grads_before, "amp_weight_copies": step.amp_copies,
                       "activations": saved, "logits_and_loss": step.loss.backward_transient}
     phases = {"forward": forward, "backward_start": backward_start}
-    phases.update(_block_phases(step, resident, saved))
+    phases.update(_block_phases(step, {**resident, "gathered_parameters": step.gathered + step.fsdp_root}, saved))
     phases["optimizer_step"] = {**resident, "gradients": step.gradients,
                                 "optimizer_step_temporaries": step.states.step_temporaries}
     return phases
