@@ -107,6 +107,7 @@ def plan(model: Model, settings: Settings) -> Plan:
     all_tensors = parameter_tensors(arch, settings.training)
     steps = [_step(model, settings, profile, lay, widths, stage) for stage in _candidate_stages(lay.pipeline)]
     phases = [(_phases(step), step) for step in steps]
+    by_step = {id(s): p for p, s in phases}
     (name, live), step = max(((max(p.items(), key=lambda kv: sum(kv[1].values())), s) for p, s in phases),
                              key=lambda pair: sum(pair[0][1].values()))
     components = _components(live, step, settings, widths, lay) + _overheads(settings, lay)
@@ -114,7 +115,7 @@ def plan(model: Model, settings: Settings) -> Plan:
     parameters = Parameters(total=count.total + sum(t.elements for t in all_tensors if t.adapter),
                             trainable=trainable_parameters(all_tensors), active=count.active, by_part=count.by_part)
     notes = _notes(settings, profile, lay, name)
-    extra = {"peak_phase": name, "phases": {n: sum(v.values()) for n, v in _phases(step).items()},
+    extra = {"peak_phase": name, "phases": {n: sum(v.values()) for n, v in by_step[id(step)].items()},
              "framework": {"name": profile.name, "behaviours": list(profile.behaviours)}, "layout": lay.name}
     if step.host:
         extra["host_memory"] = dict(step.host)
@@ -163,39 +164,91 @@ def _held(arch: Architecture, training: Any, lay: Layout, stage: int, tp_plan: b
     return Held(blocks=blocks, tensors=tensors, by_layer=by_layer)
 
 
-def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes, stage: int) -> Step:
-    """Every term of one stage's step, before the phases combine them."""
-    arch, training = model.architecture, settings.training
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TensorTerms:
+    """What one stage's step takes from its tensors alone, whatever the batch: its tensors, its distinct
+    blocks (layer, first block index, its tensors, its gradient holders) and which of them each block is, and
+    the byte sums over tensors. Made once per (architecture, training, layout, widths, stage, framework)."""
+
+    held: Held
+    groups: tuple[tuple[Layer, int, list[ParamTensor], list[ParamTensor]], ...]
+    block_group: tuple[int, ...]
+    states: OptimizerMemory
+    grads: int
+    weights: int
+    gathered: int
+    fsdp_root: int
+    fsdp_block: int
+    amp_copies: int
+    outside_grads: int
+    dequant: int
+    host: dict[str, int] = field(hash=False)
+
+
+# (id(arch), training, layout, widths, stage, framework) -> (arch, terms): the entry holds the architecture,
+# so its id is not reused while the entry lives; the oldest entry goes first beyond _TERMS_SIZE.
+_TERMS: dict[tuple[Any, ...], tuple[Architecture, TensorTerms]] = {}
+_TERMS_SIZE = 256
+
+
+def _terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes, stage: int,
+           profile: Framework) -> TensorTerms:
+    key = (id(arch), training, lay, widths, stage, profile)
+    hit = _TERMS.get(key)
+    if hit is None or hit[0] is not arch:
+        hit = (arch, _tensor_terms(arch, training, lay, widths, stage, profile))
+        if len(_TERMS) >= _TERMS_SIZE:
+            _TERMS.pop(next(iter(_TERMS)), None)
+        _TERMS[key] = hit
+    return hit[1]
+
+
+def _tensor_terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes, stage: int,
+                  profile: Framework) -> TensorTerms:
     held = _held(arch, training, lay, stage, profile.tp_plan)
     grad_width = widths.adapter if training.finetune != "full" else widths.param
-    states = optimizer_memory(training.optimizer, held.trainable, grad_width)
-    shape = _shape(model, settings, profile, lay, widths)
-    layers = list(arch.layers())[held.blocks.start:held.blocks.stop]
     holders = _grad_holders(held, profile.fsdp_unit_gradients and lay.name.startswith("FSDP")
                             and training.finetune != "full")
-    block_steps = tuple(_block_step(layer, held.blocks.start + i, held.by_layer.get(held.blocks.start + i, []),
-                                    [t for t in holders if t.layer == held.blocks.start + i],
-                                    shape, settings, widths, lay) for i, layer in enumerate(layers))
-    grads = gradient_bytes((t.elements for t in holders), grad_width) // lay.grad_shard
+    layers = list(arch.layers())[held.blocks.start:held.blocks.stop]
+    groups, block_group = _block_groups(layers, held, holders, training.frozen_layers)
+    gathered = _gathered_bytes(held.by_layer, held.blocks, widths, lay)
+    states = optimizer_memory(training.optimizer, held.trainable, grad_width)
+    return TensorTerms(
+        held=held, groups=groups, block_group=block_group, states=states,
+        grads=gradient_bytes((t.elements for t in holders), grad_width) // lay.grad_shard,
+        weights=0 if lay.offload_params else _weights_bytes(held.tensors, widths) // lay.param_shard,
+        gathered=gathered, fsdp_root=_fsdp_root_bytes(held.by_layer, widths, lay),
+        fsdp_block=gathered // max(1, lay.gathered_blocks),
+        amp_copies=_amp_copies(held.tensors, widths) if widths.amp and lay.param_shard == 1 else 0,
+        outside_grads=_head_gradients(held, grad_width) // lay.grad_shard,
+        dequant=_dequant_bytes(held.tensors, widths), host=_host(states, held.tensors, widths, lay))
+
+
+def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes, stage: int) -> Step:
+    """Every term of one stage's step, before the phases combine them: the tensor terms (cached), then each
+    distinct block priced once for this batch."""
+    arch, training = model.architecture, settings.training
+    terms = _terms(arch, training, lay, widths, stage, profile)
+    states = terms.states
+    shape = _shape(model, settings, profile, lay, widths)
+    priced = [_block_step(layer, index, mine, with_grads, shape, settings, widths, lay)
+              for layer, index, mine, with_grads in terms.groups]
+    block_steps = tuple(priced[g] for g in terms.block_group)
     is_first, is_last = stage == 0, stage == lay.pipeline - 1
-    host = _host(states, held.tensors, widths, lay)
+    host = dict(terms.host)
     offload_tail = 0
     if training.activation_offload:
         block_steps, offload_tail, host["activations"] = _offload_activations(block_steps)
     return Step(
-        weights=0 if lay.offload_params else _weights_bytes(held.tensors, widths) // lay.param_shard,
-        gathered=_gathered_bytes(held.by_layer, held.blocks, widths, lay),
-        fsdp_root=_fsdp_root_bytes(held.by_layer, widths, lay),
-        fsdp_block=_gathered_bytes(held.by_layer, held.blocks, widths, lay) // max(1, lay.gathered_blocks),
-        amp_copies=_amp_copies(held.tensors, widths) if widths.amp and lay.param_shard == 1 else 0,
-        gradients=grads, outside_grads=_head_gradients(held, grad_width) // lay.grad_shard,
+        weights=terms.weights, gathered=terms.gathered, fsdp_root=terms.fsdp_root, fsdp_block=terms.fsdp_block,
+        amp_copies=terms.amp_copies, gradients=terms.grads, outside_grads=terms.outside_grads,
         states=_offloaded(states) if lay.offload_states else _sharded(states, lay.state_shard),
         batch=2 * allocation_bytes(settings.workload.batch_size * settings.workload.seq_len * act.INDEX),
         saved_outside=_saved_outside(arch, shape, training, is_first) + offload_tail,
         saved_head=act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0,
         loss=_loss(arch, shape, profile, _softcapped(model)) if is_last else _NO_LOSS, blocks=block_steps,
-        buckets=ddp_bucket_bytes(grads) if lay.ddp_buckets else 0,
-        dequant=_dequant_bytes(held.tensors, widths), accumulating=settings.workload.grad_accum > 1,
+        buckets=ddp_bucket_bytes(terms.grads) if lay.ddp_buckets else 0,
+        dequant=terms.dequant, accumulating=settings.workload.grad_accum > 1,
         in_flight=lay.in_flight if is_first else 1, host=host)
 
 
@@ -280,6 +333,33 @@ def _dropout(model: Model, override: float | None, keys: tuple[str, ...]) -> flo
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     return 0.0
+
+
+def _block_groups(layers: list[Layer], held: Held, holders: list[ParamTensor], frozen_layers: int,
+                  ) -> tuple[tuple[tuple[Layer, int, list[ParamTensor], list[ParamTensor]], ...], tuple[int, ...]]:
+    """The distinct blocks and which one each block is. A block's step depends on its layer, whether it
+    trains and its tensors' sizes and kinds, never on its index otherwise, so identical blocks (all of them
+    in most models) are priced once. The gradient holders are grouped by block in one pass."""
+    holders_by_layer: dict[int | None, list[ParamTensor]] = {}
+    for t in holders:
+        holders_by_layer.setdefault(t.layer, []).append(t)
+    seen: dict[tuple[Any, ...], int] = {}
+    groups: list[tuple[Layer, int, list[ParamTensor], list[ParamTensor]]] = []
+    block_group = []
+    for offset, layer in enumerate(layers):
+        index = held.blocks.start + offset
+        mine, with_grads = held.by_layer.get(index, []), holders_by_layer.get(index, [])
+        key = (layer, index >= frozen_layers, _signature(mine), _signature(with_grads))
+        if key not in seen:
+            seen[key] = len(groups)
+            groups.append((layer, index, mine, with_grads))
+        block_group.append(seen[key])
+    return tuple(groups), tuple(block_group)
+
+
+def _signature(tensors: list[ParamTensor]) -> tuple[tuple[Any, ...], ...]:
+    """A block's tensors without their block index."""
+    return tuple((t.elements, t.trainable, t.role, t.quantized, t.adapter, t.rows, t.cols) for t in tensors)
 
 
 def _block_step(layer: Layer, index: int, mine: list[ParamTensor], with_grads: list[ParamTensor],
