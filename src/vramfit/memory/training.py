@@ -104,7 +104,6 @@ def plan(model: Model, settings: Settings) -> Plan:
     lay = layout(settings.parallelism, settings.workload)
     validate_tensor_parallel(arch, lay.tensor)
     widths = _bytes(settings, profile)
-    all_tensors = parameter_tensors(arch, settings.training)
     steps = [_step(model, settings, profile, lay, widths, stage) for stage in _candidate_stages(lay.pipeline)]
     phases = [(_phases(step), step) for step in steps]
     by_step = {id(s): p for p, s in phases}
@@ -112,14 +111,36 @@ def plan(model: Model, settings: Settings) -> Plan:
                              key=lambda pair: sum(pair[0][1].values()))
     components = _components(live, step, settings, widths, lay) + _overheads(settings, lay)
     count = arch.parameter_count()
-    parameters = Parameters(total=count.total + sum(t.elements for t in all_tensors if t.adapter),
-                            trainable=trainable_parameters(all_tensors), active=count.active, by_part=count.by_part)
+    adapters, trainable = _cached(("counts", settings.training), arch, lambda: _counts(arch, settings.training))
+    parameters = Parameters(total=count.total + adapters, trainable=trainable, active=count.active,
+                            by_part=count.by_part)
     notes = _notes(settings, profile, lay, name)
     extra = {"peak_phase": name, "phases": {n: sum(v.values()) for n, v in by_step[id(step)].items()},
              "framework": {"name": profile.name, "behaviours": list(profile.behaviours)}, "layout": lay.name}
     if step.host:
         extra["host_memory"] = dict(step.host)
     return Plan(components=tuple(components), parameters=parameters, notes=notes, extra=extra)
+
+
+def _counts(arch: Architecture, training: Any) -> tuple[int, int]:
+    """The adapters' elements and the trainable elements of the whole model under `training`."""
+    tensors = parameter_tensors(arch, training)
+    return sum(t.elements for t in tensors if t.adapter), trainable_parameters(tensors)
+
+
+def _cached(key: tuple[Any, ...], arch: Architecture, make: Any) -> Any:
+    """`make()` once per (architecture, key); the entry holds the architecture (see _TERMS)."""
+    full = (id(arch), *key)
+    hit = _SMALL.get(full)
+    if hit is None or hit[0] is not arch:
+        hit = (arch, make())
+        if len(_SMALL) >= _TERMS_SIZE:
+            _SMALL.pop(next(iter(_SMALL)), None)
+        _SMALL[full] = hit
+    return hit[1]
+
+
+_SMALL: dict[tuple[Any, ...], tuple[Architecture, Any]] = {}
 
 
 def _candidate_stages(pipeline: int) -> list[int]:
@@ -307,7 +328,9 @@ def _shape(model: Model, settings: Settings, profile: Framework, lay: Layout, wi
     training, workload = settings.training, settings.workload
     lora: dict[str, tuple[int, int, bool]] = {}
     if training.finetune != "full":
-        names = {linear.name for _, linear in targeted_linears(model.architecture, training.lora.targets)}
+        arch = model.architecture
+        names = _cached(("targets", training.lora.targets), arch, lambda: frozenset(
+            linear.name for _, linear in targeted_linears(arch, training.lora.targets)))
         lora = {name: (training.lora.rank, widths.adapter, training.lora.dropout > 0) for name in names}
     return act.Shape(batch=workload.batch_size, seq=-(-workload.seq_len // lay.context),
                      compute_bytes=widths.compute, attention=settings.runtime.attention,
