@@ -221,12 +221,17 @@ def feed_forward_saved(mlp: MLP | GatedMLP, tokens: int, shape: Shape) -> int:
 
 
 def moe_saved(moe: MixtureOfExperts, shape: Shape) -> int:
-    """Router softmax (fp32) and top-k, then each routed token through its expert: the gathered input, the
-    expert MLP's saved tensors on tokens x experts_per_token rows, the output scaled by its routing weight."""
+    """Router softmax (fp32) and top-k, then each routed token through its expert: the gathered input (when
+    the experts train), the expert MLP's saved tensors on tokens x experts_per_token rows, the output scaled
+    by its routing weight."""
     e, t, k = shape.compute_bytes, shape.tokens, moe.experts_per_token
     router = _t(t * moe.experts, FP32) + _t(t * k, INDEX) + 2 * _t(t * k, FP32)
     routed = t * k
-    experts = 2 * _t(routed * moe.hidden_size, e) + feed_forward_saved(moe.expert, routed, shape)
+    # The gathered input is saved by the experts' first projection only when its weight trains (or an
+    # adapter reads it); the expert output is saved by its product with the routing weight either way.
+    adapted = any(linear.name in shape.lora for linear in moe.expert.linears())
+    inputs = 2 if shape.trains or adapted else 1
+    experts = inputs * _t(routed * moe.hidden_size, e) + feed_forward_saved(moe.expert, routed, shape)
     shared = feed_forward_saved(moe.shared, t, shape) if moe.shared is not None else 0
     return router + experts + shared + (_t(t, e) if moe.shared_gate else 0)
 
