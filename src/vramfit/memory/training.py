@@ -283,7 +283,8 @@ def _loss(arch: Architecture, shape: act.Shape, profile: Framework, softcapped: 
     if profile.tp_plan:   # lm_head colwise_gather_output: the loss sees the full vocabulary on every rank
         shape = replace(shape, shard=1)
     loss = act.loss_memory(arch, shape, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits,
-                           fp32_loss=profile.fp32_loss and not _masked_lm(arch), logits_kept=profile.logits_kept)
+                           fp32_loss=profile.fp32_loss and (shape.amp or not _masked_lm(arch)),
+                           logits_kept=profile.logits_kept)
     if not softcapped or arch.head.output is None:
         return loss
     tanh = allocation_bytes(shape.tokens * (arch.head.output.out_features // shape.shard) * shape.compute_bytes)
@@ -303,7 +304,8 @@ def _masked_lm(arch: Architecture) -> bool:
     `CrossEntropyLoss()(prediction_scores.view(-1, vocab), labels.view(-1))` on the model-dtype scores
     (models/bert/modeling_bert.py BertForMaskedLM.forward; RoBERTa, ELECTRA, ... copy it): log_softmax and
     its gradients stay in the model dtype. Only causal LMs go through loss/loss_utils.py ForCausalLMLoss,
-    which upcasts the logits to fp32 first."""
+    which upcasts the logits to fp32 first. Under autocast the masked LM's log_softmax and nll_loss run in
+    fp32 anyway (both are on autocast's fp32 list, aten/src/ATen/autocast_mode.cpp), as the causal path."""
     return arch.decoder is None and arch.encoder is not None and arch.head.output is not None
 
 
