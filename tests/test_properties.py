@@ -62,32 +62,44 @@ def test_components_add_up_to_the_peaks(model_id: str, base: Settings) -> None:
         assert phases[result.extra["peak_phase"]] == max(phases.values()), phases
 
 
-# Checked where it is a fact of the framework: torchtune's LoRALinear feeds its adapters the block's own
-# input (no copy), on unsharded layouts (one GPU, or DDP replicas). It is not a fact of transformers + PEFT,
-# and this test found both counterexamples (the model follows PEFT faithfully, so they are reported, not
-# "fixed"): PEFT upcasts its adapters to fp32 (get_peft_model autocast_adapter_dtype=True) and each adapted
-# linear saves its own fp32 copy of its input (peft/tuners/lora/layer.py `_cast_input_dtype`), so when
-# activations dominate the copies outweigh full fine-tuning's optimizer states: Yi-1.5-34B, all-linear r64,
-# eager attention, batch 1 x 14,002 tokens, one GPU: LoRA 4,476,872,165,888 bytes allocated > full
-# 4,476,863,300,096 (activations +131.7 GB, adapters +2.0 GB, optimizer states -133.6 GB); and ZeRO-2 over 8
-# GPUs divides full fine-tuning's states by 8 but not PEFT's adapters: Llama-3.2-1B, all-linear r64, batch
-# 6 x 82 tokens: LoRA 4,787,932,160 > full 4,785,410,048.
+# "LoRA never needs more than full fine-tuning" holds for the frozen base, not for LoRA's own tensors, which
+# full fine-tuning does not have: the adapters, their gradients and states, and the activations they save for
+# backward (lora_A's output, batch x tokens x rank, per adapted linear; and under PEFT an fp32 copy of each
+# adapted linear's input, peft/tuners/lora/layer.py `_cast_input_dtype`, since get_peft_model upcasts the
+# adapters to fp32 by default). When activations dominate and the model is small these outweigh full
+# fine-tuning's optimizer states, and the model says so, as the runtime would: opt-125m under torchtune,
+# all-linear r64, eager attention, batch 59 x 1,207 tokens: LoRA 115,648,018,944 bytes allocated > full
+# 115,647,714,816 (activations +437.6 MB, adapters +21.2 MB, optimizer states -458.5 MB); Yi-1.5-34B under
+# PEFT, r64, batch 1 x 14,002 tokens: LoRA +8.9 MB. So the property is checked with LoRA's own tensors
+# bounded from above and allowed for.
 @BOUNDED
 @given(model_id=st.sampled_from(catalog_ids()), base=workload_settings(mode="training"),
        gpus=st.sampled_from((1, 2, 8)))
 def test_lora_never_needs_more_than_full_fine_tuning(model_id: str, base: Settings, gpus: int) -> None:
     model = _model(model_id)
-    # torchtune fine-tunes decoders; an encoder under its profile (roberta-base, batch 24 x 2,361 tokens:
-    # LoRA 210,552,478,208 > full 210,552,388,096 bytes) is a combination no one runs, reported, not checked.
-    assume(str((model.config or {}).get("architectures", [""])[0]).endswith("ForCausalLM"))
-    zero = 0
-    base = base.replace(gpus=gpus, zero_stage=zero, framework="torchtune")
+    base = base.replace(gpus=gpus, zero_stage=0)
     full = _estimate(model, base, finetune="full").peak
     lora = _estimate(model, base, finetune="lora").peak
+    allowance = _lora_own_bytes_bound(model, base)
     for name in ("allocated", "reserved", "device"):
-        assert getattr(lora, name) <= getattr(full, name), (
-            f"{model_id} {base.workload} zero {zero} x{gpus}: LoRA {name} {getattr(lora, name):,} > full "
-            f"{getattr(full, name):,}")
+        assert getattr(lora, name) <= getattr(full, name) + allowance, (
+            f"{model_id} {base.workload} x{gpus}: LoRA {name} {getattr(lora, name):,} > full "
+            f"{getattr(full, name):,} + LoRA's own {allowance:,}")
+
+
+def _lora_own_bytes_bound(model: Model, base: Settings) -> int:
+    """An upper bound of what LoRA adds that full fine-tuning lacks, for every linear adapted: its input
+    copied to fp32 and its rank-r output saved (4 bytes each, per token), and the adapters themselves with
+    fp32 gradient and two fp32 Adam states (16 bytes per adapter parameter)."""
+    tokens = base.workload.batch_size * base.workload.seq_len
+    rank = base.training.lora.rank
+    own = 0
+    for layer in model.architecture.layers():
+        linears = layer.attention.linears() + (() if hasattr(layer.mlp, "experts") else layer.mlp.linears())
+        for linear in linears:
+            own += tokens * (linear.in_features + rank) * 4
+            own += rank * (linear.in_features + linear.out_features) * 16
+    return own
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
