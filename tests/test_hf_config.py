@@ -132,6 +132,34 @@ def test_gemma3_has_one_global_layer_in_six() -> None:
     assert windows[:6] == [512] * 5 + [None]
 
 
+def _norms(config: dict[str, Any]) -> list[Any]:
+    arch = read_architecture(config)
+    layer = arch.decoder.layers[0]
+    return [*layer.norms, *layer.attention.norms(), arch.decoder.final_norm]
+
+
+def test_readers_set_what_the_modeling_code_computes_in_which_dtype() -> None:
+    """Soft-capping, the eager softmax's dtype and GemmaRMSNorm's fp32 weight are parts' fields, set by the
+    reader of the model type (the memory formulas never look at model_type)."""
+    gemma2 = _config(CATALOG / "google--gemma-2-2b.json")
+    arch = read_architecture(gemma2)
+    attention = arch.decoder.layers[0].attention
+    assert (attention.logit_softcap, arch.head.logit_softcap) == (50.0, 30.0)
+    assert attention.softmax_dtype == "fp32"
+    assert all(norm.weight_in_fp32 for norm in _norms(gemma2))
+    gemma3 = _config(CATALOG / "google--gemma-3-1b-it.json")  # states both soft-caps as null
+    assert read_architecture(gemma3).head.logit_softcap is None
+    assert len(_norms(gemma3)) == 7 and all(norm.weight_in_fp32 for norm in _norms(gemma3))
+    for name in ("openai-community--gpt2.json", "google-bert--bert-base-uncased.json", "tiiuae--falcon-40b.json"):
+        arch = read_architecture(_config(CATALOG / name))
+        assert {layer.attention.softmax_dtype for layer in arch.layers()} == {"model"}, name
+    llama = _llama()
+    attention = read_architecture(llama).decoder.layers[0].attention
+    assert (attention.softmax_dtype, attention.logit_softcap, read_architecture(llama).head.logit_softcap) == (
+        "fp32", None, None)
+    assert not any(norm.weight_in_fp32 for norm in _norms(llama))
+
+
 def test_moe_layers_start_after_the_dense_ones() -> None:
     layers = read_architecture(_config(CATALOG / "deepseek-ai--DeepSeek-V3.json")).decoder.layers
     assert [isinstance(layer.mlp, MixtureOfExperts) for layer in layers[:4]] == [False, False, False, True]

@@ -48,7 +48,8 @@ def test_gemma_norm_saves_the_normalised_x_in_fp32() -> None:
     layer = read_architecture(LLAMA).decoder.layers[0]      # type: ignore[union-attr]
     shape = act.Shape(batch=1, seq=128, compute_bytes=2)
     llama = act.layer_saved(layer, shape).parts["norms"]
-    gemma = act.layer_saved(layer, replace(shape, norm_weight_fp32=True)).parts["norms"]
+    gemma_norms = tuple(replace(norm, weight_in_fp32=True) for norm in layer.norms)
+    gemma = act.layer_saved(replace(layer, norms=gemma_norms), shape).parts["norms"]
     assert gemma - llama == 2 * (act._t(128 * 1024, 4) - act._t(128 * 1024, 2))
 
 

@@ -19,10 +19,10 @@ dtype's bytes:
   that q, a view of it, keeps alive), the output (T x heads x head_dim, already in (b, s, h, d) layout,
   which o_proj then reads without a copy) and the log-sum-exp (b x heads x s, fp32).
   eager: q, k and v repeated to all heads (repeat_kv), the fp32 softmax (b x heads x s x s x 4) and its cast to
-  E when E < 4 (the softmax in E alone for MODEL_DTYPE_SOFTMAX), the dropout mask when attention dropout is
-  on, and the transposed output copy for o_proj. With attention logit soft-capping (Gemma 2,
-  modeling_gemma2.py eager_attention_forward: scores / cap, tanh, * cap) tanh saves its output, b x heads x
-  s x s x E, too.
+  E when E < 4 (the softmax in E alone where Attention.softmax_dtype is "model"), the dropout mask when
+  attention dropout is on, and the transposed output copy for o_proj. With attention logit soft-capping
+  (Attention.logit_softcap, Gemma 2, modeling_gemma2.py eager_attention_forward: scores / cap, tanh, * cap)
+  tanh saves its output, b x heads x s x s x E, too.
 - gated MLP: gate (saved by the activation), act(gate) and up (saved by the product), product (saved by
   down_proj when it trains). Plain MLP: up output and the activation output; `gelu_new` is written out in
   Python ops (transformers/activations.py NewGELUActivation) and saves five tensors of T x intermediate.
@@ -54,21 +54,6 @@ from vramfit.model.architecture import (
 
 FP32 = 4
 INDEX = 8  # int64 token ids and expert indices
-
-# Model types whose eager attention takes the softmax in the model dtype, `softmax(attn_weights, dim=-1)`
-# (transformers 5.23 models/gpt2, gpt_neo, bert, roberta, xlm_roberta, distilbert, electra, biogpt:
-# eager_attention_forward; falcon passes dtype=hidden_states.dtype). The rest (modeling_llama.py and the
-# models copied from it, opt, gpt_neox, bloom, phi) write `softmax(..., dtype=torch.float32).to(query.dtype)`,
-# which saves the fp32 probabilities and their cast.
-MODEL_DTYPE_SOFTMAX = frozenset({"gpt2", "gpt_neo", "bert", "roberta", "xlm-roberta", "distilbert", "electra",
-                                 "biogpt", "falcon"})
-
-# Model types whose RMSNorm multiplies by (1 + weight) in fp32 and casts afterwards (transformers 5.23
-# models/gemma/modeling_gemma.py GemmaRMSNorm: `output * (1.0 + self.weight.float())`, `.type_as(x)`; the same
-# in gemma2, gemma3, vaultgemma, recurrent_gemma, qwen3_next, qwen3_5): the normalised x it saves for the
-# weight's gradient is fp32 (Llama's casts first and saves it in the model dtype).
-FP32_NORM_WEIGHT = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text", "vaultgemma", "recurrent_gemma",
-                              "qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_text"})
 
 # Tensors an activation function saves besides its output, as transformers implements it.
 _ACTIVATION_EXTRA = {"gelu_new": 4, "gelu_fast": 3, "gelu_accurate": 4, "quick_gelu": 2, "relu": 0, "relu2": 1}
@@ -107,9 +92,6 @@ class Shape:
     native_activations: bool = False
     expand_kv: bool = False
     amp: bool = False
-    softmax_fp32: bool = True
-    attention_softcap: bool = False
-    norm_weight_fp32: bool = False
     lora: dict[str, tuple[int, int, bool]] = field(default_factory=dict, hash=False)
 
     @property
@@ -138,7 +120,7 @@ def norm_saved(norm: Norm, width: int, rows: int, shape: Shape, *, trains: bool)
     if norm.kind == "layer":
         return 2 * _t(rows, FP32)
     upcast = _t(rows * width, FP32) if e < FP32 else 0
-    normed = _t(rows * width, FP32 if shape.norm_weight_fp32 else e) if trains else 0
+    normed = _t(rows * width, FP32 if norm.weight_in_fp32 else e) if trains else 0
     return upcast + _t(rows, FP32) + normed
 
 
@@ -170,10 +152,10 @@ def attention_saved(attn: Attention | LatentAttention, shape: Shape) -> int:
     q = _t(b * s * heads * attn.head_dim, e)
     if shape.attention == "eager":
         kv = 2 * q
-        upcast = shape.softmax_fp32 and e < FP32
+        upcast = attn.softmax_dtype == "fp32" and e < FP32
         softmax = _t(b * heads * s * s, FP32) + _t(b * heads * s * s, e) if upcast else _t(b * heads * s * s, e)
         dropout = _t(b * heads * s * s, 1) + _t(b * heads * s * s, e) if shape.attention_dropout else 0
-        capped = _t(b * heads * s * s, e) if shape.attention_softcap else 0
+        capped = _t(b * heads * s * s, e) if attn.logit_softcap is not None else 0
         return q + kv + capped + softmax + dropout + q  # + the transposed output copy o_proj reads
     kv = 2 * _t(b * s * (heads if shape.expand_kv else kv_heads) * attn.head_dim, e)
     kv += _sliding_mask(attn, shape)

@@ -40,7 +40,6 @@ class Stage:
     last: bool
     weight_requests: tuple[int, ...]
     dequantized_bytes: int = 0   # the largest matrix a prefill matmul dequantizes (bnb 4-bit)
-    softcapped_logits: bool = False  # final_logit_softcapping: logits / cap, tanh, * cap (new tensors)
 
     @property
     def element_bytes(self) -> int:
@@ -63,8 +62,7 @@ def plan(model: Model, settings: Settings) -> Plan:
         components, notes, extra = _llama_cpp(arch, settings, fmt)
     else:
         stored = model.weight_dtype if profile.quantizes_stored_dtype else None
-        stages = [replace(_stage(arch, settings, fmt, profile, s, stored), softcapped_logits=_softcapped(model))
-                  for s in range(settings.parallelism.pipeline)]
+        stages = [_stage(arch, settings, fmt, profile, s, stored) for s in range(settings.parallelism.pipeline)]
         results = [_run_stage(stage) for stage in stages]
         components, notes, extra = max(results, key=lambda r: sum(c.bytes for c in r[0]))
     draft = _draft(settings)
@@ -81,14 +79,6 @@ def quant_name(model: Model, settings: Settings) -> str:
     if settings.runtime.name == "llama.cpp":
         return "gguf-BF16" if settings.precision.dtype == "bf16" else "gguf-F16"
     return "none"
-
-
-def _softcapped(model: Model) -> bool:
-    """config.json's final_logit_softcapping (Gemma 2): the CausalLM divides, tanh's and multiplies the
-    logits out of place (models/gemma2/modeling_gemma2.py Gemma2ForCausalLM.forward), so two full logits
-    tensors are alive at once. Read from the config as transformers reads it; the Architecture does not
-    carry it."""
-    return bool(model.config.get("final_logit_softcapping"))
 
 
 def _check_layout(arch: Architecture, settings: Settings, fmt: weights.WeightFormat) -> None:
@@ -215,10 +205,13 @@ def _gathers_logits(stage: Stage) -> bool:
 
 def _extra_logits_bytes(stage: Stage, rows: int) -> int:
     """Model-dtype logits beyond the one copy of logits_bytes: the TP gather's buffer and local slice, or
-    soft-capping's second copy, whichever moment is larger (they follow one another)."""
+    soft-capping's second copy, whichever moment is larger (they follow one another). Soft-capping
+    (Head.logit_softcap, config.json's final_logit_softcapping): the CausalLM divides, tanh's and multiplies
+    the logits out of place (models/gemma2/modeling_gemma2.py Gemma2ForCausalLM.forward), so two full logits
+    tensors are alive at once."""
     full = rows * stage.arch.vocab_size * stage.element_bytes
     gathered = full + -(-full // stage.settings.parallelism.tensor) if _gathers_logits(stage) else 0
-    return max(gathered, full if stage.softcapped_logits else 0)
+    return max(gathered, full if stage.arch.head.logit_softcap is not None else 0)
 
 
 def _decode_moment(stage: Stage, sequences: int) -> Moment:

@@ -267,7 +267,7 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
         batch=2 * allocation_bytes(settings.workload.batch_size * settings.workload.seq_len * act.INDEX),
         saved_outside=_saved_outside(arch, shape, training, is_first) + offload_tail,
         saved_head=act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0,
-        loss=_loss(arch, shape, profile, _softcapped(model)) if is_last else _NO_LOSS, blocks=block_steps,
+        loss=_loss(arch, shape, profile) if is_last else _NO_LOSS, blocks=block_steps,
         buckets=ddp_bucket_bytes(terms.grads) if lay.ddp_buckets else 0,
         dequant=terms.dequant, accumulating=settings.workload.grad_accum > 1,
         in_flight=lay.in_flight if is_first else 1, host=host)
@@ -276,8 +276,11 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
 _NO_LOSS = act.LossMemory(saved=0, forward_transient=0, backward_transient=0, formula="not on this stage")
 
 
-def _loss(arch: Architecture, shape: act.Shape, profile: Framework, softcapped: bool) -> act.LossMemory:
-    """The loss as the framework takes it; with final logit soft-capping, tanh's saved output on top."""
+def _loss(arch: Architecture, shape: act.Shape, profile: Framework) -> act.LossMemory:
+    """The loss as the framework takes it; with final logit soft-capping (Head.logit_softcap, Gemma 2), tanh's
+    saved output on top: the CausalLM computes logits / cap, tanh, * cap (modeling_gemma2.py
+    Gemma2ForCausalLM.forward); tanh saves its output (T x V x E) for its backward, which runs right after
+    the loss's backward, so it lives from the head's forward to there."""
     from dataclasses import replace
 
     if profile.tp_plan:   # lm_head colwise_gather_output: the loss sees the full vocabulary on every rank
@@ -285,18 +288,11 @@ def _loss(arch: Architecture, shape: act.Shape, profile: Framework, softcapped: 
     loss = act.loss_memory(arch, shape, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits,
                            fp32_loss=profile.fp32_loss and (shape.amp or not _masked_lm(arch)),
                            logits_kept=profile.logits_kept)
-    if not softcapped or arch.head.output is None:
+    if arch.head.logit_softcap is None or arch.head.output is None:
         return loss
     tanh = allocation_bytes(shape.tokens * (arch.head.output.out_features // shape.shard) * shape.compute_bytes)
     return replace(loss, saved=loss.saved + tanh, formula=loss.formula + f" + T x V x {shape.compute_bytes} "
                    "(soft-capping's tanh output)")
-
-
-def _softcapped(model: Model) -> bool:
-    """config.json's final_logit_softcapping (Gemma 2): the CausalLM computes logits / cap, tanh, * cap
-    (modeling_gemma2.py Gemma2ForCausalLM.forward); tanh saves its output (T x V x E) for its backward, which
-    runs right after the loss's backward, so it lives from the head's forward to there."""
-    return bool(model.config.get("final_logit_softcapping"))
 
 
 def _masked_lm(arch: Architecture) -> bool:
@@ -343,10 +339,7 @@ def _shape(model: Model, settings: Settings, profile: Framework, lay: Layout, wi
                      trains=training.finetune == "full", lora=lora,
                      kv_cache=profile.kv_cache_in_training and training.grad_ckpt == "none",
                      native_activations=profile.native_activations, amp=widths.amp,
-                     expand_kv=profile.expand_kv,
-                     softmax_fp32=model.config.get("model_type") not in act.MODEL_DTYPE_SOFTMAX,
-                     attention_softcap=bool(model.config.get("attn_logit_softcapping")),
-                     norm_weight_fp32=model.config.get("model_type") in act.FP32_NORM_WEIGHT)
+                     expand_kv=profile.expand_kv)
 
 
 def _dropout(model: Model, override: float | None, keys: tuple[str, ...]) -> float:

@@ -34,12 +34,20 @@ class Linear:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Norm:
-    """LayerNorm (weight and bias) or RMSNorm (weight only) over `size` features."""
+    """LayerNorm (weight and bias) or RMSNorm (weight only) over `size` features.
+
+    `weight_in_fp32`: the RMSNorm multiplies by its weight in fp32 and casts afterwards, so the normalised x
+    it saves for the weight's gradient is fp32 (transformers 5.23 models/gemma/modeling_gemma.py
+    GemmaRMSNorm: `output * (1.0 + self.weight.float())`, `.type_as(x)`; the same in gemma2, gemma3,
+    vaultgemma, recurrent_gemma, qwen3_next, qwen3_5). Llama's (LlamaRMSNorm) casts first and saves it in
+    the model dtype. Set by the readers of those model types.
+    """
 
     name: str
     size: int
     kind: NormKind = "rms"
     bias: bool = False
+    weight_in_fp32: bool = False
 
     def parameters(self) -> int:
         return self.size * (2 if self.bias else 1)
@@ -64,6 +72,14 @@ class Attention:
     `head_dim` is taken as config.json states it, never re-derived. `fused` names the single projection
     that computes q, k and v together where the implementation has one (GPT-2 `c_attn`, BLOOM and Falcon
     `query_key_value`, Phi-3 `qkv_proj`); the parameter count is the same either way.
+
+    `softmax_dtype`: the dtype of eager attention's softmax. "model": `softmax(attn_weights, dim=-1)` in
+    the model dtype (transformers 5.23 models/gpt2, gpt_neo, bert, roberta, xlm_roberta, distilbert,
+    electra, biogpt: eager_attention_forward; falcon passes dtype=hidden_states.dtype). "fp32": the rest
+    (modeling_llama.py and the models copied from it, opt, gpt_neox, bloom, phi) write
+    `softmax(..., dtype=torch.float32).to(query.dtype)`, which saves the fp32 probabilities and their cast.
+    `logit_softcap`: config.json's attn_logit_softcapping (Gemma 2, modeling_gemma2.py
+    eager_attention_forward: scores / cap, tanh, * cap), None when the scores are not capped.
     """
 
     hidden_size: int
@@ -81,8 +97,11 @@ class Attention:
     cross: bool = False                # keys and values come from the encoder output (T5 decoder)
     relative_buckets: int = 0          # T5's relative position bias table (buckets x heads), first layer only
     sinks: bool = False                # one learned attention-sink logit per head (gpt-oss `sinks`)
+    qk_norm_weight_in_fp32: bool = False  # Norm.weight_in_fp32 for q_norm and k_norm (Gemma 3)
     names: tuple[str, str, str, str] = ("q_proj", "k_proj", "v_proj", "o_proj")
     fused: str | None = None
+    softmax_dtype: Literal["fp32", "model"] = "fp32"
+    logit_softcap: float | None = None
 
     def linears(self) -> tuple[Linear, ...]:
         q, k, v, o = self.names
@@ -104,8 +123,9 @@ class Attention:
             return ()
         q_size, k_size = ((self.heads * self.head_dim, self.kv_heads * self.head_dim) if self.qk_norm_across_heads
                           else (self.head_dim, self.head_dim))
-        return (Norm(name="q_norm", size=q_size, kind=self.qk_norm, bias=self.qk_norm_bias),
-                Norm(name="k_norm", size=k_size, kind=self.qk_norm, bias=self.qk_norm_bias))
+        fp32 = self.qk_norm_weight_in_fp32
+        return (Norm(name="q_norm", size=q_size, kind=self.qk_norm, bias=self.qk_norm_bias, weight_in_fp32=fp32),
+                Norm(name="k_norm", size=k_size, kind=self.qk_norm, bias=self.qk_norm_bias, weight_in_fp32=fp32))
 
     def tables(self) -> tuple[Table, ...]:
         sinks = (Table(name="sinks", rows=self.heads, dim=1),) if self.sinks else ()
@@ -336,12 +356,15 @@ class Head:
 
     `output` is the projection to the vocabulary (or classes); when `tied` its weight is the token table and
     only its bias counts. `transform` holds layers before it (BERT's MLM dense + LayerNorm, a pooler).
-    An encoder used as a bare backbone has `output=None`.
+    An encoder used as a bare backbone has `output=None`. `logit_softcap`: config.json's
+    final_logit_softcapping (Gemma 2): the CausalLM computes logits / cap, tanh, * cap out of place
+    (models/gemma2/modeling_gemma2.py Gemma2ForCausalLM.forward); None when the logits are not capped.
     """
 
     output: Linear | None
     tied: bool = False
     transform: tuple[Linear | Norm | Table, ...] = ()  # Table: a lone learned vector (BERT's untied MLM bias)
+    logit_softcap: float | None = None
 
     def parameters(self) -> int:
         transform = _sum_parts(self.transform)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from vramfit.model.architecture import (
     MLP,
@@ -100,12 +100,12 @@ def _mlp(f: Fields, width: int, activation: str, names: tuple[str, str], *, bias
 
 
 def _fused(f: Fields, *, kv_heads: int | None = None, bias: bool = True, fused: str = "c_attn",
-           out: str = "c_proj") -> Attention:
+           out: str = "c_proj", softmax_dtype: Literal["fp32", "model"] = "fp32") -> Attention:
     """One projection for q, k and v, head_dim = hidden_size / heads (these classes derive it so)."""
     heads = f.integer("num_attention_heads")
     return Attention(hidden_size=f.integer("hidden_size"), heads=heads, kv_heads=kv_heads or heads,
                      head_dim=parts.head_dim(f, heads), qkv_bias=bias, out_bias=bias, fused=fused,
-                     names=(fused, fused, fused, out))
+                     names=(fused, fused, fused, out), softmax_dtype=softmax_dtype)
 
 
 def _learned(f: Fields, tokens: str, positions: str, *, extra_rows: int = 0) -> Embedding:
@@ -116,11 +116,14 @@ def _learned(f: Fields, tokens: str, positions: str, *, extra_rows: int = 0) -> 
 
 
 def read_gpt2(f: Fields) -> Architecture:
-    """GPT2Block; gpt_bigcode (GPTBigCodeBlock) is the same with one kv head under multi_query."""
+    """GPT2Block; gpt_bigcode (GPTBigCodeBlock) is the same with one kv head under multi_query. GPT-2's eager
+    attention takes the softmax in the model dtype (models/gpt2 eager_attention_forward, Attention.softmax_dtype)."""
     hidden = f.integer("hidden_size")
-    kv_heads = 1 if f.model_type == "gpt_bigcode" and f.flag("multi_query") else None
+    bigcode = f.model_type == "gpt_bigcode"
+    kv_heads = 1 if bigcode and f.flag("multi_query") else None
     width = f.optional_integer("n_inner") or 4 * hidden
-    layer = Layer(attention=_fused(f, kv_heads=kv_heads), mlp=_mlp(f, width, "activation_function", ("c_fc", "c_proj")),
+    attention = _fused(f, kv_heads=kv_heads, softmax_dtype="fp32" if bigcode else "model")
+    layer = Layer(attention=attention, mlp=_mlp(f, width, "activation_function", ("c_fc", "c_proj")),
                   norms=_ln(("ln_1", "ln_2"), f))
     return parts.causal_lm(f, name=_class(f), layers=_layers(f, lambda _: layer),
                            final_norm=parts.layer_norm("ln_f", hidden), embedding=_learned(f, "wte", "wpe"))
@@ -189,7 +192,9 @@ def read_falcon(f: Fields) -> Architecture:
     heads = f.integer("num_attention_heads")
     kv_heads = (f.optional_integer("num_key_value_heads") or heads) if new else (1 if f.flag("multi_query") else heads)
     parallel = f.flag("parallel_attn")
-    layer = Layer(attention=_fused(f, kv_heads=kv_heads, bias=bias, fused="query_key_value", out="dense"),
+    # Eager attention's softmax in the model dtype (modeling_falcon.py passes dtype=hidden_states.dtype).
+    attention = _fused(f, kv_heads=kv_heads, bias=bias, fused="query_key_value", out="dense", softmax_dtype="model")
+    layer = Layer(attention=attention,
                   mlp=_mlp(f, f.optional_integer("ffn_hidden_size") or 4 * hidden, "activation",
                            ("dense_h_to_4h", "dense_4h_to_h"), bias=bias),
                   norms=_ln(_falcon_norms(f, new, parallel), f), parallel=parallel or new)

@@ -64,11 +64,14 @@ def gated_mlp(f: Fields, *, bias: bool = False, activation: str = "hidden_act", 
 
 
 def _stack(f: Fields, attention: Callable[[int | None], Attention], mlp: GatedMLP,
-           windows: tuple[int | None, ...], norm_names: tuple[str, ...] = PRE_NORMS) -> Architecture:
+           windows: tuple[int | None, ...], norm_names: tuple[str, ...] = PRE_NORMS, *,
+           fp32_norm_weight: bool = False, logit_softcap: float | None = None) -> Architecture:
+    """fp32_norm_weight: GemmaRMSNorm on every norm (Norm.weight_in_fp32); logit_softcap: the head's."""
     hidden = f.integer("hidden_size")
-    norms = parts.norms(norm_names, hidden, "rms")
+    norms = parts.norms(norm_names, hidden, "rms", weight_in_fp32=fp32_norm_weight)
     layers = [Layer(attention=attention(window), mlp=mlp, norms=norms) for window in windows]
-    return parts.causal_lm(f, name=_class(f), layers=layers, final_norm=parts.rms("norm", hidden))
+    return parts.causal_lm(f, name=_class(f), layers=layers, logit_softcap=logit_softcap,
+                           final_norm=parts.rms("norm", hidden, weight_in_fp32=fp32_norm_weight))
 
 
 def _layers(f: Fields) -> int:
@@ -103,27 +106,37 @@ def read_qwen3(f: Fields) -> Architecture:
 
 
 def read_gemma(f: Fields) -> Architecture:
+    """GemmaRMSNorm everywhere: `output * (1.0 + self.weight.float())` in fp32 (Norm.weight_in_fp32)."""
     bias = f.flag("attention_bias")
     return _stack(f, lambda w: parts.attention(f, qkv_bias=bias, out_bias=bias, window=w),
-                  gated_mlp(f), (None,) * _layers(f))
+                  gated_mlp(f), (None,) * _layers(f), fp32_norm_weight=True)
+
+
+def _gemma2_attention(f: Fields, window: int | None, *, qk_norm: bool = False) -> Attention:
+    """Gemma 2/3 attention: the scores soft-capped by attn_logit_softcapping (modeling_gemma2.py
+    eager_attention_forward: scores / cap, tanh, * cap); Gemma 3's q_norm/k_norm are GemmaRMSNorms."""
+    bias = f.flag("attention_bias")
+    plain = parts.attention(f, qkv_bias=bias, out_bias=bias, qk_norm="rms" if qk_norm else None, window=window)
+    return replace(plain, qk_norm_weight_in_fp32=qk_norm, logit_softcap=parts.softcap(f, "attn_logit_softcapping"))
 
 
 def read_gemma2(f: Fields) -> Architecture:
-    """Gemma2Config.__post_init__: layer i slides when (i + 1) % 2 (every even index)."""
-    bias = f.flag("attention_bias")
+    """Gemma2Config.__post_init__: layer i slides when (i + 1) % 2 (every even index). Logits soft-capped by
+    final_logit_softcapping (Gemma2ForCausalLM.forward); GemmaRMSNorm-style norms (Gemma2RMSNorm)."""
     windows = parts.windows(f, _layers(f), f.optional_integer("sliding_window"), lambda index: (index + 1) % 2 == 1)
-    return _stack(f, lambda w: parts.attention(f, qkv_bias=bias, out_bias=bias, window=w),
-                  gated_mlp(f, activation="hidden_activation"), windows, GEMMA2_NORMS)
+    return _stack(f, lambda w: _gemma2_attention(f, w), gated_mlp(f, activation="hidden_activation"), windows,
+                  GEMMA2_NORMS, fp32_norm_weight=True, logit_softcap=parts.softcap(f, "final_logit_softcapping"))
 
 
 def read_gemma3_text(f: Fields) -> Architecture:
-    """Gemma3TextConfig.__post_init__: layer i slides when (i + 1) % sliding_window_pattern (default 6)."""
-    bias = f.flag("attention_bias")
+    """Gemma3TextConfig.__post_init__: layer i slides when (i + 1) % sliding_window_pattern (default 6).
+    Soft-capping and norms as gemma2 (Gemma3RMSNorm, q_norm/k_norm included)."""
     pattern = f.count("sliding_window_pattern", default=6) or 6
     windows = parts.windows(f, _layers(f), f.optional_integer("sliding_window"),
                             lambda index: (index + 1) % pattern != 0)
-    return _stack(f, lambda w: parts.attention(f, qkv_bias=bias, out_bias=bias, qk_norm="rms", window=w),
-                  gated_mlp(f, activation="hidden_activation"), windows, GEMMA2_NORMS)
+    return _stack(f, lambda w: _gemma2_attention(f, w, qk_norm=True), gated_mlp(f, activation="hidden_activation"),
+                  windows, GEMMA2_NORMS, fp32_norm_weight=True,
+                  logit_softcap=parts.softcap(f, "final_logit_softcapping"))
 
 
 def read_phi3(f: Fields) -> Architecture:

@@ -59,11 +59,13 @@ def _class(f: Fields) -> str:
 
 
 def read_bert(f: Fields) -> Architecture:
-    """BertLayer / RobertaLayer; the head by class (see the module docstring)."""
+    """BertLayer / RobertaLayer; the head by class (see the module docstring). Eager attention takes the
+    softmax in the model dtype (models/bert, roberta eager_attention_forward, Attention.softmax_dtype)."""
     hidden, name = f.integer("hidden_size"), _class(f)
     count = f.integer("num_attention_heads")
     attention = Attention(hidden_size=hidden, heads=count, kv_heads=count, head_dim=parts.head_dim(f, count),
-                          qkv_bias=True, out_bias=True, causal=False, names=("query", "key", "value", "dense"))
+                          qkv_bias=True, out_bias=True, causal=False, names=("query", "key", "value", "dense"),
+                          softmax_dtype="model")
     mlp = MLP(hidden_size=hidden, intermediate_size=f.integer("intermediate_size"), activation=f.text("hidden_act"),
               names=("dense", "dense"))
     layer = Layer(attention=attention, mlp=mlp, norms=parts.norms(("LayerNorm", "LayerNorm"), hidden, "layer",

@@ -48,16 +48,30 @@ def head_dim(f: Fields, count: int) -> int:
     return hidden // count
 
 
-def rms(name: str, size: int) -> Norm:
-    return Norm(name=name, size=size, kind="rms")
+def rms(name: str, size: int, *, weight_in_fp32: bool = False) -> Norm:
+    return Norm(name=name, size=size, kind="rms", weight_in_fp32=weight_in_fp32)
 
 
 def layer_norm(name: str, size: int, *, bias: bool = True) -> Norm:
     return Norm(name=name, size=size, kind="layer", bias=bias)
 
 
-def norms(names: Sequence[str], size: int, kind: NormKind, *, bias: bool = False) -> tuple[Norm, ...]:
-    return tuple(Norm(name=name, size=size, kind=kind, bias=bias) for name in names)
+def norms(names: Sequence[str], size: int, kind: NormKind, *, bias: bool = False,
+          weight_in_fp32: bool = False) -> tuple[Norm, ...]:
+    return tuple(Norm(name=name, size=size, kind=kind, bias=bias, weight_in_fp32=weight_in_fp32)
+                 for name in names)
+
+
+def softcap(f: Fields, name: str) -> float | None:
+    """A soft-capping value (attn_logit_softcapping, final_logit_softcapping) as config.json states it: None
+    (no capping) when unset, null or 0; the modeling code caps whenever it is not None."""
+    value = f.get(name)
+    if not value:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidConfig(f"config.json ({f.model_type}) field {name} is {value!r}; "
+                            "it must be a number or null")
+    return float(value)
 
 
 def windows(f: Fields, layers: int, window: int | None, sliding: Callable[[int], bool]) -> tuple[int | None, ...]:
@@ -92,15 +106,16 @@ LM_HEAD_CLASSES = ("ForCausalLM", "LMHeadModel")
 
 
 def causal_lm(f: Fields, *, name: str, layers: Sequence[Layer], final_norm: Norm | None,
-              embedding: Embedding | None = None, head_bias: bool = False) -> Architecture:
+              embedding: Embedding | None = None, head_bias: bool = False,
+              logit_softcap: float | None = None) -> Architecture:
     """A decoder-only model: token table, layers, final norm, and (for *ForCausalLM, *LMHeadModel) the
     vocabulary head `lm_head`, from the token table's width, whose weight is the token table when
     tie_word_embeddings (with the model type's default) says so."""
     hidden, vocab = f.integer("hidden_size"), f.integer("vocab_size")
     embedding = embedding or Embedding(tokens=Table(name="embed_tokens", rows=vocab, dim=hidden))
     output = Linear(name="lm_head", in_features=embedding.tokens.dim, out_features=vocab, bias=head_bias)
-    head = Head(output=output, tied=f.flag("tie_word_embeddings")) if name.endswith(LM_HEAD_CLASSES) \
-        else Head(output=None)
+    head = Head(output=output, tied=f.flag("tie_word_embeddings"), logit_softcap=logit_softcap) \
+        if name.endswith(LM_HEAD_CLASSES) else Head(output=None)
     return Architecture(model_type=f.model_type, class_name=name, hidden_size=hidden, vocab_size=vocab,
                         embedding=embedding, head=head, decoder=Stack(layers=tuple(layers), final_norm=final_norm),
                         max_positions=f.optional_integer("max_position_embeddings"), dtype=dtype(f))
