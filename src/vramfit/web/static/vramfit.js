@@ -250,11 +250,15 @@ function drawVerdicts(deviceBytes) {
   $("verdicts").replaceChildren(...items);
 }
 
+let catalogTicket = 0;   // only the latest search may fill the list: an earlier answer can arrive later
+
 async function searchCatalog() {
+  const ticket = ++catalogTicket;
   const q = $("model").value.trim();
   const response = await fetch(`/api/catalog?q=${encodeURIComponent(q)}&limit=30`);
-  if (!response.ok) return;
+  if (!response.ok || ticket !== catalogTicket) return;
   const entries = await response.json();
+  if (ticket !== catalogTicket) return;
   $("catalog").replaceChildren(...entries.map((e) => element("option", undefined, { value: e.id })));
 }
 
@@ -267,10 +271,10 @@ async function loadGpus() {
 }
 
 async function start() {
+  $("model").addEventListener("input", searchCatalog);   // before any await: typing while the page loads counts
   await Promise.all([loadGpus(), searchCatalog()]);   // the GPU list first: the URL may name one
   readUrl();
   for (const id of allIds()) $(id).addEventListener("input", schedule);
-  $("model").addEventListener("input", searchCatalog);
   update();
 }
 
