@@ -271,10 +271,10 @@ async function loadGpus() {
 }
 
 async function start() {
-  $("model").addEventListener("input", searchCatalog);   // before any await: typing while the page loads counts
-  await Promise.all([loadGpus(), searchCatalog()]);   // the GPU list first: the URL may name one
-  readUrl();
-  for (const id of allIds()) $(id).addEventListener("input", schedule);
+  readUrl();   // the shared state first (a GPU named there is chosen once the list below has loaded)
+  for (const id of allIds()) $(id).addEventListener("input", schedule);   // before any await: typing while
+  $("model").addEventListener("input", searchCatalog);                    // the page loads is not lost
+  await Promise.all([loadGpus(), searchCatalog()]);
   update();
 }
 
