@@ -93,3 +93,14 @@ def test_cached_tensor_terms_give_the_same_estimate_as_fresh_ones() -> None:
         training._TERMS.clear()
         training._SMALL.clear()
         assert estimate(model, settings) == cached
+
+
+def test_litgpt_fsdp_gradient_accumulation_keeps_unsharded_gradients() -> None:
+    """litgpt accumulates under fabric.no_backward_sync -> FSDP.no_sync(): the full model gradients, not shards,
+    until the sync step; transformers' accumulated gradients stay sharded (1/4 on 4 GPUs)."""
+    model = _model(LLAMA)
+    accumulating = TRAIN.replace(gpus=4, fsdp="full", grad_accum=4)
+    litgpt = estimate(model, accumulating.replace(framework="litgpt")).memory["gradients"]
+    hf = estimate(model, accumulating).memory["gradients"]
+    assert hf > 0
+    assert 3.9 * hf < litgpt <= 4 * hf + 4 * 512

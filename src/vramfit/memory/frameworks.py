@@ -22,7 +22,12 @@ a framework is adding a profile.
   chunk in the model dtype without an fp32 upcast, and the loop keeps `logits` alive until after
   `fabric.backward(loss)`; its GPT model calls `torch.nn.functional.gelu(approximate=...)` directly;
   with precision "bf16-true" the LoRA adapters are bf16 like the rest. (The chunk count is the sequence over
-  128; vramfit models it as 8 slices, which only moves the per-chunk transient.)
+  128; vramfit models it as 8 slices, which only moves the per-chunk transient.) Gradient accumulation runs
+  the accumulating micro-steps under `fabric.no_backward_sync(model, enabled=is_accumulating)` (finetune/lora.py,
+  full.py), which under FSDP is `module.no_sync()` (lightning/fabric/strategies/fsdp.py
+  _FSDPBackwardSyncControl), and FSDP then "will accumulate the full model gradients (instead of gradient shards)
+  until the eventual sync" (torch/distributed/fsdp/fully_sharded_data_parallel.py, FSDP.no_sync): with
+  grad_accum > 1 every rank holds unsharded gradients.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class Framework:
     base_model_tp_plan: attention heads and the MLP width split colwise/rowwise, no sequence parallelism so the
     hidden-sized activations stay whole on every rank, embed_tokens whole, lm_head `colwise_gather_output`
     so every rank gets the full-vocabulary logits) instead of Megatron's layout with sequence parallelism;
+    fsdp_no_sync: gradient accumulation under FSDP uses FSDP.no_sync(), which keeps the gradients unsharded;
     behaviours: the sentences --explain prints."""
 
     name: str
@@ -58,6 +64,7 @@ class Framework:
     expand_kv: bool
     fsdp_unit_gradients: bool
     tp_plan: bool = False
+    fsdp_no_sync: bool = False
     behaviours: tuple[str, ...]
 
 
@@ -84,8 +91,9 @@ TORCHTUNE = Framework(
 LITGPT = Framework(
     name="litgpt", loss_chunks=8, fp32_logits=False, adapter_fp32=False, optimizer_in_backward=False,
     kv_cache_in_training=False, native_activations=True, logits_kept=True, fp32_loss=False,
-    expand_kv=True, fsdp_unit_gradients=True,
+    expand_kv=True, fsdp_unit_gradients=True, fsdp_no_sync=True,
     behaviours=("FSDP1 (use_orig_params=True) wraps whole blocks: LoRA blocks keep frozen-weight gradients too",
+                "gradient accumulation under FSDP runs in no_sync (fabric.no_backward_sync): gradients stay unsharded",
                 "k and v expanded to all query heads for training (litgpt/model.py)",
                 "head run in 128-token chunks (model(input_ids, lm_head_chunk_size=128))",
                 "cross-entropy per chunk in the model dtype, no fp32 upcast (litgpt/utils.py chunked_cross_entropy)",

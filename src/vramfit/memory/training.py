@@ -20,7 +20,7 @@ planned and the larger taken.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vramfit.memory import activations as act
@@ -102,6 +102,8 @@ def plan(model: Model, settings: Settings) -> Plan:
     arch = model.architecture
     profile = framework(settings.training.framework)
     lay = layout(settings.parallelism, settings.workload)
+    if profile.fsdp_no_sync and settings.parallelism.fsdp != "none" and settings.workload.grad_accum > 1:
+        lay = replace(lay, grad_shard=1)   # FSDP.no_sync(): full gradients until the sync step
     validate_tensor_parallel(arch, lay.tensor)
     widths = _bytes(settings, profile)
     steps = [_step(model, settings, profile, lay, widths, stage) for stage in _candidate_stages(lay.pipeline)]
