@@ -104,3 +104,16 @@ def test_litgpt_fsdp_gradient_accumulation_keeps_unsharded_gradients() -> None:
     hf = estimate(model, accumulating).memory["gradients"]
     assert hf > 0
     assert 3.9 * hf < litgpt <= 4 * hf + 4 * 512
+
+
+def test_litgpt_fine_tunes_a_tied_model_with_its_own_head() -> None:
+    """litgpt's convert_hf_checkpoint copies the token table into lm_head.weight and the finetune scripts never
+    re-tie it: a tied model trains with a second vocabulary x hidden matrix (weights, and its gradient in full FT)."""
+    tied = _model({**LLAMA, "tie_word_embeddings": True})
+    full = TRAIN.replace(finetune="full")
+    hf = estimate(tied, full)
+    litgpt = estimate(tied, full.replace(framework="litgpt"))
+    assert litgpt.parameters.total == hf.parameters.total + 32000 * 1024
+    untied = estimate(_model(LLAMA), full.replace(framework="litgpt"))
+    assert litgpt.parameters.total == untied.parameters.total
+    assert litgpt.memory["weights"] == untied.memory["weights"]

@@ -27,7 +27,11 @@ a framework is adding a profile.
   full.py), which under FSDP is `module.no_sync()` (lightning/fabric/strategies/fsdp.py
   _FSDPBackwardSyncControl), and FSDP then "will accumulate the full model gradients (instead of gradient shards)
   until the eventual sync" (torch/distributed/fsdp/fully_sharded_data_parallel.py, FSDP.no_sync): with
-  grad_accum > 1 every rank holds unsharded gradients.
+  grad_accum > 1 every rank holds unsharded gradients. Tied embeddings are untied: the checkpoint converter copies
+  the token table into `lm_head.weight` when the checkpoint has none (litgpt/scripts/convert_hf_checkpoint.py
+  `state_dict["lm_head.weight"] = state_dict["transformer.wte.weight"]`), GPT keeps `lm_head` a separate
+  nn.Linear, and only pretrain.py re-ties (`train.tie_embeddings`; the finetune scripts reject it), so a tied
+  model (Gemma, ...) fine-tunes with a second vocabulary-sized matrix.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Framework:
     hidden-sized activations stay whole on every rank, embed_tokens whole, lm_head `colwise_gather_output`
     so every rank gets the full-vocabulary logits) instead of Megatron's layout with sequence parallelism;
     fsdp_no_sync: gradient accumulation under FSDP uses FSDP.no_sync(), which keeps the gradients unsharded;
+    untied_head: the framework's model has its own output matrix even where config.json ties it to the embedding;
     behaviours: the sentences --explain prints."""
 
     name: str
@@ -65,6 +70,7 @@ class Framework:
     fsdp_unit_gradients: bool
     tp_plan: bool = False
     fsdp_no_sync: bool = False
+    untied_head: bool = False
     behaviours: tuple[str, ...]
 
 
@@ -91,8 +97,9 @@ TORCHTUNE = Framework(
 LITGPT = Framework(
     name="litgpt", loss_chunks=8, fp32_logits=False, adapter_fp32=False, optimizer_in_backward=False,
     kv_cache_in_training=False, native_activations=True, logits_kept=True, fp32_loss=False,
-    expand_kv=True, fsdp_unit_gradients=True, fsdp_no_sync=True,
-    behaviours=("FSDP1 (use_orig_params=True) wraps whole blocks: LoRA blocks keep frozen-weight gradients too",
+    expand_kv=True, fsdp_unit_gradients=True, fsdp_no_sync=True, untied_head=True,
+    behaviours=("tied embeddings untied: lm_head is its own copy of the token table (convert_hf_checkpoint)",
+                "FSDP1 (use_orig_params=True) wraps whole blocks: LoRA blocks keep frozen-weight gradients too",
                 "gradient accumulation under FSDP runs in no_sync (fabric.no_backward_sync): gradients stay unsharded",
                 "k and v expanded to all query heads for training (litgpt/model.py)",
                 "head run in 128-token chunks (model(input_ids, lm_head_chunk_size=128))",

@@ -99,8 +99,11 @@ class Step:
 
 
 def plan(model: Model, settings: Settings) -> Plan:
-    arch = model.architecture
     profile = framework(settings.training.framework)
+    if profile.untied_head and model.architecture.head.tied and model.architecture.head.output is not None:
+        untied = replace(model.architecture, head=replace(model.architecture.head, tied=False))
+        model = replace(model, architecture=untied)   # litgpt: lm_head.weight is a copy of the token table
+    arch = model.architecture
     lay = layout(settings.parallelism, settings.workload)
     if profile.fsdp_no_sync and settings.parallelism.fsdp != "none" and settings.workload.grad_accum > 1:
         lay = replace(lay, grad_shard=1)   # FSDP.no_sync(): full gradients until the sync step
