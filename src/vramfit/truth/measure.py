@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from vramfit.errors import InvalidSetting
-from vramfit.estimate import resolve_settings
 from vramfit.model.loaded import Model
 from vramfit.settings import Settings
 from vramfit.truth.rows import Quantity, TruthRow, append_row
 from vramfit.truth.trace import (
     build_model,
-    check_generation,
-    check_traceable,
+    prepare_step,
     require_torch,
     run_step,
 )
@@ -103,13 +101,7 @@ def measure(model: Model | str, settings: Settings, *, device: str = "cuda") -> 
     """Warm-up step, then the measured step, on GPU 0 (`device` exists for tests: the CUDA counters are
     still read through torch.cuda, which the tests replace)."""
     torch = require_torch()
-    if isinstance(model, str):
-        from vramfit.model.sources import load_model
-
-        model = load_model(model)
-    settings = resolve_settings(settings, model).validate()
-    check_traceable(settings)
-    check_generation(model, settings)
+    model, settings = prepare_step(model, settings)
     if not torch.cuda.is_available():
         raise InvalidSetting("measure: no CUDA GPU is visible; run it on a machine with one, or use vramfit trace")
     env = cuda_environment(torch)

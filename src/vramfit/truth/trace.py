@@ -130,10 +130,8 @@ def check_generation(model: Model, settings: Settings) -> None:
                              "(one forward pass)")
 
 
-def trace(model: Model | str, settings: Settings, *, fake: bool = True) -> TraceResult:
-    """The traced peak of one step of `model` under `settings`. fake=False runs the same step on real CPU
-    tensors (random weights; only for tiny models: tests use it to check the fake trace against it)."""
-    torch = require_torch()
+def prepare_step(model: Model | str, settings: Settings) -> tuple[Model, Settings]:
+    """The model loaded and the settings resolved and checked, as trace and measure both run them."""
     if isinstance(model, str):
         from vramfit.model.sources import load_model
 
@@ -141,6 +139,14 @@ def trace(model: Model | str, settings: Settings, *, fake: bool = True) -> Trace
     settings = resolve_settings(settings, model).validate()
     check_traceable(settings)
     check_generation(model, settings)
+    return model, settings
+
+
+def trace(model: Model | str, settings: Settings, *, fake: bool = True) -> TraceResult:
+    """The traced peak of one step of `model` under `settings`. fake=False runs the same step on real CPU
+    tensors (random weights; only for tiny models: tests use it to check the fake trace against it)."""
+    torch = require_torch()
+    model, settings = prepare_step(model, settings)
     from vramfit.truth import distributed
 
     start = time.perf_counter()
