@@ -5,8 +5,14 @@ of a git revision, over every catalog model and a spread of settings.
     python bench/check_same_results.py --rev abc123
 
 The revision's src/ is unpacked into a temporary folder (git archive) and each side runs in its own
-process; every component (name, bytes, level), the peaks, notes, extra and parameter counts must match,
-and so must every error message. Exit status 1 when anything differs (the first differences are printed).
+process; every component (name, bytes, level, formula, inputs, source, textbook), the peaks, notes, extra and
+parameter counts must match, and so must every error message. Exit status 1 when anything differs (the
+first differences are printed).
+
+    python bench/check_same_results.py --only src/vramfit/settings.py src/vramfit/memory/training.py
+
+compares the revision against the revision with only those files taken from the working tree: on a tree
+several engineers edit at once, this isolates one engineer's change from the others' uncommitted edits.
 """
 
 from __future__ import annotations
@@ -32,21 +38,51 @@ VARIANTS = (
     {"mode": "training"}, {"mode": "training", "finetune": "lora", "grad_ckpt": "full", "batch_size": 4},
     {"mode": "training", "finetune": "qlora", "quant": "bnb-nf4"}, {"mode": "training", "gpus": 8, "zero_stage": 3},
     {"mode": "training", "gpus": 8, "tensor": 4, "pipeline": 2},
+    # added for issue 10's structural speed-ups: every runtime, pool sizing with a GPU, beams, eager, TP
+    # quantized, chunked prefill, partial llama.cpp offload, drafts; AMP, accumulation, every framework,
+    # DoRA, offloads, FSDP, ZeRO-2, context and expert parallelism, frozen layers, dropout, QLoRA all-linear
+    {"mode": "inference", "name": "vllm", "gpu": "h100-80gb", "gpus": 2, "tensor": 2, "max_num_seqs": 64},
+    {"mode": "inference", "name": "sglang", "gpu": "a100-80gb", "gpus": 2, "pipeline": 2},
+    {"mode": "inference", "name": "litgpt", "seq_len": 1024, "new_tokens": 256},
+    {"mode": "inference", "attention": "eager", "batch_size": 2, "seq_len": 1024, "new_tokens": 128, "num_beams": 2},
+    {"mode": "inference", "quant": "gptq-4bit-g128", "gpus": 2, "tensor": 2, "gpu": "h100-80gb"},
+    {"mode": "inference", "dtype": "fp32", "prefill_chunk": 512, "attention": "flash", "new_tokens": 8},
+    {"mode": "inference", "name": "llama.cpp", "n_gpu_layers": 10, "kv_dtype": "int8", "attention": "flash"},
+    {"mode": "inference", "draft_model": "Qwen/Qwen3-0.6B", "new_tokens": 64, "num_return_sequences": 2},
+    {"mode": "training", "amp": "bf16", "dtype": "fp32", "grad_accum": 4, "optimizer": "adamw-8bit"},
+    {"mode": "training", "finetune": "dora", "framework": "torchtune", "activation_offload": True, "grad_ckpt": "full"},
+    {"mode": "training", "framework": "litgpt", "finetune": "lora", "gpus": 4, "fsdp": "full", "grad_accum": 2},
+    {"mode": "training", "gpus": 8, "fsdp": "full", "amp": "bf16", "dtype": "fp32", "gpu": "h100-80gb"},
+    {"mode": "training", "gpus": 8, "zero_stage": 2, "offload": "optimizer", "optimizer": "adafactor"},
+    {"mode": "training", "gpus": 8, "zero_stage": 3, "offload": "params", "grad_ckpt": "selective"},
+    {"mode": "training", "gpus": 8, "context": 2, "tensor": 2, "grad_ckpt": "selective", "seq_len": 4096},
+    {"mode": "training", "gpus": 8, "expert": 8, "zero_stage": 1},
+    {"mode": "training", "frozen_layers": 4, "optimizer": "sgd-momentum", "attention": "eager", "dropout": 0.1},
+    {"mode": "training", "finetune": "qlora", "quant": "bnb-nf4", "framework": "litgpt", "optimizer": "paged-adamw-8bit",
+     "lora": {"rank": 64, "alpha": 16, "dropout": 0.05, "targets": ["all-linear"]}},
+    {"mode": "training", "gpus": 4, "pipeline": 4, "grad_accum": 8, "batch_size": 2},
+    {"mode": "training", "framework": "torchtune", "gpus": 2, "fsdp": "full", "finetune": "lora", "amp": "fp16",
+     "dtype": "fp32", "optimizer": "lion"},
 )
 
 SNAPSHOT = """
 import json, sys
 from vramfit import Settings, estimate, load_model
 from vramfit.errors import VramfitError
+from vramfit.settings import LoRA
 from vramfit.model.catalog import catalog_ids
 variants = json.loads(sys.argv[2])
 out = {}
 for name in catalog_ids():
     model = load_model(name)
     for i, changes in enumerate(variants):
+        if "lora" in changes:
+            changes = {**changes, "lora": LoRA(**{k: tuple(v) if isinstance(v, list) else v
+                                                  for k, v in changes["lora"].items()})}
         try:
             e = estimate(model, Settings().replace(**changes))
-            out[f"{name}|{i}"] = [[c.name, c.bytes, c.level] for c in e.memory.components] + [
+            out[f"{name}|{i}"] = [[c.name, c.bytes, c.level, c.formula, repr(c.inputs), c.source, c.textbook]
+                                  for c in e.memory.components] + [
                 [e.peak.allocated, e.peak.reserved, e.peak.device], list(e.notes), repr(e.extra), repr(e.parameters)]
         except VramfitError as error:
             out[f"{name}|{i}"] = "error: " + str(error)
@@ -69,13 +105,28 @@ def unpack(rev: str, into: Path) -> Path:
     return into / "src"
 
 
+def overlay(src: Path, paths: list[str]) -> Path:
+    """The unpacked revision's src with each of `paths` (relative to the repository root) replaced by the
+    working tree's version."""
+    for path in paths:
+        relative = Path(path)
+        if relative.parts[0] != "src":
+            raise SystemExit(f"--only {path}: give paths under src/")
+        (src.parent / relative).parent.mkdir(parents=True, exist_ok=True)
+        (src.parent / relative).write_bytes((ROOT / relative).read_bytes())
+    return src
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rev", default="HEAD")
+    parser.add_argument("--only", nargs="+", metavar="PATH",
+                        help="the revision with only these working-tree files, instead of the whole working tree")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        before = snapshot(unpack(args.rev, Path(tmp)), Path(tmp) / "before.json")
-        after = snapshot(ROOT / "src", Path(tmp) / "after.json")
+        before = snapshot(unpack(args.rev, Path(tmp) / "rev"), Path(tmp) / "before.json")
+        after_src = overlay(unpack(args.rev, Path(tmp) / "mine"), args.only) if args.only else ROOT / "src"
+        after = snapshot(after_src, Path(tmp) / "after.json")
     differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     errors = sum(1 for v in after.values() if isinstance(v, str))
     print(f"{len(after)} estimates ({errors} of them errors) against {args.rev}: {len(differ)} differ")
