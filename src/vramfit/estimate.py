@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from vramfit.memory import inference, sharding, training
 from vramfit.model.loaded import Model
 from vramfit.result import Estimate, MemoryBreakdown, Peak
-from vramfit.settings import Settings
+from vramfit.settings import Precision, Settings
 
 
 def estimate(model: Model | str, settings: Settings | None = None, **changes: Any) -> Estimate:
@@ -32,5 +33,22 @@ def resolve_settings(settings: Settings, model: Model) -> Settings:
     """Settings with the model-dependent defaults filled in: dtype "auto" becomes the model's own dtype
     (as transformers' dtype="auto" loads it), bf16 when neither config.json nor the checkpoint says."""
     if settings.precision.dtype == "auto":
-        return settings.replace(dtype=model.weight_dtype or "bf16")
+        return dataclasses.replace(settings, precision=_resolved(settings.precision, model.weight_dtype or "bf16"))
     return settings
+
+
+def _resolved(precision: Precision, dtype: str) -> Precision:
+    """`precision` with dtype "auto" made `dtype`, the same object each time for the same (precision, dtype):
+    a settings part that stays the same object is validated once (settings._validated)."""
+    key = (id(precision), dtype)
+    hit = _RESOLVED.get(key)
+    if hit is None or hit[0] is not precision:
+        hit = (precision, dataclasses.replace(precision, dtype=dtype))
+        if len(_RESOLVED) >= 256:
+            _RESOLVED.pop(next(iter(_RESOLVED)), None)
+        _RESOLVED[key] = hit
+    return hit[1]
+
+
+# (id(precision), dtype) -> (precision, resolved): the entry holds the original, so its id is not reused.
+_RESOLVED: dict[tuple[int, str], tuple[Precision, Precision]] = {}

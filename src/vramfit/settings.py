@@ -12,6 +12,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Literal
 
 from vramfit.errors import InvalidSetting
@@ -233,12 +234,12 @@ class Settings:
     def validate(self) -> Settings:
         _check_types(self, "")
         for part in (self.workload, self.precision, self.parallelism, self.runtime):
-            part.validate()
+            _validated(part)
         if self.gpu_memory is not None and not 0 < self.gpu_memory <= MAX_GPU_MEMORY_BYTES:
             raise InvalidSetting(f"gpu_memory: {self.gpu_memory!r} bytes is not a GPU capacity; pass --gpu-memory "
                                  "as a size such as 24GiB or 80GB (at most 1 PiB)")
         if self.workload.mode == "training":
-            self.training.validate()
+            _validated(self.training)
         _consistent(self)
         return self
 
@@ -247,7 +248,10 @@ class Settings:
         return self.workload.mode
 
     def replace(self, **changes: Any) -> Settings:
-        """Settings with fields of its parts changed, e.g. replace(batch_size=8, tensor=2)."""
+        """Settings with fields of its parts changed, e.g. replace(batch_size=8, tensor=2). Parts that no
+        change touches are the same objects, so their validation is not repeated (see _validated)."""
+        if not changes:
+            return self
         parts: dict[str, dict[str, Any]] = {}
         own: dict[str, Any] = {}
         for key, value in changes.items():
@@ -271,43 +275,76 @@ MAX_GPU_MEMORY_BYTES = 2**50  # 1 PiB: a bound on typos, far above any GPU
 
 def _check_types(value: Any, where: str) -> None:
     """Each field holds the type its annotation names, before any rule compares or multiplies it: the Python
-    API takes any object, and "8" < 1 would be a TypeError, True a batch of one, NaN a silent wrong number."""
-    hints = _hints(type(value))
-    for f in dataclasses.fields(value):
-        field_value, name = getattr(value, f.name), f"{where}{f.name}"
+    API takes any object, and "8" < 1 would be a TypeError, True a batch of one, NaN a silent wrong number.
+    An object that passed once is not checked again (see _once)."""
+    if _TYPED.get(id(value), (None,))[0] is value:
+        return
+    for name, has_type, hint in _checkers(type(value)):
+        field_value = getattr(value, name)
         if dataclasses.is_dataclass(field_value):
-            _check_types(field_value, f"{name}.")
-        elif not _has_type(field_value, hints[f.name]):
-            raise InvalidSetting(f"{_FIELD_NAMES.get(name, f.name)}: got {field_value!r}; pass "
-                                 f"{_type_name(hints[f.name])}")
+            _check_types(field_value, f"{where}{name}.")
+        elif not has_type(field_value):
+            full = f"{where}{name}"
+            raise InvalidSetting(f"{_FIELD_NAMES.get(full, name)}: got {field_value!r}; pass {_type_name(hint)}")
+    _remember(_TYPED, value)
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    """A settings class's resolved annotations, read once: typing.get_type_hints evaluates every string
-    annotation again at each call (about 60 us for Settings, several classes per validate)."""
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+def _validated(part: Any) -> None:
+    """part.validate(), once per object: a settings part is frozen, so an object that passed stays valid, and
+    Settings.replace keeps the parts it does not change. A sweep over batch and length re-validates only the
+    new Workload."""
+    if _VALID.get(id(part), (None,))[0] is not part:
+        part.validate()
+        _remember(_VALID, part)
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
+# id(object) -> (object,): objects that passed the type check / their validate(). Each entry holds its object,
+# so the id cannot be reused while the entry lives; the oldest entry goes first beyond _PASSED_SIZE.
+_TYPED: dict[int, tuple[Any]] = {}
+_VALID: dict[int, tuple[Any]] = {}
+_PASSED_SIZE = 4096
 
 
-def _has_type(value: Any, hint: Any) -> bool:
+def _remember(cache: dict[int, tuple[Any]], value: Any) -> None:
+    if len(cache) >= _PASSED_SIZE:
+        cache.pop(next(iter(cache)), None)
+    cache[id(value)] = (value,)
+
+
+def _checkers(cls: type) -> tuple[tuple[str, Callable[[Any], bool], Any], ...]:
+    """(field name, type test, annotation) for each field of a settings class, built once per class: the
+    annotations are resolved (typing.get_type_hints evaluates every string annotation) and each turned into
+    a test that no longer asks typing what the annotation is."""
+    if cls not in _CHECKERS:
+        hints = typing.get_type_hints(cls)
+        _CHECKERS[cls] = tuple((f.name, _type_test(hints[f.name]), hints[f.name]) for f in dataclasses.fields(cls))
+    return _CHECKERS[cls]
+
+
+_CHECKERS: dict[type, tuple[tuple[str, Callable[[Any], bool], Any], ...]] = {}
+
+
+def _type_test(hint: Any) -> Callable[[Any], bool]:
+    """A test that `value` has the type `hint` names: a Literal's values (not bools), a union's members, a
+    tuple's items, None, a finite number for float, an int that is not a bool, else an isinstance check."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
-        return isinstance(value, (str, int)) and not isinstance(value, bool) and value in args
+        return lambda value: isinstance(value, (str, int)) and not isinstance(value, bool) and value in args
     if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, arg) for arg in args)
+        members = tuple(_type_test(arg) for arg in args)
+        return lambda value: any(test(value) for test in members)
     if origin is tuple:
-        return isinstance(value, tuple) and all(_has_type(item, args[0]) for item in value)
+        item = _type_test(args[0])
+        return lambda value: isinstance(value, tuple) and all(item(v) for v in value)
     if hint is type(None):
-        return value is None
+        return lambda value: value is None
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint) if isinstance(hint, type) else True
+        return lambda value: isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return lambda value: isinstance(value, hint)
+    return lambda value: True
 
 
 def _type_name(hint: Any) -> str:
