@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ OPTIMIZERS = ("adamw", "adamw-fused", "adam", "sgd", "sgd-momentum", "adafactor"
               "paged-adamw-8bit", "paged-adamw")
 RUNTIMES = ("transformers", "vllm", "sglang", "llama.cpp", "litgpt")
 FRAMEWORKS = ("transformers", "torchtune", "litgpt")
+# --quant values QLoRA takes: bitsandbytes NF4, plain or with double quantization (bnb_4bit_use_double_quant).
+QLORA_QUANTS = ("bnb-nf4", "bnb-nf4-dq")
 
 
 # Counts (batch, tokens, ranks, ...) above this are refused: beyond 10^9 tokens, the range over which
@@ -145,9 +148,11 @@ class Training:
     frozen_layers: int = 0
     dropout: float | None = None   # None: as config.json says
     framework: str = "transformers"
+    bitsandbytes: str = "latest"   # the bitsandbytes release QLoRA runs on: "latest" or a version, e.g. 0.42.0
 
     def validate(self) -> None:
         _choice("finetune", self.finetune, ("full", "lora", "qlora", "dora"))
+        bitsandbytes_version(self.bitsandbytes)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("grad_ckpt", self.grad_ckpt, ("none", "full", "selective"))
         _choice("framework", self.framework, FRAMEWORKS)
@@ -155,6 +160,31 @@ class Training:
             raise InvalidSetting(f"frozen_layers: {self.frozen_layers} must be 0 or more; pass --frozen-layers 0")
         if self.finetune != "full":
             self.lora.validate()
+
+    @property
+    def bnb_saves_4bit_input(self) -> bool:
+        """bitsandbytes before 0.43.2 kept each 4-bit linear's input on the autograd context (see
+        BNB_4BIT_INPUT_FREED)."""
+        version = bitsandbytes_version(self.bitsandbytes)
+        return version is not None and version < BNB_4BIT_INPUT_FREED
+
+
+# bitsandbytes/autograd/_functions.py MatMul4Bit.forward kept `ctx.tensors = (A, B)` whenever an input needs grad,
+# so every 4-bit linear held its input although backward only reads B; commit 9e753741 (#1270, 2024-07-16,
+# "fix QLoRA mem bug: delete useless buffered activation") made it `(None, B)`, first released in 0.43.2.
+BNB_4BIT_INPUT_FREED = (0, 43, 2)
+_BNB_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?(?:\.?(?:post|dev|rc|a|b)\d*)?")
+
+
+def bitsandbytes_version(text: str) -> tuple[int, int, int] | None:
+    """'0.42.0' -> (0, 42, 0); 'latest' -> None (the current release). A pre-release counts as its release."""
+    if text == "latest":
+        return None
+    match = _BNB_VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidSetting(f"bitsandbytes: {text!r} is not a bitsandbytes version; pass --bitsandbytes with "
+                             "the installed release (pip show bitsandbytes), e.g. 0.42.0, or latest")
+    return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -374,9 +404,13 @@ def _consistent(s: Settings) -> None:
     if mode == "training" and quant and s.training.finetune != "qlora":
         raise InvalidSetting(f"quant: training models a quantized base only as QLoRA (bitsandbytes NF4); pass "
                              f"--finetune qlora, or drop --quant {quant}")
-    if mode == "training" and quant and quant != "bnb-nf4":
+    if mode == "training" and quant and quant not in QLORA_QUANTS:
         raise InvalidSetting(f"quant: QLoRA quantizes the base with bitsandbytes NF4, not {quant}; pass "
-                             "--quant bnb-nf4 or drop --quant")
+                             "--quant bnb-nf4 (or bnb-nf4-dq for double quantization) or drop --quant")
+    if (mode == "training" and s.training.finetune == "qlora" and s.training.framework == "torchtune"
+            and s.training.bnb_saves_4bit_input):
+        raise InvalidSetting(f"bitsandbytes: torchtune's QLoRA quantizes with torchao NF4 (linear_nf4), not "
+                             f"bitsandbytes, so --bitsandbytes {s.training.bitsandbytes} changes nothing; drop it")
     if s.parallelism.context > s.workload.seq_len:
         raise InvalidSetting(f"cp: {s.parallelism.context} context-parallel ranks exceed seq_len "
                              f"{s.workload.seq_len} tokens; lower --cp")

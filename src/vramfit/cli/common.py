@@ -69,7 +69,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     prec.add_argument("--amp", choices=("bf16", "fp16"),
                       help="training: automatic mixed precision with fp32 master weights (default: off)")
     prec.add_argument("--quant", help="weight quantization format, e.g. bnb-nf4, bnb-int8, gptq-4bit, awq, fp8, "
-                                      "gguf-Q4_K_M (default: none, or the config's quantization_config)")
+                                      "gguf-Q4_K_M; with --finetune qlora: bnb-nf4 or bnb-nf4-dq (default: none, "
+                                      "or the config's quantization_config; QLoRA: bnb-nf4)")
     prec.add_argument("--kv-dtype", choices=KV_DTYPES, default="auto",
                       help="KV cache dtype (default: auto, the compute dtype)")
 
@@ -90,6 +91,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--frozen-layers", type=int, default=0, help="first N layers frozen (default: 0)")
     train.add_argument("--framework", choices=FRAMEWORKS, default="transformers",
                        help="training framework whose behaviour to model (default: transformers Trainer)")
+    train.add_argument("--bitsandbytes", default="latest", metavar="VERSION",
+                       help="QLoRA: the bitsandbytes release, e.g. 0.42.0; before 0.43.2 every 4-bit linear kept its "
+                            "input until backward (default: latest)")
 
     par = parser.add_argument_group("GPUs and parallelism")
     par.add_argument("--gpus", type=int, default=1, help="GPUs in all (default: 1)")
@@ -134,7 +138,7 @@ def settings_from_args(args: argparse.Namespace, model: Model | None = None) -> 
                             quant=args.quant, kv_dtype=args.kv_dtype),
         training=Training(finetune=args.finetune, optimizer=args.optimizer, grad_ckpt=args.grad_ckpt,
                           activation_offload=args.activation_offload, frozen_layers=args.frozen_layers,
-                          framework=args.framework,
+                          framework=args.framework, bitsandbytes=args.bitsandbytes,
                           lora=LoRA(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                     targets=targets)),
         parallelism=Parallelism(gpus=args.gpus, tensor=args.tp, pipeline=args.pp, context=args.cp,
