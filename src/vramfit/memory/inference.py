@@ -13,7 +13,8 @@ Pipeline parallelism: every stage is planned and the one with the largest total 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vramfit.errors import InvalidSetting
@@ -21,7 +22,7 @@ from vramfit.memory import forward, kv_cache, overhead, runtimes, sharding, weig
 from vramfit.memory.gguf import tensor_type_bytes
 from vramfit.memory.kv_cache import CacheLayout
 from vramfit.memory.runtimes import Profile
-from vramfit.model.architecture import Architecture, Layer, distinct_layers
+from vramfit.model.architecture import Architecture, Layer, ParameterCount, layer_counts
 from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
 from vramfit.settings import DTYPE_BYTES, Settings
@@ -39,7 +40,13 @@ class Stage:
     index: int
     last: bool
     weight_requests: tuple[int, ...]
+    weight_counts: dict[int, int] = field(hash=False)   # weight_requests as size -> how many
+    groups: tuple[tuple[Layer, int], ...]   # the distinct layers and how many of each (layer_counts)
     dequantized_bytes: int = 0   # the largest matrix a prefill matmul dequantizes (bnb 4-bit)
+
+    @property
+    def distinct(self) -> tuple[Layer, ...]:
+        return tuple(layer for layer, _ in self.groups)
 
     @property
     def element_bytes(self) -> int:
@@ -51,23 +58,65 @@ class Stage:
 
 
 def plan(model: Model, settings: Settings) -> Plan:
-    arch = model.architecture
-    fmt = weights.resolve(quant_name(model, settings), settings.precision.dtype)
-    profile = runtimes.profile(settings.runtime.name)
-    _check_layout(arch, settings, fmt)
-    fmt = weights.every_linear(fmt) if profile.quantizes_every_linear else fmt
-    count = arch.parameter_count()
-    parameters = Parameters(total=count.total, trainable=count.total, active=count.active, by_part=count.by_part)
-    if profile.name == "llama.cpp":
-        components, notes, extra = _llama_cpp(arch, settings, fmt)
+    if settings.mode != "inference":
+        raise InvalidSetting("mode: the inference planner got a training workload; pass --mode inference")
+    setup = _setup(model, settings)
+    fmt, count = setup.fmt, setup.count
+    parameters = Parameters(total=count.total, trainable=count.total, active=count.active,
+                            by_part=dict(count.by_part))   # the caller's own copy: the setup is shared
+    if setup.profile.name == "llama.cpp":
+        components, notes, extra = _llama_cpp(model.architecture, settings, fmt)
     else:
-        stored = model.weight_dtype if profile.quantizes_stored_dtype else None
-        stages = [_stage(arch, settings, fmt, profile, s, stored) for s in range(settings.parallelism.pipeline)]
+        stages = [replace(stage, settings=settings) for stage in setup.stages]
         results = [_run_stage(stage) for stage in stages]
         components, notes, extra = max(results, key=lambda r: sum(c.bytes for c in r[0]))
     draft = _draft(settings)
     return Plan(components=components + draft, parameters=parameters,
                 notes=(f"weights: {fmt.summary}",) + notes, extra=extra)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Setup:
+    """What an inference estimate takes from the model, the weight format, the parallelism and the runtime
+    alone, whatever the workload: the format, the runtime's profile, the parameter count and each pipeline
+    stage's tensors, their byte requests and its distinct layers (Stages made with the first settings that
+    asked; `plan` gives them the current settings)."""
+
+    fmt: weights.WeightFormat
+    profile: Profile
+    count: ParameterCount
+    stages: tuple[Stage, ...]
+
+
+def _setup(model: Model, settings: Settings) -> Setup:
+    """_make_setup once per (model object, quant, dtype, runtime, parallelism): what it reads of the settings.
+    Each entry holds its model, so the id is not reused while it lives; a failing layout raises every time."""
+    precision = settings.precision
+    key = (id(model), precision.quant, precision.dtype, settings.runtime.name, settings.parallelism)
+    hit = _SETUPS.get(key)
+    if hit is None or hit[0] is not model:
+        hit = (model, _make_setup(model, settings))
+        if len(_SETUPS) >= _SETUPS_SIZE:
+            _SETUPS.pop(next(iter(_SETUPS)), None)
+        _SETUPS[key] = hit
+    return hit[1]
+
+
+_SETUPS: dict[tuple[Any, ...], tuple[Model, Setup]] = {}
+_SETUPS_SIZE = 256
+
+
+def _make_setup(model: Model, settings: Settings) -> Setup:
+    arch = model.architecture
+    fmt = weights.resolve(quant_name(model, settings), settings.precision.dtype)
+    profile = runtimes.profile(settings.runtime.name)
+    _check_layout(arch, settings, fmt)
+    fmt = weights.every_linear(fmt) if profile.quantizes_every_linear else fmt
+    stages: tuple[Stage, ...] = ()
+    if profile.name != "llama.cpp":
+        stored = model.weight_dtype if profile.quantizes_stored_dtype else None
+        stages = tuple(_stage(arch, settings, fmt, profile, s, stored) for s in range(settings.parallelism.pipeline))
+    return Setup(fmt=fmt, profile=profile, count=arch.parameter_count(), stages=stages)
 
 
 def quant_name(model: Model, settings: Settings) -> str:
@@ -103,9 +152,10 @@ def _stage(arch: Architecture, settings: Settings, fmt: weights.WeightFormat, pr
     tensors = sharding.rank_tensors(arch, tensor=par.tensor, stage=index, stages=par.pipeline, expert=par.expert,
                                     vocab_parallel=profile.vocab_parallel, head_parallel=profile.head_parallel)
     requests = weights.requests_bytes(fmt, tensors, dtype)
-    return Stage(arch=arch, settings=settings, fmt=fmt, profile=profile,
-                 layers=sharding.stage_layers(arch, index, par.pipeline), index=index,
-                 last=index == par.pipeline - 1, weight_requests=requests,
+    layers = sharding.stage_layers(arch, index, par.pipeline)
+    return Stage(arch=arch, settings=settings, fmt=fmt, profile=profile, layers=layers, index=index,
+                 last=index == par.pipeline - 1, weight_requests=requests, weight_counts=dict(Counter(requests)),
+                 groups=layer_counts(layers),
                  dequantized_bytes=weights.dequantized_matrix_bytes(fmt, tensors, dtype, quantized_from))
 
 
@@ -135,9 +185,9 @@ def _on_demand(stage: Stage) -> Result:
     if w.new_tokens:
         moments.append(_decode_moment(stage, sequences))
     name, cache, activations, logits = max(moments, key=lambda m: m[1] + m[2] + m[3])
-    kv_requests = [each // 2 for each in kv_cache.each_layer_bytes(stage.layers, sequences=sequences,
-                                                                   tokens=w.seq_len, layout=_layout(stage))
-                   for _ in range(2)]
+    requests = dict(stage.weight_counts)   # + K and V of every layer: two requests of half its cache each
+    for size, layers in _layer_sizes(stage, sequences, w.seq_len, _layout(stage)).items():
+        requests[size // 2] = requests.get(size // 2, 0) + 2 * layers
     components = (
         _weights(stage),
         Component(name="kv_cache", bytes=cache, formula="sum over layers of 2 x sequences x tokens x kv_heads x "
@@ -148,7 +198,7 @@ def _on_demand(stage: Stage) -> Result:
         Component(name="logits", bytes=logits, formula="rows x vocab x (dtype + fp32 copies)",
                   source="transformers generation/utils.py logits_to_keep=1, .to(copy=True, dtype=torch.float32)"),
         overhead.cublas_workspace(_hopper(stage.settings)),
-        overhead.allocator_reserve(list(stage.weight_requests) + kv_requests),
+        overhead.allocator_reserve(requests),
         overhead.cuda_context(),
     )
     return components, (f"peak at the {name} moment",), {}
@@ -157,11 +207,21 @@ def _on_demand(stage: Stage) -> Result:
 Moment = tuple[str, int, int, int]  # name, cache, activations, logits
 
 
+def _layer_sizes(stage: Stage, sequences: int, tokens: int, layout: CacheLayout) -> dict[int, int]:
+    """One layer's cache bytes -> how many of the stage's layers hold that much."""
+    return kv_cache.layer_sizes(stage.groups, sequences=sequences, tokens=tokens, layout=layout)
+
+
+def _cache(stage: Stage, sequences: int, tokens: int, layout: CacheLayout) -> int:
+    """The stage's whole cache: kv_cache.cache_bytes over its distinct layers, times their counts."""
+    return sum(size * layers for size, layers in _layer_sizes(stage, sequences, tokens, layout).items())
+
+
 def _prefill_cache(stage: Stage, sequences: int) -> int:
     """The cache during the prefill: the prompt's, or the whole length where it is allocated up front."""
     w = stage.settings.workload
     tokens = w.seq_len if stage.profile.cache_before_prefill else w.prompt_len
-    return kv_cache.cache_bytes(stage.layers, sequences=sequences, tokens=tokens, layout=_layout(stage, prefill=True))
+    return _cache(stage, sequences, tokens, _layout(stage, prefill=True))
 
 
 def _prefill_moment(stage: Stage, sequences: int) -> Moment:
@@ -171,7 +231,7 @@ def _prefill_moment(stage: Stage, sequences: int) -> Moment:
     chunk = min(w.prefill_chunk or prompt, prompt)
     p = _pass(stage, sequences=sequences, tokens=chunk, context=prompt)
     dequantized = stage.dequantized_bytes if chunk > 1 else 0
-    return "prefill", cache, forward.prefill_bytes(stage.arch, stage.layers, p) + dequantized, 0
+    return "prefill", cache, forward.prefill_bytes(stage.arch, stage.distinct, p) + dequantized, 0
 
 
 def _head_moment(stage: Stage, sequences: int) -> Moment:
@@ -216,12 +276,11 @@ def _extra_logits_bytes(stage: Stage, rows: int) -> int:
 
 def _decode_moment(stage: Stage, sequences: int) -> Moment:
     w = stage.settings.workload
-    layout = _layout(stage)
-    cache = kv_cache.cache_bytes(stage.layers, sequences=sequences, tokens=w.seq_len, layout=layout)
-    growth = max((kv_cache.layer_bytes(layer, sequences=sequences, tokens=w.seq_len, layout=layout) // 2
-                  for layer in distinct_layers(stage.layers)), default=0)
+    sizes = _layer_sizes(stage, sequences, w.seq_len, _layout(stage))
+    cache = sum(size * layers for size, layers in sizes.items())
+    growth = max((size // 2 for size in sizes), default=0)   # one layer's K or V grows by a token
     p = _pass(stage, sequences=sequences, tokens=1, context=w.seq_len)
-    step = forward.prefill_bytes(stage.arch, stage.layers, p) + growth
+    step = forward.prefill_bytes(stage.arch, stage.distinct, p) + growth
     logits = forward.logits_bytes(stage.arch.vocab_size, rows=sequences, element_bytes=stage.element_bytes,
                                   fp32_copies=2) if stage.last else 0
     return "decode", cache, step, logits
@@ -234,7 +293,7 @@ def _preallocated(stage: Stage) -> Result:
     tokens = s.workload.prefill_chunk or runtimes.VLLM_MAX_BATCHED_TOKENS
     p = forward.Pass(sequences=1, tokens=tokens, context=tokens, element_bytes=stage.element_bytes,
                      attention="flash", tensor=s.parallelism.tensor)
-    activations = forward.prefill_bytes(stage.arch, stage.layers, p)
+    activations = forward.prefill_bytes(stage.arch, stage.distinct, p)
     seqs = min(s.runtime.max_num_seqs or runtimes.VLLM_MAX_NUM_SEQS, tokens)
     hidden = tokens * stage.arch.hidden_size * stage.element_bytes
     logits = forward.sampler_bytes(stage.arch.vocab_size, rows=seqs, element_bytes=stage.element_bytes) + hidden \
@@ -263,7 +322,7 @@ def _pool(stage: Stage, used: int) -> tuple[int, tuple[str, ...], dict[str, Any]
     s = stage.settings
     w = s.workload
     layout = _layout(stage)
-    demand = kv_cache.cache_bytes(stage.layers, sequences=w.batch_size, tokens=w.seq_len, layout=layout)
+    demand = _cache(stage, w.batch_size, w.seq_len, layout)
     capacity = gpus.capacity_bytes(s.gpu, s.gpu_memory)
     if capacity is None:
         note = (f"{stage.profile.name}: no --gpu given, so the KV cache shown is this workload's "

@@ -19,11 +19,12 @@ an fp16 scale per 32 values (34/32 and 18/32 bytes, ggml-common.h block_q8_0 / b
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
 from vramfit.errors import InvalidSetting
-from vramfit.model.architecture import Attention, LatentAttention, Layer
+from vramfit.model.architecture import Attention, LatentAttention, Layer, layer_counts
 
 _ELEMENT_BYTES = {"fp32": Fraction(4), "fp16": Fraction(2), "bf16": Fraction(2), "fp8": Fraction(1),
                   "fp8_e4m3": Fraction(1), "fp8_e5m2": Fraction(1), "int8": Fraction(1), "int4": Fraction(1, 2)}
@@ -89,26 +90,26 @@ def layer_bytes(layer: Layer, *, sequences: int, tokens: int, layout: CacheLayou
 
 
 def _bytes(elements: int, element_bytes: Fraction) -> int:
-    """Whole bytes of `elements` cached values (rounded up: sub-byte types pack two per byte)."""
-    return int(-(-(elements * element_bytes) // 1))
+    """Whole bytes of `elements` cached values (rounded up: sub-byte types pack two per byte): the ceiling of
+    elements x numerator / denominator, in integers."""
+    return -(-(elements * element_bytes.numerator) // element_bytes.denominator)
 
 
-def each_layer_bytes(layers: tuple[Layer, ...], *, sequences: int, tokens: int, layout: CacheLayout) -> list[int]:
-    """layer_bytes of every layer, in order. Layers of a stack are equal but distinct objects, and hashing a
-    Layer walks all its parts, so the bytes are shared by what they depend on: (values per token, tokens held)."""
-    seen: dict[tuple[int, int], int] = {}
-    out = []
-    for layer in layers:
-        key = (elements_per_token(layer.attention, layout), cached_tokens(layer.attention, tokens, layout))
-        if key not in seen:
-            seen[key] = _bytes(sequences * key[0] * key[1], layout.element_bytes)
-        out.append(seen[key])
+def layer_sizes(groups: Iterable[tuple[Layer, int]], *, sequences: int, tokens: int,
+                layout: CacheLayout) -> dict[int, int]:
+    """layer_bytes -> how many layers cache that much, from (distinct layer, count) groups
+    (architecture.layer_counts): equal layers cache equal bytes, so each distinct layer is priced once."""
+    out: dict[int, int] = {}
+    for layer, count in groups:
+        size = layer_bytes(layer, sequences=sequences, tokens=tokens, layout=layout)
+        out[size] = out.get(size, 0) + count
     return out
 
 
 def cache_bytes(layers: tuple[Layer, ...], *, sequences: int, tokens: int, layout: CacheLayout) -> int:
     """The whole cache of `layers` (one pipeline stage's, or all)."""
-    return sum(each_layer_bytes(layers, sequences=sequences, tokens=tokens, layout=layout))
+    sizes = layer_sizes(layer_counts(layers), sequences=sequences, tokens=tokens, layout=layout)
+    return sum(size * count for size, count in sizes.items())
 
 
 def bytes_per_token(layers: tuple[Layer, ...], layout: CacheLayout) -> Fraction:

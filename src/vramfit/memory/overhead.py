@@ -26,7 +26,7 @@ Each constant names the measurement or source it comes from:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from vramfit.result import Component
 from vramfit.units import KiB, MiB
@@ -81,7 +81,13 @@ def segment_bytes(request: int) -> int:
 def reserve_bytes(requests: Iterable[int]) -> int:
     """Reserved beyond allocated for tensors that stay alive: the 2 MiB rounding of each large tensor's
     segment, plus one partly used 2 MiB small-pool segment and 20 MiB medium segment when such tensors exist."""
-    sizes = Counter(requests).items()   # a model repeats a few sizes many times: each size once, times its count
+    return counted_reserve_bytes(Counter(requests))
+
+
+def counted_reserve_bytes(counts: Mapping[int, int]) -> int:
+    """reserve_bytes of requests given as size -> how many: a model repeats a few sizes many times, so each
+    size is rounded once and multiplied by its count."""
+    sizes = counts.items()
     large = sum(n * (segment_bytes(s) - block_bytes(s)) for s, n in sizes if s > _MEDIUM_REQUEST)
     small = sum(n * block_bytes(s) for s, n in sizes if s <= _SMALL_REQUEST)
     medium = sum(n * block_bytes(s) for s, n in sizes if _SMALL_REQUEST < s <= _MEDIUM_REQUEST)
@@ -90,8 +96,9 @@ def reserve_bytes(requests: Iterable[int]) -> int:
     return large + small_pad + medium_pad
 
 
-def allocator_reserve(requests: Iterable[int]) -> Component:
-    nbytes = reserve_bytes(requests)
+def allocator_reserve(counts: Mapping[int, int]) -> Component:
+    """The reserved-level component for live requests given as size -> how many (counted_reserve_bytes)."""
+    nbytes = counted_reserve_bytes(counts)
     return Component(name="allocator_reserve", bytes=nbytes, level="reserved",
                      formula="per live tensor: segment rounding (2 MiB for > 10 MiB) + unused tail of the shared "
                              "2 MiB / 20 MiB segments",

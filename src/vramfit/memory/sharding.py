@@ -16,6 +16,7 @@ embedding, the last the final norm and the head (a tied head becomes its own cop
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from vramfit.errors import InvalidSetting
 from vramfit.memory.kv_cache import kv_heads_per_rank
@@ -63,7 +64,23 @@ def validate_tensor_parallel(arch: Architecture, tensor: int) -> None:
 def validate_layout(arch: Architecture, settings: Settings) -> None:
     """What the model's shape allows of settings.parallelism, for both planners: tensor parallelism splits
     heads and MLP widths evenly, pipeline stages have a layer each, expert parallelism needs experts and splits
-    them (and, in training, the data-parallel ranks) evenly; frozen layers are layers the model has."""
+    them (and, in training, the data-parallel ranks) evenly; frozen layers are layers the model has.
+    A layout that passed is not checked again for the same architecture object (see _LAYOUTS_PASSED)."""
+    key = (id(arch), settings.parallelism, settings.mode, settings.training.frozen_layers)
+    if _LAYOUTS_PASSED.get(key, (None,))[0] is arch:
+        return
+    _validate_layout(arch, settings)
+    if len(_LAYOUTS_PASSED) >= _SLICED_SIZE:
+        _LAYOUTS_PASSED.pop(next(iter(_LAYOUTS_PASSED)), None)
+    _LAYOUTS_PASSED[key] = (arch,)
+
+
+# (id(arch), parallelism, mode, frozen layers) -> (arch,): layouts that passed validate_layout, which reads
+# nothing else; each entry holds its architecture, so the id is not reused while it lives.
+_LAYOUTS_PASSED: dict[tuple[Any, ...], tuple[Architecture]] = {}
+
+
+def _validate_layout(arch: Architecture, settings: Settings) -> None:
     par = settings.parallelism
     validate_tensor_parallel(arch, par.tensor)
     stage_layer_counts(arch.num_layers, par.pipeline)

@@ -419,6 +419,19 @@ class Architecture:
         return any(isinstance(layer.mlp, MixtureOfExperts) for layer in self.layers())
 
     def parameter_count(self) -> ParameterCount:
+        """Counted once per architecture object (it is frozen; every estimate asks); each call gets its own
+        by_part dict, so a caller that edits it changes nobody else's count."""
+        key = id(self)
+        hit = _PARAMETER_COUNTS.get(key)
+        if hit is None or hit[0] is not self:
+            hit = (self, self._parameter_count())
+            if len(_PARAMETER_COUNTS) >= _MEMO_SIZE:
+                _PARAMETER_COUNTS.pop(next(iter(_PARAMETER_COUNTS)), None)
+            _PARAMETER_COUNTS[key] = hit
+        count = hit[1]
+        return ParameterCount(total=count.total, active=count.active, by_part=dict(count.by_part))
+
+    def _parameter_count(self) -> ParameterCount:
         parts = {"embeddings": self.embedding.parameters(), "attention": 0, "mlp": 0, "experts": 0,
                  "norms": 0, "head": self.head.parameters()}
         active = parts["embeddings"] + parts["head"]
@@ -457,6 +470,16 @@ def _counted(layers: tuple[Layer, ...]) -> tuple[tuple[Layer, int], ...]:
         _COUNTED.pop(next(iter(_COUNTED)), None)
     _COUNTED[key] = (layers, counted)
     return counted
+
+
+# id(architecture) -> (architecture, its count): the entry holds the architecture, so its id is not reused.
+_PARAMETER_COUNTS: dict[int, tuple[Architecture, ParameterCount]] = {}
+
+
+def layer_counts(layers: tuple[Layer, ...]) -> tuple[tuple[Layer, int], ...]:
+    """Each distinct layer (by value) of `layers` with how many times it occurs, first occurrence first: a
+    formula that is a sum over layers runs once per distinct layer and multiplies."""
+    return _counted(tuple(layers))
 
 
 def distinct_layers(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
