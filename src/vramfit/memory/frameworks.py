@@ -31,7 +31,11 @@ a framework is adding a profile.
   the token table into `lm_head.weight` when the checkpoint has none (litgpt/scripts/convert_hf_checkpoint.py
   `state_dict["lm_head.weight"] = state_dict["transformer.wte.weight"]`), GPT keeps `lm_head` a separate
   nn.Linear, and only pretrain.py re-ties (`train.tie_embeddings`; the finetune scripts reject it), so a tied
-  model (Gemma, ...) fine-tunes with a second vocabulary-sized matrix.
+  model (Gemma, ...) fine-tunes with a second vocabulary-sized matrix. `logits` and `loss` are loop variables
+  (finetune/lora.py fit at 8641822 and 00af8b0d: `logits = model(...)`, `loss = chunked_cross_entropy(...)`,
+  `fabric.backward(...)`), rebound only once the next step's forward has run, so each step's autograd graph
+  lives through the optimizer step into the next forward. QLoRA (`--quantize bnb.nf4`) wraps the model in
+  Lightning's BitsandbytesPrecision with no ignore_modules, so `lm_head` is a 4-bit linear too.
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ class Framework:
     so every rank gets the full-vocabulary logits) instead of Megatron's layout with sequence parallelism;
     fsdp_no_sync: gradient accumulation under FSDP uses FSDP.no_sync(), which keeps the gradients unsharded;
     untied_head: the framework's model has its own output matrix even where config.json ties it to the embedding;
+    quantized_head: QLoRA quantizes the output head with the blocks' linears (Lightning BitsandbytesPrecision
+    replaces every nn.Linear); graph_kept: the training loop keeps the step's loss and logits, and so its autograd
+    graph, referenced until the next step's forward has made new ones (what autograd frees in backward is gone,
+    but tensors a custom Function keeps on ctx, bitsandbytes < 0.43.2's 4-bit inputs, live on);
     behaviours: the sentences --explain prints."""
 
     name: str
@@ -71,6 +79,8 @@ class Framework:
     tp_plan: bool = False
     fsdp_no_sync: bool = False
     untied_head: bool = False
+    quantized_head: bool = False
+    graph_kept: bool = False
     behaviours: tuple[str, ...]
 
 
@@ -97,7 +107,8 @@ TORCHTUNE = Framework(
 LITGPT = Framework(
     name="litgpt", loss_chunks=8, fp32_logits=False, adapter_fp32=False, optimizer_in_backward=False,
     kv_cache_in_training=False, native_activations=True, logits_kept=True, fp32_loss=False,
-    expand_kv=True, fsdp_unit_gradients=True, fsdp_no_sync=True, untied_head=True,
+    expand_kv=True, fsdp_unit_gradients=True, fsdp_no_sync=True, untied_head=True, quantized_head=True,
+    graph_kept=True,
     behaviours=("tied embeddings untied: lm_head is its own copy of the token table (convert_hf_checkpoint)",
                 "FSDP1 (use_orig_params=True) wraps whole blocks: LoRA blocks keep frozen-weight gradients too",
                 "gradient accumulation under FSDP runs in no_sync (fabric.no_backward_sync): gradients stay unsharded",
@@ -105,6 +116,8 @@ LITGPT = Framework(
                 "head run in 128-token chunks (model(input_ids, lm_head_chunk_size=128))",
                 "cross-entropy per chunk in the model dtype, no fp32 upcast (litgpt/utils.py chunked_cross_entropy)",
                 "the logits stay referenced through backward (finetune/lora.py fit: logits, loss, backward)",
+                "logits and loss are loop variables: the step's graph lives until the next forward has run",
+                "QLoRA quantizes lm_head too (Lightning BitsandbytesPrecision converts every nn.Linear)",
                 "activation functions as single PyTorch ops (gelu approximate='tanh')",
                 "LoRA adapters in the model dtype (bf16-true)"))
 
