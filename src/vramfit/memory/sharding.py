@@ -47,7 +47,18 @@ def stage_layers(arch: Architecture, stage: int, stages: int) -> tuple[Layer, ..
 
 
 def validate_tensor_parallel(arch: Architecture, tensor: int) -> None:
-    """Heads and MLP widths must split evenly (kv heads are checked by `kv_heads_per_rank`)."""
+    """Heads and MLP widths must split evenly (kv heads are checked by `kv_heads_per_rank`). A degree that
+    passed is not checked again for the same architecture object (kept with the layouts that passed)."""
+    key = (id(arch), tensor)
+    if _LAYOUTS_PASSED.get(key, (None,))[0] is arch:
+        return
+    _validate_tensor_parallel(arch, tensor)
+    if len(_LAYOUTS_PASSED) >= _SLICED_SIZE:
+        _LAYOUTS_PASSED.pop(next(iter(_LAYOUTS_PASSED)), None)
+    _LAYOUTS_PASSED[key] = (arch,)
+
+
+def _validate_tensor_parallel(arch: Architecture, tensor: int) -> None:
     for layer in distinct_layers(tuple(arch.layers())):
         attn = layer.attention
         if attn.heads % tensor:
@@ -76,7 +87,8 @@ def validate_layout(arch: Architecture, settings: Settings) -> None:
 
 
 # (id(arch), parallelism, mode, frozen layers) -> (arch,): layouts that passed validate_layout, which reads
-# nothing else; each entry holds its architecture, so the id is not reused while it lives.
+# nothing else, and (id(arch), tensor) -> (arch,): degrees that passed validate_tensor_parallel; each entry
+# holds its architecture, so the id is not reused while it lives.
 _LAYOUTS_PASSED: dict[tuple[Any, ...], tuple[Architecture]] = {}
 
 
