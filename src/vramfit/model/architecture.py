@@ -12,9 +12,9 @@ counts are sums over these linears, so a LoRA target list and a count can never 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal, TypeVar, Union
 
 NormKind = Literal["rms", "layer"]
 
@@ -104,6 +104,9 @@ class Attention:
     logit_softcap: float | None = None
 
     def linears(self) -> tuple[Linear, ...]:
+        return _derived(self, self._linears)
+
+    def _linears(self) -> tuple[Linear, ...]:
         q, k, v, o = self.names
         q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
         out = Linear(name=o, in_features=q_width, out_features=self.hidden_size, bias=self.out_bias)
@@ -166,6 +169,9 @@ class LatentAttention:
         return self.qk_nope_head_dim + self.qk_rope_head_dim
 
     def linears(self) -> tuple[Linear, ...]:
+        return _derived(self, self._linears)
+
+    def _linears(self) -> tuple[Linear, ...]:
         q_width = self.heads * self.qk_head_dim
         if self.q_lora_rank is None:
             query: tuple[Linear, ...] = (Linear(name="q_proj", in_features=self.hidden_size,
@@ -213,6 +219,9 @@ class MLP:
     names: tuple[str, str] = ("fc1", "fc2")
 
     def linears(self) -> tuple[Linear, ...]:
+        return _derived(self, self._linears)
+
+    def _linears(self) -> tuple[Linear, ...]:
         up, down = self.names
         return (Linear(name=up, in_features=self.hidden_size, out_features=self.intermediate_size, bias=self.bias),
                 Linear(name=down, in_features=self.intermediate_size, out_features=self.hidden_size,
@@ -234,6 +243,9 @@ class GatedMLP:
     fused: str | None = None  # Phi-3's gate_up_proj
 
     def linears(self) -> tuple[Linear, ...]:
+        return _derived(self, self._linears)
+
+    def _linears(self) -> tuple[Linear, ...]:
         gate, up, down = self.names
         down_linear = Linear(name=down, in_features=self.intermediate_size, out_features=self.hidden_size,
                              bias=self.bias)
@@ -470,6 +482,27 @@ def _counted(layers: tuple[Layer, ...]) -> tuple[tuple[Layer, int], ...]:
         _COUNTED.pop(next(iter(_COUNTED)), None)
     _COUNTED[key] = (layers, counted)
     return counted
+
+
+_T = TypeVar("_T")
+
+
+def _derived(part: object, make: Callable[[], _T]) -> _T:
+    """make() once per part object: parts are frozen, and the formulas ask for each layer's linears again at
+    every estimate (building them is most of an activation count). Keyed by id and the method's name; each
+    entry holds its part, so the id is not reused while it lives; the oldest goes first beyond _DERIVED_SIZE."""
+    key = (id(part), make.__name__)
+    hit = _DERIVED.get(key)
+    if hit is None or hit[0] is not part:
+        hit = (part, make())
+        if len(_DERIVED) >= _DERIVED_SIZE:
+            _DERIVED.pop(next(iter(_DERIVED)), None)
+        _DERIVED[key] = hit
+    return hit[1]  # type: ignore[return-value]
+
+
+_DERIVED: dict[tuple[int, str], tuple[object, object]] = {}
+_DERIVED_SIZE = 8192   # a few models' layers (405B: 126 layers x attention and MLP)
 
 
 # id(architecture) -> (architecture, its count): the entry holds the architecture, so its id is not reused.
