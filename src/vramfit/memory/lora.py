@@ -9,7 +9,10 @@ tensor by tensor on this list, because the allocator rounds every tensor up on i
   `nn.Linear` gets lora_A (rank x in_features) and lora_B (out_features x rank), no biases.
 - dora (PEFT `use_dora=True`, peft/tuners/lora/dora.py): LoRA plus a magnitude vector of out_features.
 - qlora: LoRA over a base whose block linears are bitsandbytes 4-bit (NF4); embeddings, norms, biases and the
-  output head stay in the compute dtype (transformers' bitsandbytes integration skips `lm_head`).
+  output head stay in the compute dtype (transformers' bitsandbytes integration skips `lm_head`), unless the
+  framework quantizes the head too (`quantized_head`: Lightning's BitsandbytesPrecision, which litgpt uses,
+  replaces every nn.Linear, lm_head included: lightning/fabric/plugins/precision/bitsandbytes.py convert_module
+  `_convert_layers(module, self._linear_cls, self.ignore_modules)`, and litgpt passes no ignore_modules).
 
 Target names are PEFT's `target_modules`: the module name of each Linear (`q_proj`, `c_attn`, ...), or
 `all-linear`, which PEFT expands to every `nn.Linear` except the output layer (peft/tuners/tuners_utils.py,
@@ -23,6 +26,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from vramfit.errors import InvalidSetting
+from vramfit.memory.activations import Shape
+from vramfit.memory.gradients import allocation_bytes
 from vramfit.memory.tensors import WeightTensor, weight_tensors
 from vramfit.model.architecture import Architecture, Layer, Linear, MixtureOfExperts
 from vramfit.settings import Training
@@ -51,10 +56,11 @@ class ParamTensor:
 
 
 def parameter_tensors(arch: Architecture, training: Training, *, held: Iterable[WeightTensor] | None = None,
-                      blocks: range | None = None) -> tuple[ParamTensor, ...]:
+                      blocks: range | None = None, quantized_head: bool = False) -> tuple[ParamTensor, ...]:
     """The model's tensors under the fine-tuning method, base weights first, then adapters. `held`: the
-    (sliced) tensors one GPU holds under tensor/pipeline parallelism, default all; `blocks`: its blocks."""
-    base = _base_tensors(tuple(weight_tensors(arch) if held is None else held), training)
+    (sliced) tensors one GPU holds under tensor/pipeline parallelism, default all; `blocks`: its blocks;
+    `quantized_head`: QLoRA quantizes the output head too (see the module docstring)."""
+    base = _base_tensors(tuple(weight_tensors(arch) if held is None else held), training, quantized_head)
     if training.finetune == "full":
         return base
     adapters = (t for t in adapter_tensors(arch, training)
@@ -66,29 +72,31 @@ def parameter_tensors(arch: Architecture, training: Training, *, held: Iterable[
 # asks twice and searches ask again and again for the same frozen tensors (rank_tensors and weight_tensors
 # hand out the same objects); the key holds every Training field _base_tensor reads, and the entry holds the
 # tensors, so their ids are not reused while it lives. The oldest entry goes first beyond _BASE_SIZE.
-_BASE: dict[tuple[tuple[int, ...], str, int], tuple[tuple[WeightTensor, ...], tuple[ParamTensor, ...]]] = {}
+_BASE: dict[tuple[tuple[int, ...], str, int, bool], tuple[tuple[WeightTensor, ...], tuple[ParamTensor, ...]]] = {}
 _BASE_SIZE = 256
 
 
-def _base_tensors(tensors: tuple[WeightTensor, ...], training: Training) -> tuple[ParamTensor, ...]:
-    key = (tuple(map(id, tensors)), training.finetune, training.frozen_layers)
+def _base_tensors(tensors: tuple[WeightTensor, ...], training: Training,
+                  quantized_head: bool) -> tuple[ParamTensor, ...]:
+    key = (tuple(map(id, tensors)), training.finetune, training.frozen_layers, quantized_head)
     hit = _BASE.get(key)
     if hit is None:
-        hit = (tensors, tuple(_base_tensor(t, training) for t in tensors))
+        hit = (tensors, tuple(_base_tensor(t, training, quantized_head) for t in tensors))
         if len(_BASE) >= _BASE_SIZE:
             _BASE.pop(next(iter(_BASE)), None)
         _BASE[key] = hit
     return hit[1]
 
 
-def _base_tensor(tensor: WeightTensor, training: Training) -> ParamTensor:
+def _base_tensor(tensor: WeightTensor, training: Training, quantized_head: bool) -> ParamTensor:
     """Reads training.finetune and training.frozen_layers only (the _BASE key holds both)."""
     if training.finetune == "full":
         frozen = tensor.layer is not None and tensor.layer < training.frozen_layers
         rows, cols = _shape(tensor)
         return ParamTensor(elements=tensor.elements, trainable=not frozen, role=tensor.role, layer=tensor.layer,
                            rows=rows, cols=cols)
-    quantized = training.finetune == "qlora" and tensor.layer is not None and tensor.matrix
+    head = quantized_head and tensor.role == "output"
+    quantized = training.finetune == "qlora" and (tensor.layer is not None or head) and tensor.matrix
     rows, cols = _shape(tensor)
     return ParamTensor(elements=tensor.elements, trainable=False, role=tensor.role, layer=tensor.layer,
                        quantized=quantized, rows=rows, cols=cols)
@@ -172,3 +180,72 @@ def nf4_storages(elements: int, *, double_quant: bool) -> tuple[int, ...]:
         return packed, 4 * blocks
     nested = -(-blocks // NESTED_BLOCK)
     return packed, blocks, 4 * nested, 4 * NESTED_BLOCK, 4
+
+
+# --- bitsandbytes < 0.43.2: the input each 4-bit linear kept -------------------------------------------------
+# bitsandbytes/autograd/_functions.py MatMul4Bit.forward (0.41.0 to 0.43.1): `if any(ctx.needs_input_grad[:2]):
+# ctx.tensors = (A, B)`, so a 4-bit linear whose input requires grad (every one with a LoRA adapter at or below
+# it) kept A, its input in the compute dtype, although backward only reads B (grad_A = grad_output @
+# dequantize_4bit(B).t()). Fixed by commit 9e753741 (#1270, 2024-07-16): `ctx.tensors = (None, B)`, in 0.43.2.
+# The fix changed nothing else that lives on the GPU: forward and backward still dequantize B into a transient
+# compute-dtype copy per call, before and after. A is held on ctx, not by save_for_backward, so backward never
+# releases it: it lives until the graph itself is freed, when the last tensor referencing it (the loss, the
+# logits) goes (checked on CPU: a tensor kept as ctx.tensors outlives loss.backward() until `del loss`;
+# with ctx.save_for_backward it is freed by backward). A tensor that something else already saves costs
+# nothing more: vramfit counts each distinct tensor once.
+
+
+def held_4bit_inputs(layer: Layer, shape: Shape) -> int:
+    """The inputs a block's 4-bit linears keep that nothing else saves, grouped by the tensor they read:
+    1. the attention input (the norm output): q, k, v (or the fused qkv) read one tensor;
+    2. the MLP input (the second norm output; in a parallel block with one shared norm, phi/GPT-J, the same
+       tensor as 1, counted once): gate and up (or fc) read one tensor;
+    3. the MLP output linear's input, the product act(gate) * up (T x I): a frozen down_proj is its only saver;
+    4. o_proj reads the attention kernel's output, which the kernel saves anyway (sdpa/flash: the (b, s, h, d)
+       output o_proj reads as a view; eager: the transposed copy, counted with the attention): nothing new.
+    Under AMP every 4-bit linear casts its fp32 input to the compute dtype itself (bitsandbytes Linear4bit.forward
+    `x.to(self.compute_dtype)`), so each keeps its own copy."""
+    attn = list(layer.attention.linears())
+    ffn = _feed_forward_inputs(layer)
+    ffn_in, ffn_out = (ffn, []) if len(ffn) == 1 else (ffn[:-1], ffn[-1:])
+    hidden = layer.attention.hidden_size // shape.replicated
+    shared_norm = layer.parallel and len(layer.norms) < 2
+    normed = [attn[:-1] + ffn_in] if shared_norm else [attn[:-1], ffn_in]
+    total = sum(_group_input(group, hidden, shape, casts=shape.amp) for group in normed if group)
+    return total + sum(_group_input([out], out.in_features // shape.shard, shape, casts=False) for out in ffn_out)
+
+
+def head_held_input(arch: Architecture, shape: Shape) -> int:
+    """A 4-bit output head keeps the final norm's output (T x h), which a frozen head saves for nothing else."""
+    if arch.head.output is None:
+        return 0
+    return _input_bytes(shape.tokens * arch.hidden_size // shape.replicated, shape)
+
+
+def _group_input(group: list[Linear], width: int, shape: Shape, *, casts: bool) -> int:
+    """One tensor read by every linear in `group`: new unless the block trains (then the linears save it as
+    counted in activations._linear_inputs) or a LoRA adapter of the group saves the very same tensor (adapter in
+    the compute dtype, no dropout: activations._lora_saved counts it once); one copy per linear when each casts."""
+    if shape.trains:
+        return 0
+    if not casts and any(_lora_shares_input(linear, shape) for linear in group):
+        return 0
+    return (len(group) if casts else 1) * _input_bytes(shape.tokens * width, shape)
+
+
+def _lora_shares_input(linear: Linear, shape: Shape) -> bool:
+    adapter = shape.lora.get(linear.name)
+    return adapter is not None and adapter[1] == shape.compute_bytes and not adapter[2]
+
+
+def _input_bytes(elements: int, shape: Shape) -> int:
+    return allocation_bytes(elements * shape.compute_bytes)
+
+
+def _feed_forward_inputs(layer: Layer) -> list[Linear]:
+    """The MLP's linears, those reading the MLP input first and the one making the block output last (a MoE's
+    router and shared expert; its routed experts are fused 3-D parameters, not 4-bit nn.Linear modules)."""
+    mlp = layer.mlp
+    if isinstance(mlp, MixtureOfExperts):
+        return [mlp.router(), *(mlp.shared.linears() if mlp.shared is not None else [])]
+    return list(mlp.linears())

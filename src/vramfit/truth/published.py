@@ -9,7 +9,10 @@ Each source row names what it measured (`what_measured`) and in which unit (`mea
 - model: the hub id with any "(...)" remark removed; a name that is not an owner/name id is unmapped.
 - method: inference | full_ft | lora | qlora -> Workload.mode and Training.finetune.
 - dtype_quant: the weight dtype, AMP ("mixed": fp32 weights + autocast) and quantization format (NF4 with
-  double quantization -> bnb-nf4-dq; AutoAWQ GEMM group 128 -> awq-4bit-g128).
+  double quantization -> bnb-nf4-dq, for QLoRA rows too; AutoAWQ GEMM group 128 -> awq-4bit-g128).
+- bitsandbytes release (training rows; it decides whether 4-bit linears kept their inputs, see
+  settings.BNB_4BIT_INPUT_FREED): the version the row's own text states ("bitsandbytes 0.41.1" in the lit-gpt
+  resource tables' trust note), else the version its source pinned (_PINNED_BITSANDBYTES), else "latest".
 - framework: lit-gpt / litgpt rows run as the litgpt runtime and framework, the rest as transformers.
 - optimizer, batch_per_device, grad_accum, seq_len (+ new tokens parsed from seq_len_note for inference),
   grad_ckpt, flash_attn, lora_rank / lora_targets, gpus / parallelism -> the matching Settings fields.
@@ -91,7 +94,7 @@ def settings_of(src: dict[str, Any]) -> tuple[Settings, str]:
     model_id(src.get("model"))
     workload, group = _workload(src)
     precision = _precision(src["dtype_quant"])
-    if str(src["method"]) == "qlora":   # finetune qlora is the NF4 base: vramfit takes no --quant beside it
+    if str(src["method"]) == "qlora" and precision.quant != "bnb-nf4-dq":   # finetune qlora is the NF4 base
         precision = Precision(dtype=precision.dtype, amp=precision.amp)
     if _torchtitan_default_precision(src, precision):
         precision = Precision(dtype="fp32", amp="bf16")
@@ -176,7 +179,26 @@ def _training(src: dict[str, Any]) -> Training:
     dropout = 0.05 if _is_litgpt(src) and finetune in ("lora", "qlora") else 0.0
     lora = LoRA(rank=src.get("lora_rank") or 8, targets=_lora_targets(src.get("lora_targets")), dropout=dropout)
     return Training(finetune=finetune, optimizer=matched[0][1], grad_ckpt=grad_ckpt, lora=lora,
-                    framework="litgpt" if _is_litgpt(src) else "transformers")
+                    framework="litgpt" if _is_litgpt(src) else "transformers", bitsandbytes=bitsandbytes_of(src))
+
+
+# Sources whose runs used a pinned bitsandbytes that the rows do not state: (repo, path) -> (version, why).
+_PINNED_BITSANDBYTES = {
+    ("Lightning-AI/litgpt", "config_hub/finetune/README.md"): (
+        "0.42.0", "litgpt pyproject.toml pinned bitsandbytes==0.42.0 from #946 (2024-03-15; #1074 of 2024-03-11 "
+                  "had 0.41.0) until #1893 (2024-12-28); the tables came from #1337, #1361 and #1611 (2024-04 to 07)"),
+}
+
+
+def bitsandbytes_of(src: dict[str, Any]) -> str:
+    """The bitsandbytes release of a row: stated in its text, else its source's pin, else "latest"."""
+    text = " ".join(str(src.get(key) or "") for key in ("trust", "notes", "framework", "dtype_quant"))
+    stated = re.search(r"bitsandbytes\s+v?(\d+\.\d+(?:\.\d+)?)", text, re.IGNORECASE)
+    if stated:
+        return stated.group(1)
+    where = src.get("source") if isinstance(src.get("source"), dict) else {}
+    pinned = _PINNED_BITSANDBYTES.get((str(where.get("repo")), str(where.get("path"))))
+    return pinned[0] if pinned else "latest"
 
 
 def _lora_targets(text: Any) -> tuple[str, ...]:
