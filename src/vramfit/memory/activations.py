@@ -72,8 +72,10 @@ class Shape:
     parameters: the residual stream and the norms stay fp32 (the embedding is not
     autocast and `fp32 + bf16` promotes), and every linear casts its input to the compute dtype on its own
     (autocast caches casts of leaf parameters only, aten/src/ATen/autocast_mode.h `cached_cast`), so each
-    linear saves its own low-precision copy of the norm output; lora: {linear name: (rank, adapter bytes,
-    lora dropout > 0)}."""
+    linear saves its own low-precision copy of the norm output; qkv_view: v is a view of a fused q|k|v
+    output that the kernel's saved v keeps alive (litgpt, multi-head attention; frameworks.py); qkv_lora: LoRA on
+    q, k, v is one fused module (litgpt LoRAQKVLinear, see _fused_qkv_lora_saved); lora: {linear name: (rank,
+    adapter bytes, lora dropout > 0)}."""
 
     @property
     def stream_bytes(self) -> int:
@@ -92,6 +94,8 @@ class Shape:
     native_activations: bool = False
     expand_kv: bool = False
     amp: bool = False
+    qkv_view: bool = False
+    qkv_lora: bool = False
     lora: dict[str, tuple[int, int, bool]] = field(default_factory=dict, hash=False)
 
     @property
@@ -143,6 +147,29 @@ def _lora_saved(group: list[Linear], width_in: int, input_saved: bool, shape: Sh
     return total + (_t(t * width_in, shape.compute_bytes) if shared_input and not input_saved else 0)
 
 
+def _fused_qkv_lora_saved(group: list[Linear], width_in: int, input_saved: bool, shape: Shape) -> int:
+    """LoRA on q, k, v as one litgpt LoRAQKVLinear (lit_gpt/lora.py at 8641822, litgpt/lora.py at 00af8b0d):
+    `F.linear(self.lora_dropout(x), self.lora_A)` saves one dropout output and its mask for all adapted
+    projections (the shared input itself when there is no dropout and nothing else saves it), lora_A's output
+    (T x r per adapted projection) is saved by the conv1d that applies lora_B, and when not all of q, k, v are
+    adapted `zero_pad` scatters lora_B's output into the fused width with `index_copy`, whose derivative
+    (derivatives.yaml: `grad.index_select(dim, index).expand_as(source)`) saves that source: T x the adapted
+    output widths."""
+    adapted = [linear for linear in group if linear.name in shape.lora]
+    if not adapted:
+        return 0
+    t = shape.tokens
+    rank, adapter_bytes, dropout = shape.lora[adapted[0].name]
+    if dropout or adapter_bytes != shape.compute_bytes:
+        dropped = _t(t * width_in, adapter_bytes) + (_t(t * width_in, 1) if dropout else 0)
+    else:
+        dropped = 0 if input_saved else _t(t * width_in, shape.compute_bytes)
+    after_a = _t(t * rank * len(adapted), adapter_bytes)
+    widths = sum(linear.out_features // shape.shard for linear in adapted)
+    source = _t(t * widths, adapter_bytes) if len(adapted) < len(group) else 0
+    return dropped + after_a + source
+
+
 def attention_saved(attn: Attention | LatentAttention, shape: Shape) -> int:
     """q, k, v, output and softmax statistics (sdpa/flash) or scores (eager), per the module docstring."""
     if isinstance(attn, LatentAttention):
@@ -161,9 +188,20 @@ def attention_saved(attn: Attention | LatentAttention, shape: Shape) -> int:
     kv += _sliding_mask(attn, shape)
     if attn.fused and shape.kv_cache and attn.causal:
         kv *= 2  # q is a view of the fused projection, keeping all of it alive beside the cache's k and v
+    kv += _fused_output_kept(attn, shape, heads, kv_heads)
     qk_norms = sum(norm_saved(n, attn.head_dim, b * s * (heads if n.name == "q_norm" else kv_heads),
                               shape, trains=shape.trains) for n in attn.norms())
     return q + kv + q + _t(b * heads * s, FP32) + qk_norms
+
+
+def _fused_output_kept(attn: Attention, shape: Shape, heads: int, kv_heads: int) -> int:
+    """litgpt (qkv_view) with as many kv heads as query heads: the kernel's saved v is a view of the fused
+    q|k|v output (T x (heads + 2 kv_heads) x head_dim), so beside the q and k copies counted above that whole
+    output stays alive in place of a v of its own: + q|k|v - v."""
+    if not shape.qkv_view or kv_heads != heads:
+        return 0
+    t, e = shape.tokens, shape.compute_bytes
+    return _t(t * (heads + 2 * kv_heads) * attn.head_dim, e) - _t(t * kv_heads * attn.head_dim, e)
 
 
 def _sliding_mask(attn: Attention, shape: Shape) -> int:
@@ -260,7 +298,8 @@ def _linear_inputs(layer: Layer, shape: Shape, stream: int) -> int:
         normed_inputs = len(attn) - 1 + len(ffn_in)
     base = normed_inputs * stream if shape.trains else 0
     hidden = layer.attention.hidden_size
-    lora = (_lora_saved(attn[:-1], hidden // shape.replicated, shape.trains, shape)
+    qkv_lora = _fused_qkv_lora_saved if shape.qkv_lora else _lora_saved
+    lora = (qkv_lora(attn[:-1], hidden // shape.replicated, shape.trains, shape)
             + _lora_saved(attn[-1:], attn[-1].in_features // shape.shard, True, shape)
             + _lora_saved(ffn_in, hidden // shape.replicated, shape.trains, shape)
             + sum(_lora_saved([out], out.in_features // shape.shard, shape.trains, shape) for out in ffn_out))
@@ -407,6 +446,6 @@ def _native_loss(t: int, vocab: int, e: int, chunks: int, logits_kept: bool, lab
     saved = _t(t * vocab, e) + labels + (logits if logits_kept else 0)
     return LossMemory(saved=saved, forward_transient=0 if logits_kept else logits,
                       backward_transient=2 * _t(piece * vocab, e),
-                      formula=f"saved: T x V x {e} (log_softmax per chunk, model dtype)"
+                      formula=f"saved: T x V x {e} (log_softmax per chunk, in the logits' dtype)"
                               + (f" + T x V x {e} (logits kept by the loop)" if logits_kept else "")
                               + f"; backward transient: 2 x T/{chunks} x V x {e}")

@@ -18,9 +18,19 @@ a framework is adding a profile.
   saved activations to pinned host memory; the optimizer step fused into backward (`optimizer_in_bwd`,
   torchtune/training/memory.py) frees each gradient right after its parameter's update.
 - litgpt (Lightning-AI/litgpt finetune/lora.py, full.py): `model(input_ids, lm_head_chunk_size=128)` returns
-  the logits as a list of 128-token chunks, `chunked_cross_entropy` (litgpt/utils.py) takes the loss of each
-  chunk in the model dtype without an fp32 upcast, and the loop keeps `logits` alive until after
-  `fabric.backward(loss)`; its GPT model calls `torch.nn.functional.gelu(approximate=...)` directly;
+  the logits as a list of 128-token chunks, which Fabric's `_FabricModule.forward` (lightning/fabric/wrappers.py)
+  passes through the precision plugin's `convert_output`: with "bf16-true"/"16-true" (HalfPrecision) and
+  bitsandbytes (BitsandbytesPrecision) that is `apply_to_collection(data, ..., dst_type=torch.get_default_dtype())`,
+  outside the forward's dtype context, so fp32 copies (Lightning 71aed751 = 2.1.0rc0, and unchanged at
+  Lightning HEAD 7f0c3436); `chunked_cross_entropy` (litgpt/utils.py) takes the loss of each chunk on those
+  fp32 copies (its log_softmax saves T x V x 4), and the loop keeps `logits` alive until after
+  `fabric.backward(loss)`; litgpt's CausalSelfAttention (lit_gpt/model.py at 8641822, litgpt/model.py at
+  00af8b0d) computes q|k|v with one `attn` linear, views and permutes it, and for multi-head attention passes
+  v to SDPA as a view of that output while q and k are rotary's `torch.cat` copies: SDPA saves v, so the
+  whole q|k|v output stays alive (grouped-query attention expands and reshapes k and v, which copies them);
+  LoRA on q, k, v is one LoRAQKVLinear (lora.py): one `lora_dropout(x)` feeds lora_A, and `zero_pad` scatters
+  the adapted columns with `index_copy`, whose derivative (tools/autograd/derivatives.yaml index_copy:
+  `grad.index_select(dim, index).expand_as(source)`) saves the source, tokens x the adapted widths; its GPT model calls `torch.nn.functional.gelu(approximate=...)` directly;
   with precision "bf16-true" the LoRA adapters are bf16 like the rest. (The chunk count is the sequence over
   128; vramfit models it as 8 slices, which only moves the per-chunk transient.) Gradient accumulation runs
   the accumulating micro-steps under `fabric.no_backward_sync(model, enabled=is_accumulating)` (finetune/lora.py,
@@ -63,6 +73,13 @@ class Framework:
     replaces every nn.Linear); graph_kept: the training loop keeps the step's loss and logits, and so its autograd
     graph, referenced until the next step's forward has made new ones (what autograd frees in backward is gone,
     but tensors a custom Function keeps on ctx, bitsandbytes < 0.43.2's 4-bit inputs, live on);
+    fp32_output: the training wrapper casts every floating tensor the model returns to fp32 after the forward
+    (Lightning Fabric's HalfPrecision and BitsandbytesPrecision `convert_output`), so the logits reach the loss,
+    and stay referenced by the loop, in fp32; qkv_view: q, k and v come from one fused linear and, with as many
+    kv heads as query heads, v reaches attention as a view of its output while q and k are new tensors (rotary's
+    torch.cat), so the attention kernel's saved v keeps the whole q|k|v output alive; qkv_lora: LoRA on q, k
+    and v is one module on the fused linear (litgpt LoRAQKVLinear): one lora_dropout for all of them, and when
+    not all three are adapted its zero_pad `index_copy` saves its source (tokens x the adapted widths);
     behaviours: the sentences --explain prints."""
 
     name: str
@@ -81,6 +98,9 @@ class Framework:
     untied_head: bool = False
     quantized_head: bool = False
     graph_kept: bool = False
+    fp32_output: bool = False
+    qkv_view: bool = False
+    qkv_lora: bool = False
     behaviours: tuple[str, ...]
 
 
@@ -108,14 +128,17 @@ LITGPT = Framework(
     name="litgpt", loss_chunks=8, fp32_logits=False, adapter_fp32=False, optimizer_in_backward=False,
     kv_cache_in_training=False, native_activations=True, logits_kept=True, fp32_loss=False,
     expand_kv=True, fsdp_unit_gradients=True, fsdp_no_sync=True, untied_head=True, quantized_head=True,
-    graph_kept=True,
+    graph_kept=True, fp32_output=True, qkv_view=True, qkv_lora=True,
     behaviours=("tied embeddings untied: lm_head is its own copy of the token table (convert_hf_checkpoint)",
                 "FSDP1 (use_orig_params=True) wraps whole blocks: LoRA blocks keep frozen-weight gradients too",
                 "gradient accumulation under FSDP runs in no_sync (fabric.no_backward_sync): gradients stay unsharded",
                 "k and v expanded to all query heads for training (litgpt/model.py)",
                 "head run in 128-token chunks (model(input_ids, lm_head_chunk_size=128))",
-                "cross-entropy per chunk in the model dtype, no fp32 upcast (litgpt/utils.py chunked_cross_entropy)",
+                "logits cast to fp32 by Fabric after the forward (precision plugin convert_output)",
+                "cross-entropy per chunk on those fp32 logits (litgpt/utils.py chunked_cross_entropy)",
                 "the logits stay referenced through backward (finetune/lora.py fit: logits, loss, backward)",
+                "multi-head attention's v is a view of the fused qkv output: SDPA keeps all of it (litgpt/model.py)",
+                "LoRA on q, k, v is one LoRAQKVLinear: one dropout, zero_pad's index_copy keeps its source",
                 "logits and loss are loop variables: the step's graph lives until the next forward has run",
                 "QLoRA quantizes lm_head too (Lightning BitsandbytesPrecision converts every nn.Linear)",
                 "activation functions as single PyTorch ops (gelu approximate='tanh')",

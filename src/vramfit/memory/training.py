@@ -285,12 +285,14 @@ def _loss(arch: Architecture, shape: act.Shape, profile: Framework) -> act.LossM
     """The loss as the framework takes it; with final logit soft-capping (Head.logit_softcap, Gemma 2), tanh's
     saved output on top: the CausalLM computes logits / cap, tanh, * cap (modeling_gemma2.py
     Gemma2ForCausalLM.forward); tanh saves its output (T x V x E) for its backward, which runs right after
-    the loss's backward, so it lives from the head's forward to there."""
+    the loss's backward, so it lives from the head's forward to there. With Framework.fp32_output the loss
+    and the loop's kept logits are the wrapper's fp32 copies (Fabric convert_output, frameworks.py)."""
     from dataclasses import replace
 
     if profile.tp_plan:   # lm_head colwise_gather_output: the loss sees the full vocabulary on every rank
         shape = replace(shape, shard=1)
-    loss = act.loss_memory(arch, shape, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits,
+    logits = replace(shape, compute_bytes=act.FP32) if profile.fp32_output else shape
+    loss = act.loss_memory(arch, logits, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits,
                            fp32_loss=profile.fp32_loss and (shape.amp or not _masked_lm(arch)),
                            logits_kept=profile.logits_kept)
     if arch.head.logit_softcap is None or arch.head.output is None:
@@ -344,7 +346,7 @@ def _shape(model: Model, settings: Settings, profile: Framework, lay: Layout, wi
                      trains=training.finetune == "full", lora=lora,
                      kv_cache=profile.kv_cache_in_training and training.grad_ckpt == "none",
                      native_activations=profile.native_activations, amp=widths.amp,
-                     expand_kv=profile.expand_kv)
+                     expand_kv=profile.expand_kv, qkv_view=profile.qkv_view, qkv_lora=profile.qkv_lora)
 
 
 def _dropout(model: Model, override: float | None, keys: tuple[str, ...]) -> float:
