@@ -185,8 +185,8 @@ def _training(src: dict[str, Any]) -> Training:
 # Sources whose runs used a pinned bitsandbytes that the rows do not state: (repo, path) -> (version, why).
 _PINNED_BITSANDBYTES = {
     ("Lightning-AI/litgpt", "config_hub/finetune/README.md"): (
-        "0.42.0", "litgpt pyproject.toml pinned bitsandbytes==0.42.0 from #946 (2024-03-15; #1074 of 2024-03-11 "
-                  "had 0.41.0) until #1893 (2024-12-28); the tables came from #1337, #1361 and #1611 (2024-04 to 07)"),
+        "0.42.0", ("litgpt pyproject.toml pinned bitsandbytes==0.42.0 from #946 (2024-03-15; #1074 of 2024-03-11 "
+                   "had 0.41.0) until #1893 (2024-12-28); the tables came from #1337, #1361 and #1611 (2024-04 to 07)")),
 }
 
 
@@ -196,7 +196,9 @@ def bitsandbytes_of(src: dict[str, Any]) -> str:
     stated = re.search(r"bitsandbytes\s+v?(\d+\.\d+(?:\.\d+)?)", text, re.IGNORECASE)
     if stated:
         return stated.group(1)
-    where = src.get("source") if isinstance(src.get("source"), dict) else {}
+    where = src.get("source")
+    if not isinstance(where, dict):
+        return "latest"
     pinned = _PINNED_BITSANDBYTES.get((str(where.get("repo")), str(where.get("path"))))
     return pinned[0] if pinned else "latest"
 
