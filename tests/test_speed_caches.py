@@ -81,3 +81,11 @@ def test_a_sweep_gives_each_point_its_own_answer() -> None:
         totals = [estimate(model, base.replace(mode=mode, batch_size=b)).memory.total for b in (1, 2, 4, 8)]
         assert totals == sorted(totals)
         assert len(set(totals)) == 4
+
+
+def test_a_settings_part_where_a_number_belongs_is_refused_by_name() -> None:
+    """The type check follows the annotations: a dataclass in a number's field is a type error, not a part."""
+    with pytest.raises(InvalidSetting, match="batch_size: got Workload"):
+        Settings().replace(batch_size=Workload()).validate()
+    with pytest.raises(InvalidSetting, match="workload: got 'x'"):
+        Settings(workload="x").validate()  # type: ignore[arg-type]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 from vramfit.memory import inference, sharding, training
 from vramfit.model.loaded import Model
 from vramfit.result import Estimate, MemoryBreakdown, Peak
-from vramfit.settings import Precision, Settings
+from vramfit.settings import DType, Precision, Settings
 
 
 def estimate(model: Model | str, settings: Settings | None = None, **changes: Any) -> Estimate:
@@ -43,7 +43,7 @@ def _resolved(precision: Precision, dtype: str) -> Precision:
     key = (id(precision), dtype)
     hit = _RESOLVED.get(key)
     if hit is None or hit[0] is not precision:
-        hit = (precision, dataclasses.replace(precision, dtype=dtype))
+        hit = (precision, dataclasses.replace(precision, dtype=cast(DType, dtype)))   # the model's: fp32/fp16/bf16
         if len(_RESOLVED) >= 256:
             _RESOLVED.pop(next(iter(_RESOLVED)), None)
         _RESOLVED[key] = hit

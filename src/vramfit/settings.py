@@ -12,8 +12,8 @@ import math
 import re
 import types
 import typing
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vramfit.errors import InvalidSetting
@@ -306,16 +306,16 @@ MAX_GPU_MEMORY_BYTES = 2**50  # 1 PiB: a bound on typos, far above any GPU
 def _check_types(value: Any, where: str) -> None:
     """Each field holds the type its annotation names, before any rule compares or multiplies it: the Python
     API takes any object, and "8" < 1 would be a TypeError, True a batch of one, NaN a silent wrong number.
-    An object that passed once is not checked again (see _once)."""
+    A settings part is checked field by field in turn; an object that passed once is not checked again."""
     if _TYPED.get(id(value), (None,))[0] is value:
         return
-    for name, has_type, hint in _checkers(type(value)):
+    for name, has_type, hint, nested in _checkers(type(value)):
         field_value = getattr(value, name)
-        if dataclasses.is_dataclass(field_value):
-            _check_types(field_value, f"{where}{name}.")
-        elif not has_type(field_value):
+        if not has_type(field_value):
             full = f"{where}{name}"
             raise InvalidSetting(f"{_FIELD_NAMES.get(full, name)}: got {field_value!r}; pass {_type_name(hint)}")
+        if nested:
+            _check_types(field_value, f"{where}{name}.")
     _remember(_TYPED, value)
 
 
@@ -341,17 +341,18 @@ def _remember(cache: dict[int, tuple[Any]], value: Any) -> None:
     cache[id(value)] = (value,)
 
 
-def _checkers(cls: type) -> tuple[tuple[str, Callable[[Any], bool], Any], ...]:
-    """(field name, type test, annotation) for each field of a settings class, built once per class: the
-    annotations are resolved (typing.get_type_hints evaluates every string annotation) and each turned into
-    a test that no longer asks typing what the annotation is."""
+def _checkers(cls: type) -> tuple[tuple[str, Callable[[Any], bool], Any, bool], ...]:
+    """(field name, type test, annotation, whether it is a settings part of its own) for each field of a
+    settings class, built once per class: the annotations are resolved (typing.get_type_hints evaluates every
+    string annotation) and each turned into a test that no longer asks typing what the annotation is."""
     if cls not in _CHECKERS:
         hints = typing.get_type_hints(cls)
-        _CHECKERS[cls] = tuple((f.name, _type_test(hints[f.name]), hints[f.name]) for f in dataclasses.fields(cls))
+        _CHECKERS[cls] = tuple((f.name, _type_test(hint), hint, dataclasses.is_dataclass(hint))
+                               for f in dataclasses.fields(cls) for hint in (hints[f.name],))
     return _CHECKERS[cls]
 
 
-_CHECKERS: dict[type, tuple[tuple[str, Callable[[Any], bool], Any], ...]] = {}
+_CHECKERS: dict[type, tuple[tuple[str, Callable[[Any], bool], Any, bool], ...]] = {}
 
 
 def _type_test(hint: Any) -> Callable[[Any], bool]:

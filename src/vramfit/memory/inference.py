@@ -33,7 +33,7 @@ class Stage:
     """One pipeline stage on one tensor-parallel rank: what it holds and how it runs."""
 
     arch: Architecture
-    settings: Settings
+    element_bytes: int   # bytes of the weights' and compute dtype
     fmt: weights.WeightFormat
     profile: Profile
     layers: tuple[Layer, ...]
@@ -47,10 +47,6 @@ class Stage:
     @property
     def distinct(self) -> tuple[Layer, ...]:
         return tuple(layer for layer, _ in self.groups)
-
-    @property
-    def element_bytes(self) -> int:
-        return DTYPE_BYTES[self.settings.precision.dtype]
 
     @property
     def weights_bytes(self) -> int:
@@ -67,8 +63,7 @@ def plan(model: Model, settings: Settings) -> Plan:
     if setup.profile.name == "llama.cpp":
         components, notes, extra = _llama_cpp(model.architecture, settings, fmt)
     else:
-        stages = [replace(stage, settings=settings) for stage in setup.stages]
-        results = [_run_stage(stage) for stage in stages]
+        results = [_run_stage(stage, settings) for stage in setup.stages]
         components, notes, extra = max(results, key=lambda r: sum(c.bytes for c in r[0]))
     draft = _draft(settings)
     return Plan(components=components + draft, parameters=parameters,
@@ -79,8 +74,7 @@ def plan(model: Model, settings: Settings) -> Plan:
 class Setup:
     """What an inference estimate takes from the model, the weight format, the parallelism and the runtime
     alone, whatever the workload: the format, the runtime's profile, the parameter count and each pipeline
-    stage's tensors, their byte requests and its distinct layers (Stages made with the first settings that
-    asked; `plan` gives them the current settings)."""
+    stage's tensors, their byte requests and its distinct layers."""
 
     fmt: weights.WeightFormat
     profile: Profile
@@ -153,14 +147,14 @@ def _stage(arch: Architecture, settings: Settings, fmt: weights.WeightFormat, pr
                                     vocab_parallel=profile.vocab_parallel, head_parallel=profile.head_parallel)
     requests = weights.requests_bytes(fmt, tensors, dtype)
     layers = sharding.stage_layers(arch, index, par.pipeline)
-    return Stage(arch=arch, settings=settings, fmt=fmt, profile=profile, layers=layers, index=index,
+    return Stage(arch=arch, element_bytes=DTYPE_BYTES[dtype], fmt=fmt, profile=profile, layers=layers, index=index,
                  last=index == par.pipeline - 1, weight_requests=requests, weight_counts=dict(Counter(requests)),
                  groups=layer_counts(layers),
                  dequantized_bytes=weights.dequantized_matrix_bytes(fmt, tensors, dtype, quantized_from))
 
 
-def _layout(stage: Stage, *, prefill: bool = False) -> CacheLayout:
-    s = stage.settings
+def _layout(stage: Stage, settings: Settings, *, prefill: bool = False) -> CacheLayout:
+    s = settings
     cap = stage.profile.cap_window and not (prefill and stage.profile.prefill_keeps_prompt)
     return CacheLayout(element_bytes=kv_cache.element_bytes(s.precision.kv_dtype, s.precision.dtype),
                        latent=stage.profile.latent_mla, cap_window=cap,
@@ -170,34 +164,36 @@ def _layout(stage: Stage, *, prefill: bool = False) -> CacheLayout:
 Result = tuple[tuple[Component, ...], tuple[str, ...], dict[str, Any]]
 
 
-def _run_stage(stage: Stage) -> Result:
+def _run_stage(stage: Stage, settings: Settings) -> Result:
     if stage.profile.preallocates:
-        return _preallocated(stage)
-    return _on_demand(stage)
+        return _preallocated(stage, settings)
+    return _on_demand(stage, settings)
 
 
 # --- transformers: allocations on demand, peak over prefill and decode -------------------------------------
 
-def _on_demand(stage: Stage) -> Result:
-    w = stage.settings.workload
+def _on_demand(stage: Stage, settings: Settings) -> Result:
+    w = settings.workload
     sequences = kv_cache.sequences_in_cache(w.batch_size, w.num_beams, w.num_return_sequences)
-    moments = [_prefill_moment(stage, sequences), _head_moment(stage, sequences)]
+    prompt_cache = _prefill_cache(stage, settings, sequences)   # the prefill's and the head's
+    full_sizes = _layer_sizes(stage, sequences, w.seq_len, _layout(stage, settings))   # at the full length
+    moments = [_prefill_moment(stage, settings, sequences, prompt_cache), _head_moment(stage, settings, sequences, prompt_cache)]
     if w.new_tokens:
-        moments.append(_decode_moment(stage, sequences))
+        moments.append(_decode_moment(stage, settings, sequences, full_sizes))
     name, cache, activations, logits = max(moments, key=lambda m: m[1] + m[2] + m[3])
     requests = dict(stage.weight_counts)   # + K and V of every layer: two requests of half its cache each
-    for size, layers in _layer_sizes(stage, sequences, w.seq_len, _layout(stage)).items():
+    for size, layers in full_sizes.items():
         requests[size // 2] = requests.get(size // 2, 0) + 2 * layers
     components = (
-        _weights(stage),
+        _weights(stage, settings),
         Component(name="kv_cache", bytes=cache, formula="sum over layers of 2 x sequences x tokens x kv_heads x "
                   "head_dim x bytes (MLA: decompressed K/V; sliding layers: window)",
-                  inputs={"sequences": sequences, "phase": name}, source=kv_cache.__doc__.splitlines()[0]),
+                  inputs={"sequences": sequences, "phase": name}, source=_KV_SOURCE),
         Component(name="activations", bytes=activations, formula=f"transient of the {name} moment",
-                  inputs={"attention": stage.settings.runtime.attention}, source="vramfit.memory.forward"),
+                  inputs={"attention": settings.runtime.attention}, source="vramfit.memory.forward"),
         Component(name="logits", bytes=logits, formula="rows x vocab x (dtype + fp32 copies)",
                   source="transformers generation/utils.py logits_to_keep=1, .to(copy=True, dtype=torch.float32)"),
-        overhead.cublas_workspace(_hopper(stage.settings)),
+        overhead.cublas_workspace(_hopper(settings)),
         overhead.allocator_reserve(requests),
         overhead.cuda_context(),
     )
@@ -205,6 +201,7 @@ def _on_demand(stage: Stage) -> Result:
 
 
 Moment = tuple[str, int, int, int]  # name, cache, activations, logits
+_KV_SOURCE = (kv_cache.__doc__ or "").splitlines()[0]
 
 
 def _layer_sizes(stage: Stage, sequences: int, tokens: int, layout: CacheLayout) -> dict[int, int]:
@@ -217,26 +214,24 @@ def _cache(stage: Stage, sequences: int, tokens: int, layout: CacheLayout) -> in
     return sum(size * layers for size, layers in _layer_sizes(stage, sequences, tokens, layout).items())
 
 
-def _prefill_cache(stage: Stage, sequences: int) -> int:
+def _prefill_cache(stage: Stage, settings: Settings, sequences: int) -> int:
     """The cache during the prefill: the prompt's, or the whole length where it is allocated up front."""
-    w = stage.settings.workload
+    w = settings.workload
     tokens = w.seq_len if stage.profile.cache_before_prefill else w.prompt_len
-    return _cache(stage, sequences, tokens, _layout(stage, prefill=True))
+    return _cache(stage, sequences, tokens, _layout(stage, settings, prefill=True))
 
 
-def _prefill_moment(stage: Stage, sequences: int) -> Moment:
-    w = stage.settings.workload
+def _prefill_moment(stage: Stage, settings: Settings, sequences: int, cache: int) -> Moment:
+    w = settings.workload
     prompt = w.prompt_len
-    cache = _prefill_cache(stage, sequences)
     chunk = min(w.prefill_chunk or prompt, prompt)
-    p = _pass(stage, sequences=sequences, tokens=chunk, context=prompt)
+    p = _pass(stage, settings, sequences=sequences, tokens=chunk, context=prompt)
     dequantized = stage.dequantized_bytes if chunk > 1 else 0
     return "prefill", cache, forward.prefill_bytes(stage.arch, stage.distinct, p) + dequantized, 0
 
 
-def _head_moment(stage: Stage, sequences: int) -> Moment:
-    w = stage.settings.workload
-    cache = _prefill_cache(stage, sequences)
+def _head_moment(stage: Stage, settings: Settings, sequences: int, cache: int) -> Moment:
+    w = settings.workload
     if not stage.last:
         return "head", cache, 0, 0
     rows = sequences if w.new_tokens and not stage.profile.all_position_logits else sequences * w.prompt_len
@@ -244,42 +239,42 @@ def _head_moment(stage: Stage, sequences: int) -> Moment:
     hidden = sequences * w.prompt_len * stage.arch.hidden_size * stage.element_bytes
     logits = forward.logits_bytes(stage.arch.vocab_size, rows=rows, element_bytes=stage.element_bytes,
                                   fp32_copies=1 if w.new_tokens else 0)
-    return "head", cache, hidden, logits + _extra_logits_bytes(stage, rows)
+    return "head", cache, hidden, logits + _extra_logits_bytes(stage, settings, rows)
 
 
-def _pass(stage: Stage, *, sequences: int, tokens: int, context: int) -> forward.Pass:
-    s = stage.settings
+def _pass(stage: Stage, settings: Settings, *, sequences: int, tokens: int, context: int) -> forward.Pass:
+    s = settings
     return forward.Pass(sequences=sequences, tokens=tokens, context=context, element_bytes=stage.element_bytes,
                         attention=s.runtime.attention, dtype=s.precision.dtype, tensor=s.parallelism.tensor)
 
 
-def _gathers_logits(stage: Stage) -> bool:
+def _gathers_logits(stage: Stage, settings: Settings) -> bool:
     """transformers' lm_head `colwise_gather_output` (integrations/tensor_parallel.py): each rank computes
     its vocabulary slice and DTensor's Shard -> Replicate all-gathers it (funcol.all_gather_tensor: the
     gathered [tp x rows, vocab / tp] buffer, then torch.cat of its chunks along the vocabulary), so the
     local slice, the gathered buffer and the full logits are alive at the cat. A tied head stays whole."""
     p = stage.profile
-    return (stage.settings.parallelism.tensor > 1 and p.head_parallel and not p.vocab_parallel
+    return (settings.parallelism.tensor > 1 and p.head_parallel and not p.vocab_parallel
             and not stage.arch.head.tied)
 
 
-def _extra_logits_bytes(stage: Stage, rows: int) -> int:
+def _extra_logits_bytes(stage: Stage, settings: Settings, rows: int) -> int:
     """Model-dtype logits beyond the one copy of logits_bytes: the TP gather's buffer and local slice, or
     soft-capping's second copy, whichever moment is larger (they follow one another). Soft-capping
     (Head.logit_softcap, config.json's final_logit_softcapping): the CausalLM divides, tanh's and multiplies
     the logits out of place (models/gemma2/modeling_gemma2.py Gemma2ForCausalLM.forward), so two full logits
     tensors are alive at once."""
     full = rows * stage.arch.vocab_size * stage.element_bytes
-    gathered = full + -(-full // stage.settings.parallelism.tensor) if _gathers_logits(stage) else 0
+    gathered = full + -(-full // settings.parallelism.tensor) if _gathers_logits(stage, settings) else 0
     return max(gathered, full if stage.arch.head.logit_softcap is not None else 0)
 
 
-def _decode_moment(stage: Stage, sequences: int) -> Moment:
-    w = stage.settings.workload
-    sizes = _layer_sizes(stage, sequences, w.seq_len, _layout(stage))
+def _decode_moment(stage: Stage, settings: Settings, sequences: int, sizes: dict[int, int]) -> Moment:
+    """`sizes`: each layer's cache at the full length (_layer_sizes)."""
+    w = settings.workload
     cache = sum(size * layers for size, layers in sizes.items())
     growth = max((size // 2 for size in sizes), default=0)   # one layer's K or V grows by a token
-    p = _pass(stage, sequences=sequences, tokens=1, context=w.seq_len)
+    p = _pass(stage, settings, sequences=sequences, tokens=1, context=w.seq_len)
     step = forward.prefill_bytes(stage.arch, stage.distinct, p) + growth
     logits = forward.logits_bytes(stage.arch.vocab_size, rows=sequences, element_bytes=stage.element_bytes,
                                   fp32_copies=2) if stage.last else 0
@@ -288,8 +283,8 @@ def _decode_moment(stage: Stage, sequences: int) -> Moment:
 
 # --- vLLM / SGLang: a pre-allocated pool ----------------------------------------------------------------------
 
-def _preallocated(stage: Stage) -> Result:
-    s = stage.settings
+def _preallocated(stage: Stage, settings: Settings) -> Result:
+    s = settings
     tokens = s.workload.prefill_chunk or runtimes.VLLM_MAX_BATCHED_TOKENS
     p = forward.Pass(sequences=1, tokens=tokens, context=tokens, element_bytes=stage.element_bytes,
                      attention="flash", tensor=s.parallelism.tensor)
@@ -301,9 +296,9 @@ def _preallocated(stage: Stage) -> Result:
     activations, logits = (activations, 0) if activations >= logits else (0, logits)
     context = overhead.vllm_non_torch(s.parallelism.tensor)
     used = stage.weights_bytes + activations + logits + context.bytes
-    cache, notes, extra = _pool(stage, used)
+    cache, notes, extra = _pool(stage, settings, used)
     components = (
-        _weights(stage),
+        _weights(stage, settings),
         Component(name="kv_cache", bytes=cache, formula="pool: utilization x GPU memory - weights - profile "
                   "peak - non-torch, in whole blocks", source=stage.profile.source),
         Component(name="activations", bytes=activations,
@@ -316,12 +311,12 @@ def _preallocated(stage: Stage) -> Result:
     return components, notes, extra
 
 
-def _pool(stage: Stage, used: int) -> tuple[int, tuple[str, ...], dict[str, Any]]:
+def _pool(stage: Stage, settings: Settings, used: int) -> tuple[int, tuple[str, ...], dict[str, Any]]:
     from vramfit import gpus
 
-    s = stage.settings
+    s = settings
     w = s.workload
-    layout = _layout(stage)
+    layout = _layout(stage, settings)
     demand = _cache(stage, w.batch_size, w.seq_len, layout)
     capacity = gpus.capacity_bytes(s.gpu, s.gpu_memory)
     if capacity is None:
@@ -393,11 +388,11 @@ def _llama_cpp(arch: Architecture, settings: Settings, fmt: weights.WeightFormat
 
 # --- shared pieces ----------------------------------------------------------------------------------------
 
-def _weights(stage: Stage) -> Component:
-    par = stage.settings.parallelism
+def _weights(stage: Stage, settings: Settings) -> Component:
+    par = settings.parallelism
     return Component(name="weights", bytes=stage.weights_bytes,
                      formula="sum over this GPU's tensor slices of their bytes in the format",
-                     inputs={"format": stage.fmt.name, "dtype": stage.settings.precision.dtype, "tp": par.tensor,
+                     inputs={"format": stage.fmt.name, "dtype": settings.precision.dtype, "tp": par.tensor,
                              "pp_stage": stage.index}, source=stage.fmt.source)
 
 
