@@ -19,8 +19,8 @@ a framework is adding a profile.
   torchtune/training/memory.py) frees each gradient right after its parameter's update.
 - litgpt (Lightning-AI/litgpt finetune/lora.py, full.py): `model(input_ids, lm_head_chunk_size=128)` returns
   the logits as a list of 128-token chunks, which Fabric's `_FabricModule.forward` (lightning/fabric/wrappers.py)
-  passes through the precision plugin's `convert_output`: with "bf16-true"/"16-true" (HalfPrecision) and
-  bitsandbytes (BitsandbytesPrecision) that is `apply_to_collection(data, ..., dst_type=torch.get_default_dtype())`,
+  passes through the precision plugin's `convert_output`: with "bf16-true"/"16-true" (HalfPrecision),
+  "bf16-mixed"/"16-mixed" (MixedPrecision, plugins/precision/amp.py) and bitsandbytes (BitsandbytesPrecision) that is `apply_to_collection(data, ..., dst_type=torch.get_default_dtype())`,
   outside the forward's dtype context, so fp32 copies (Lightning 71aed751 = 2.1.0rc0, and unchanged at
   Lightning HEAD 7f0c3436); `chunked_cross_entropy` (litgpt/utils.py) takes the loss of each chunk on those
   fp32 copies (its log_softmax saves T x V x 4), and the loop keeps `logits` alive until after
@@ -74,7 +74,7 @@ class Framework:
     graph, referenced until the next step's forward has made new ones (what autograd frees in backward is gone,
     but tensors a custom Function keeps on ctx, bitsandbytes < 0.43.2's 4-bit inputs, live on);
     fp32_output: the training wrapper casts every floating tensor the model returns to fp32 after the forward
-    (Lightning Fabric's HalfPrecision and BitsandbytesPrecision `convert_output`), so the logits reach the loss,
+    (Lightning Fabric's HalfPrecision, MixedPrecision and BitsandbytesPrecision `convert_output`), so the logits reach the loss,
     and stay referenced by the loop, in fp32; qkv_view: q, k and v come from one fused linear and, with as many
     kv heads as query heads, v reaches attention as a view of its output while q and k are new tensors (rotary's
     torch.cat), so the attention kernel's saved v keeps the whole q|k|v output alive; qkv_lora: LoRA on q, k
