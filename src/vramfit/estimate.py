@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from types import ModuleType
 from typing import Any, cast
 
-from vramfit.memory import inference, sharding, training
+from vramfit.memory import sharding
 from vramfit.model.loaded import Model
 from vramfit.result import Estimate, MemoryBreakdown, Peak
 from vramfit.settings import DType, Precision, Settings
@@ -21,12 +23,23 @@ def estimate(model: Model | str, settings: Settings | None = None, **changes: An
         model = load_model(model)
     settings = resolve_settings((settings or Settings()).replace(**changes), model).validate()
     sharding.validate_layout(model.architecture, settings)
-    planner = inference if settings.mode == "inference" else training
-    plan = planner.plan(model, settings)
+    plan = _planner(settings.mode).plan(model, settings)
     memory = MemoryBreakdown(components=plan.components)
     return Estimate(model=model.name, parameters=plan.parameters, memory=memory, peak=Peak.of(memory),
                     settings=settings, notes=tuple(model.assumed) + tuple(model.notes) + plan.notes,
                     extra=plan.extra)
+
+
+def _planner(mode: str) -> ModuleType:
+    """vramfit.memory.inference or vramfit.memory.training, imported at its first estimate: an inference
+    estimate never loads the training modules (about a tenth of `vramfit estimate`'s start from the shell,
+    bench/bench_cli.py)."""
+    if mode not in _PLANNERS:
+        _PLANNERS[mode] = importlib.import_module(f"vramfit.memory.{mode}")
+    return _PLANNERS[mode]
+
+
+_PLANNERS: dict[str, ModuleType] = {}
 
 
 def resolve_settings(settings: Settings, model: Model) -> Settings:
