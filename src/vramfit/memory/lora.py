@@ -201,8 +201,13 @@ def held_4bit_inputs(layer: Layer, shape: Shape) -> int:
     2. the MLP input (the second norm output; in a parallel block with one shared norm, phi/GPT-J, the same
        tensor as 1, counted once): gate and up (or fc) read one tensor;
     3. the MLP output linear's input, the product act(gate) * up (T x I): a frozen down_proj is its only saver;
-    4. o_proj reads the attention kernel's output, which the kernel saves anyway (sdpa/flash: the (b, s, h, d)
-       output o_proj reads as a view; eager: the transposed copy, counted with the attention): nothing new.
+    4. o_proj reads the attention kernel's output, which the kernel saves anyway: nothing new. sdpa/flash on
+       CUDA allocate the output as (b, s, h, d) and return it transposed (aten/src/ATen/native/transformers/cuda/
+       attention.cu, _scaled_dot_product_flash_attention_cuda `attention.view({b, s, h, d}).transpose(1,2)`,
+       _scaled_dot_product_efficient_attention_cuda `at::empty({B, M, num_heads, Kv})` then transpose), so
+       `y.transpose(1, 2).reshape(b, s, h * d)` is a view of the saved tensor (on CPU the flash kernel's output is
+       (b, h, s, d) and the reshape copies: checked, not modelled); eager: the transposed copy, counted with the
+       attention.
     Under AMP every 4-bit linear casts its fp32 input to the compute dtype itself (bitsandbytes Linear4bit.forward
     `x.to(self.compute_dtype)`), so each keeps its own copy."""
     attn = list(layer.attention.linears())
