@@ -14,7 +14,8 @@ Pipeline parallelism: every stage is planned and the one with the largest total 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from operator import add
 from typing import Any
 
 from vramfit.errors import InvalidSetting
@@ -40,7 +41,7 @@ class Stage:
     index: int
     last: bool
     weight_requests: tuple[int, ...]
-    weight_counts: dict[int, int] = field(hash=False)   # weight_requests as size -> how many
+    weight_reserve: overhead.ReserveSums   # the allocator's reserve sums of weight_requests
     groups: tuple[tuple[Layer, int], ...]   # the distinct layers and how many of each (layer_counts)
     dequantized_bytes: int = 0   # the largest matrix a prefill matmul dequantizes (bnb 4-bit)
 
@@ -148,7 +149,8 @@ def _stage(arch: Architecture, settings: Settings, fmt: weights.WeightFormat, pr
     requests = weights.requests_bytes(fmt, tensors, dtype)
     layers = sharding.stage_layers(arch, index, par.pipeline)
     return Stage(arch=arch, element_bytes=DTYPE_BYTES[dtype], fmt=fmt, profile=profile, layers=layers, index=index,
-                 last=index == par.pipeline - 1, weight_requests=requests, weight_counts=dict(Counter(requests)),
+                 last=index == par.pipeline - 1, weight_requests=requests,
+                 weight_reserve=overhead.reserve_sums(Counter(requests)),
                  groups=layer_counts(layers),
                  dequantized_bytes=weights.dequantized_matrix_bytes(fmt, tensors, dtype, quantized_from))
 
@@ -181,9 +183,10 @@ def _on_demand(stage: Stage, settings: Settings) -> Result:
     if w.new_tokens:
         moments.append(_decode_moment(stage, settings, sequences, full_sizes))
     name, cache, activations, logits = max(moments, key=lambda m: m[1] + m[2] + m[3])
-    requests = dict(stage.weight_counts)   # + K and V of every layer: two requests of half its cache each
+    kv_requests: dict[int, int] = {}   # K and V of every layer: two requests of half its cache each
     for size, layers in full_sizes.items():
-        requests[size // 2] = requests.get(size // 2, 0) + 2 * layers
+        kv_requests[size // 2] = kv_requests.get(size // 2, 0) + 2 * layers
+    reserve = tuple(map(add, stage.weight_reserve, overhead.reserve_sums(kv_requests)))
     components = (
         _weights(stage, settings),
         Component(name="kv_cache", bytes=cache, formula="sum over layers of 2 x sequences x tokens x kv_heads x "
@@ -194,7 +197,7 @@ def _on_demand(stage: Stage, settings: Settings) -> Result:
         Component(name="logits", bytes=logits, formula="rows x vocab x (dtype + fp32 copies)",
                   source="transformers generation/utils.py logits_to_keep=1, .to(copy=True, dtype=torch.float32)"),
         overhead.cublas_workspace(_hopper(settings)),
-        overhead.allocator_reserve(requests),
+        overhead.allocator_reserve(reserve),
         overhead.cuda_context(),
     )
     return components, (f"peak at the {name} moment",), {}

@@ -87,18 +87,33 @@ def reserve_bytes(requests: Iterable[int]) -> int:
 def counted_reserve_bytes(counts: Mapping[int, int]) -> int:
     """reserve_bytes of requests given as size -> how many: a model repeats a few sizes many times, so each
     size is rounded once and multiplied by its count."""
+    return padded_reserve_bytes(reserve_sums(counts))
+
+
+# (large, small, medium): the segment rounding of the large requests, and the block bytes of the small-pool
+# and of the medium requests. Sums over requests, so the sums of two sets of requests add up.
+ReserveSums = tuple[int, int, int]
+
+
+def reserve_sums(counts: Mapping[int, int]) -> ReserveSums:
     sizes = counts.items()
     large = sum(n * (segment_bytes(s) - block_bytes(s)) for s, n in sizes if s > _MEDIUM_REQUEST)
     small = sum(n * block_bytes(s) for s, n in sizes if s <= _SMALL_REQUEST)
     medium = sum(n * block_bytes(s) for s, n in sizes if _SMALL_REQUEST < s <= _MEDIUM_REQUEST)
+    return large, small, medium
+
+
+def padded_reserve_bytes(sums: ReserveSums) -> int:
+    """The large requests' rounding plus the unused tails of the small-pool and medium segments."""
+    large, small, medium = sums
     small_pad = (-small) % _SMALL_SEGMENT
     medium_pad = (-medium) % _MEDIUM_SEGMENT
     return large + small_pad + medium_pad
 
 
-def allocator_reserve(counts: Mapping[int, int]) -> Component:
-    """The reserved-level component for live requests given as size -> how many (counted_reserve_bytes)."""
-    nbytes = counted_reserve_bytes(counts)
+def allocator_reserve(sums: ReserveSums) -> Component:
+    """The reserved-level component for the live requests' reserve_sums (added over sets of requests)."""
+    nbytes = padded_reserve_bytes(sums)
     return Component(name="allocator_reserve", bytes=nbytes, level="reserved",
                      formula="per live tensor: segment rounding (2 MiB for > 10 MiB) + unused tail of the shared "
                              "2 MiB / 20 MiB segments",
