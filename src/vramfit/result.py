@@ -64,9 +64,14 @@ class Peak:
 
     @classmethod
     def of(cls, memory: MemoryBreakdown) -> Peak:
-        allocated = memory.at_level("allocated")
-        reserved = allocated + memory.at_level("reserved")
-        return cls(allocated=allocated, reserved=reserved, device=reserved + memory.at_level("device"))
+        """Each counter sees its own level and the levels below it: reserved includes allocated, the device
+        (nvidia-smi) includes reserved."""
+        by_level = {"allocated": 0, "reserved": 0, "device": 0}
+        for c in memory.components:   # at_level for each level, in one pass
+            by_level[c.level] += c.bytes
+        allocated = by_level["allocated"]
+        reserved = allocated + by_level["reserved"]
+        return cls(allocated=allocated, reserved=reserved, device=reserved + by_level["device"])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -314,7 +314,7 @@ def _check_types(value: Any, where: str) -> None:
         if not has_type(field_value):
             full = f"{where}{name}"
             raise InvalidSetting(f"{_FIELD_NAMES.get(full, name)}: got {field_value!r}; pass {_type_name(hint)}")
-        if nested:
+        if nested and _TYPED.get(id(field_value), (None,))[0] is not field_value:   # a part not yet checked
             _check_types(field_value, f"{where}{name}.")
     _remember(_TYPED, value)
 

@@ -23,7 +23,7 @@ from vramfit.memory import forward, kv_cache, overhead, runtimes, sharding, weig
 from vramfit.memory.gguf import tensor_type_bytes
 from vramfit.memory.kv_cache import CacheLayout
 from vramfit.memory.runtimes import Profile
-from vramfit.model.architecture import Architecture, Layer, ParameterCount, layer_counts
+from vramfit.model.architecture import Architecture, Layer, ParameterCount, distinct_layers, layer_counts
 from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
 from vramfit.settings import DTYPE_BYTES, Settings
@@ -43,15 +43,9 @@ class Stage:
     weight_requests: tuple[int, ...]
     weight_reserve: overhead.ReserveSums   # the allocator's reserve sums of weight_requests
     groups: tuple[tuple[Layer, int], ...]   # the distinct layers and how many of each (layer_counts)
+    distinct: tuple[Layer, ...]             # the distinct layers alone
+    weights_bytes: int                      # sum(weight_requests)
     dequantized_bytes: int = 0   # the largest matrix a prefill matmul dequantizes (bnb 4-bit)
-
-    @property
-    def distinct(self) -> tuple[Layer, ...]:
-        return tuple(layer for layer, _ in self.groups)
-
-    @property
-    def weights_bytes(self) -> int:
-        return sum(self.weight_requests)
 
 
 def plan(model: Model, settings: Settings) -> Plan:
@@ -151,7 +145,7 @@ def _stage(arch: Architecture, settings: Settings, fmt: weights.WeightFormat, pr
     return Stage(arch=arch, element_bytes=DTYPE_BYTES[dtype], fmt=fmt, profile=profile, layers=layers, index=index,
                  last=index == par.pipeline - 1, weight_requests=requests,
                  weight_reserve=overhead.reserve_sums(Counter(requests)),
-                 groups=layer_counts(layers),
+                 groups=layer_counts(layers), distinct=distinct_layers(layers), weights_bytes=sum(requests),
                  dequantized_bytes=weights.dequantized_matrix_bytes(fmt, tensors, dtype, quantized_from))
 
 
