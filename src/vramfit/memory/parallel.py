@@ -55,7 +55,20 @@ class Layout:
 
 
 def layout(parallelism: Parallelism, workload: Workload) -> Layout:
-    """The layout of `parallelism`; a ZeRO stage together with an FSDP strategy is refused."""
+    """The layout of `parallelism`; a ZeRO stage together with an FSDP strategy is refused. One object per
+    (parallelism, micro-batches in flight), the only things it reads (a failing one raises every time)."""
+    key = (parallelism, min(parallelism.pipeline, workload.grad_accum))
+    if key not in _LAYOUTS:
+        if len(_LAYOUTS) >= 1024:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))
+        _LAYOUTS[key] = _layout(parallelism, workload)
+    return _LAYOUTS[key]
+
+
+_LAYOUTS: dict[tuple[Parallelism, int], Layout] = {}
+
+
+def _layout(parallelism: Parallelism, workload: Workload) -> Layout:
     if parallelism.zero_stage and parallelism.fsdp != "none":
         raise InvalidSetting("zero_stage: DeepSpeed ZeRO and FSDP are alternatives; pass either --zero or --fsdp")
     d = parallelism.data
