@@ -109,3 +109,30 @@ def test_the_litgpt_plan_applies_all_three(monkeypatch: pytest.MonkeyPatch) -> N
                  + act._t(T * 2 * HIDDEN, 2) - one_dropout)                 # index_copy source, one dropout less
     loss = 2 * act._t(T * VOCAB, 4) - 2 * act._t(T * VOCAB, 2)              # fp32 logits and log_softmax
     assert with_them.memory["activations"] - without.memory["activations"] == LAYERS * per_block + loss
+
+
+def test_the_loop_keeps_the_logits_through_the_blocks_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """finetune/lora.py keeps `logits` (Fabric's fp32 copies, T x V x 4) referenced until the next forward: with
+    checkpointed blocks the peak is inside the blocks' backward, and the logits are still there."""
+    small_vocab = 4096   # so that a recomputed block, not the loss, sets the peak
+    model = _model({**MHA, "vocab_size": small_vocab})
+    checkpointed = LITGPT_LORA.replace(grad_ckpt="full")
+    kept = estimate(model, checkpointed)
+    monkeypatch.setitem(frameworks.PROFILES, "litgpt", replace(frameworks.LITGPT, logits_kept=False))
+    dropped = estimate(model, checkpointed)
+    assert kept.extra["peak_phase"] == dropped.extra["peak_phase"]
+    assert kept.extra["peak_phase"].startswith("backward_block_")
+    assert kept.memory["activations"] - dropped.memory["activations"] == act._t(T * small_vocab, 4)
+
+
+def test_the_kept_logits_are_alive_at_the_optimizer_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """optimizer.step() runs while `logits` is still the loop's variable: full fine-tuning, whose peak is the
+    optimizer step, holds the fp32 logits (T x V x 4) there too."""
+    model = _model(MHA)
+    full = LITGPT_LORA.replace(finetune="full", seq_len=64)
+    kept = estimate(model, full)
+    monkeypatch.setitem(frameworks.PROFILES, "litgpt", replace(frameworks.LITGPT, logits_kept=False))
+    dropped = estimate(model, full)
+    assert kept.extra["peak_phase"] == dropped.extra["peak_phase"] == "optimizer_step"
+    assert dropped.memory["activations"] == 0   # [] sums the components of that name: none here
+    assert kept.memory["activations"] == act._t(BATCH * 64 * VOCAB, 4)

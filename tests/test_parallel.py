@@ -91,4 +91,6 @@ def test_fsdp1_units_mixing_frozen_and_trained_weights_keep_all_their_gradients(
     litgpt = estimate(MODEL, lora.replace(framework="litgpt")).extra["phases"]["optimizer_step"]
     torchtune = estimate(MODEL, lora.replace(framework="torchtune")).extra["phases"]["optimizer_step"]
     blocks = sum(layer.parameters() for layer in MODEL.architecture.layers())
-    assert litgpt - torchtune == pytest.approx(blocks * 2 // 2, rel=0.01)  # bf16 gradients, sharded over 2
+    logits = 64 * MODEL.architecture.head.output.out_features * 4   # type: ignore[union-attr]  # litgpt's loop
+    # still holds its fp32 logits at the optimizer step (frameworks.py fp32_output, LossMemory.kept)
+    assert litgpt - torchtune - logits == pytest.approx(blocks * 2 // 2, rel=0.01)  # bf16 gradients, sharded over 2

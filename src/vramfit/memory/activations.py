@@ -368,12 +368,15 @@ def head_transform_saved(arch: Architecture, rows: int, shape: Shape, *, trains:
 class LossMemory:
     """The output head and cross-entropy. saved: kept from the loss to its backward (the fp32 log-softmax and
     the shifted labels). forward_transient: extra bytes alive at the loss in the forward pass (logits, their
-    fp32 copy). backward_transient: extra bytes alive at the start of backward (the log-softmax gradients)."""
+    fp32 copy). backward_transient: extra bytes alive at the start of backward (the log-softmax gradients).
+    kept: the part of `saved` that the training loop itself still references after the loss's backward (litgpt's
+    `logits`, alive until the next forward returns): it stays through the blocks' backward and the optimizer step."""
 
     saved: int
     forward_transient: int
     backward_transient: int
     formula: str
+    kept: int = 0
 
 
 def loss_memory(arch: Architecture, shape: Shape, *, chunks: int, fp32_logits: bool, fp32_loss: bool = True,
@@ -444,7 +447,7 @@ def _native_loss(t: int, vocab: int, e: int, chunks: int, logits_kept: bool, lab
     piece = -(-t // chunks)
     logits = _t(t * vocab, e)
     saved = _t(t * vocab, e) + labels + (logits if logits_kept else 0)
-    return LossMemory(saved=saved, forward_transient=0 if logits_kept else logits,
+    return LossMemory(saved=saved, forward_transient=0 if logits_kept else logits, kept=logits if logits_kept else 0,
                       backward_transient=2 * _t(piece * vocab, e),
                       formula=f"saved: T x V x {e} (log_softmax per chunk, in the logits' dtype)"
                               + (f" + T x V x {e} (logits kept by the loop)" if logits_kept else "")
