@@ -20,7 +20,11 @@ planned and the larger taken.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from itertools import chain, groupby, repeat
+from operator import itemgetter
 from typing import Any
 
 from vramfit.memory import activations as act
@@ -110,17 +114,19 @@ def plan(model: Model, settings: Settings) -> Plan:
     validate_tensor_parallel(arch, lay.tensor)
     widths = _bytes(settings, profile)
     steps = [_step(model, settings, profile, lay, widths, stage) for stage in _candidate_stages(lay.pipeline)]
-    phases = [(_phases(step), step) for step in steps]
-    by_step = {id(s): p for p, s in phases}
-    (name, live), step = max(((max(p.items(), key=lambda kv: sum(kv[1].values())), s) for p, s in phases),
-                             key=lambda pair: sum(pair[0][1].values()))
-    components = _components(live, step, settings, widths, lay) + _overheads(settings, lay)
+    totals = [_phase_totals(step) for step in steps]
+    # the largest phase of each candidate stage, then the larger stage; the first one on a tie
+    peaks = [max(each.items(), key=itemgetter(1)) for each in totals]
+    chosen = max(range(len(steps)), key=lambda i: peaks[i][1])
+    name, step = peaks[chosen][0], steps[chosen]
+    components = _components(_phase(step, name), step, settings, widths, lay) + _overheads(settings, lay)
+
     count = arch.parameter_count()
     adapters, trainable = _cached(("counts", settings.training), arch, lambda: _counts(arch, settings.training))
     parameters = Parameters(total=count.total + adapters, trainable=trainable, active=count.active,
                             by_part=count.by_part)
     notes = _notes(settings, profile, lay, name)
-    extra = {"peak_phase": name, "phases": {n: sum(v.values()) for n, v in by_step[id(step)].items()},
+    extra = {"peak_phase": name, "phases": totals[chosen],
              "framework": {"name": profile.name, "behaviours": list(profile.behaviours)}, "layout": lay.name}
     if step.host:
         extra["host_memory"] = dict(step.host)
@@ -198,6 +204,7 @@ class TensorTerms:
 
     held: Held
     groups: tuple[tuple[Layer, int, list[ParamTensor], list[ParamTensor]], ...]
+    group_tensors: tuple[BlockTensors, ...]   # each distinct block's tensor-only terms, as groups
     block_group: tuple[int, ...]
     states: OptimizerMemory
     grads: int
@@ -239,8 +246,11 @@ def _tensor_terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes,
     groups, block_group = _block_groups(layers, held, holders, training.frozen_layers)
     gathered = _gathered_bytes(held.by_layer, held.blocks, widths, lay)
     states = optimizer_memory(training.optimizer, held.trainable, grad_width)
+    grad_amp = widths.amp and lay.param_shard == 1
     return TensorTerms(
         held=held, groups=groups, block_group=block_group, states=states,
+        group_tensors=tuple(_block_tensors(mine, with_grads, grad_width, widths, lay, grad_amp)
+                            for _, _, mine, with_grads in groups),
         grads=gradient_bytes((t.elements for t in holders), grad_width) // lay.grad_shard,
         weights=0 if lay.offload_params else _weights_bytes(held.tensors, widths) // lay.param_shard,
         gathered=gathered, fsdp_root=_fsdp_root_bytes(held.by_layer, widths, lay),
@@ -257,8 +267,8 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
     terms = _terms(arch, training, lay, widths, stage, profile)
     states = terms.states
     shape = _shape(model, settings, profile, lay, widths)
-    priced = [_block_step(layer, index, mine, with_grads, shape, settings, widths, lay)
-              for layer, index, mine, with_grads in terms.groups]
+    priced = [_block_step(layer, index, tensors, shape, settings, lay)
+              for (layer, index, _, _), tensors in zip(terms.groups, terms.group_tensors)]
     block_steps = tuple(priced[g] for g in terms.block_group)
     is_first, is_last = stage == 0, stage == lay.pipeline - 1
     host = dict(terms.host)
@@ -387,25 +397,41 @@ def _signature(tensors: list[ParamTensor]) -> tuple[tuple[Any, ...], ...]:
     return tuple((t.elements, t.trainable, t.role, t.quantized, t.adapter, t.rows, t.cols) for t in tensors)
 
 
-def _block_step(layer: Layer, index: int, mine: list[ParamTensor], with_grads: list[ParamTensor],
-                shape: act.Shape, settings: Settings, widths: Bytes, lay: Layout) -> BlockStep:
-    """One block's step; `mine`: the block's own tensors (layer == index), in order; `with_grads`: those of
-    them that get a gradient."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BlockTensors:
+    """What a block's step takes from its tensors alone (kept with the tensor terms): its gradients, those of
+    its MLP's output linear, and its AMP weight copies."""
+
+    grads: int
+    mlp_grads: int
+    amp_copies: int
+
+
+def _block_tensors(mine: list[ParamTensor], with_grads: list[ParamTensor], grad_width: int, widths: Bytes,
+                   lay: Layout, amp: bool) -> BlockTensors:
+    """`mine`: the block's own tensors (layer == index), in order; `with_grads`: those of them that get a
+    gradient. amp: AMP with unsharded parameters (each linear's cast copy is kept for backward)."""
+    return BlockTensors(
+        grads=gradient_bytes((t.elements for t in with_grads), grad_width),
+        mlp_grads=gradient_bytes((t.elements for t in with_grads if t.role.startswith("ffn_down")), grad_width),
+        amp_copies=_amp_copies(mine, widths) if amp else 0)
+
+
+def _block_step(layer: Layer, index: int, tensors: BlockTensors, shape: act.Shape, settings: Settings,
+                lay: Layout) -> BlockStep:
+    """One block's step for this batch, on top of its tensor-only terms."""
     training = settings.training
     trains = training.finetune == "full" and index >= training.frozen_layers
     block_shape = _with_trains(shape, trains)
     full = act.layer_saved(layer, block_shape)
-    grad_width = widths.adapter if training.finetune != "full" else widths.param
-    grads = gradient_bytes((t.elements for t in with_grads), grad_width)
-    mlp_grads = gradient_bytes((t.elements for t in with_grads if t.role.startswith("ffn_down")), grad_width)
+    grads = tensors.grads
     stream = allocation_bytes(shape.tokens * layer.attention.hidden_size // shape.replicated * shape.compute_bytes)
     saved = _checkpointed(full, training.grad_ckpt, stream, act.selective_saved(layer, block_shape))
     mlp_part = full.parts["mlp"] + full.parts["norms"] // 2 + full.parts["residual"] // 2
     product = _intermediate(layer, block_shape) if trains or _down_adapted(layer, shape) else 0
     return BlockStep(saved=saved, recomputed=full.total if training.grad_ckpt != "none" else saved,
                      mlp_saved=mlp_part, product=product, grads=grads, grads_kept=grads // lay.grad_shard,
-                     mlp_grads=mlp_grads,
-                     amp_copies=_amp_copies(mine, widths) if widths.amp and lay.param_shard == 1 else 0,
+                     mlp_grads=tensors.mlp_grads, amp_copies=tensors.amp_copies,
                      mlp_temporaries=_mlp_temporaries(layer, shape), attention_temporaries=2 * stream)
 
 
@@ -420,7 +446,7 @@ def _down_adapted(layer: Layer, shape: act.Shape) -> bool:
 def _with_trains(shape: act.Shape, trains: bool) -> act.Shape:
     from dataclasses import replace
 
-    return replace(shape, trains=trains)
+    return shape if shape.trains == trains else replace(shape, trains=trains)
 
 
 def _checkpointed(full: act.Saved, mode: str, stream: int, selective: int) -> int:
@@ -509,6 +535,8 @@ def _dequant_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes) -> int:
 def _sharded(states: OptimizerMemory, shard: int) -> OptimizerMemory:
     from dataclasses import replace
 
+    if shard == 1:
+        return states
     return replace(states, states=states.states // shard, paged=states.paged // shard,
                    step_temporaries=states.step_temporaries // shard)
 
@@ -526,8 +554,8 @@ def _offload_activations(blocks: tuple[BlockStep, ...]) -> tuple[tuple[BlockStep
     from dataclasses import replace
 
     largest = max((b.saved for b in blocks), default=0)
-    offloaded = tuple(replace(b, saved=0, recomputed=b.recomputed + largest) for b in blocks)
-    return offloaded, largest, sum(b.saved for b in blocks)
+    moved = {id(b): replace(b, saved=0, recomputed=b.recomputed + largest) for b in blocks}   # one per distinct
+    return tuple(moved[id(b)] for b in blocks), largest, sum(b.saved for b in blocks)
 
 
 def _host(states: OptimizerMemory, tensors: tuple[ParamTensor, ...], widths: Bytes, lay: Layout) -> dict[str, int]:
@@ -542,12 +570,39 @@ def _host(states: OptimizerMemory, tensors: tuple[ParamTensor, ...], widths: Byt
     return host
 
 
-def _phases(step: Step) -> dict[str, dict[str, int]]:
-    """Live bytes by component in each phase (the keys become the breakdown's component names)."""
-    saved = (sum(b.saved for b in step.blocks) + step.saved_outside + step.saved_head
-             + step.loss.saved) * step.in_flight
-    resident = {"weights": step.weights, "gathered_parameters": step.gathered,
-                "optimizer_states": step.states.states, "batch": step.batch, "ddp_gradient_buckets": step.buckets}
+def _phase_totals(step: Step) -> dict[str, int]:
+    """The total live bytes of every phase, in the step's order: forward, start of backward, each block's MLP
+    and attention halves (last block first), optimizer step. The block phases are summed without building
+    their live sets (_block_totals): only the peak phase's is built (_phase)."""
+    saved = _saved(step)
+    outer = _outer_phases(step, saved)
+    totals = {name: sum(outer[name].values()) for name in ("forward", "backward_start")}
+    totals.update(_block_totals(step, saved))
+    totals["optimizer_step"] = sum(outer["optimizer_step"].values())
+    return totals
+
+
+def _phase(step: Step, name: str) -> dict[str, int]:
+    """Live bytes by component in one phase (the keys become the breakdown's component names)."""
+    outer = _outer_phases(step, _saved(step))
+    return outer[name] if name in outer else _block_phase(step, name)
+
+
+def _saved(step: Step) -> int:
+    """Every saved activation of the micro-batches in flight, at the loss."""
+    return (sum(b.saved for b in step.blocks) + step.saved_outside + step.saved_head
+            + step.loss.saved) * step.in_flight
+
+
+def _resident(step: Step) -> dict[str, int]:
+    """What every phase holds."""
+    return {"weights": step.weights, "gathered_parameters": step.gathered, "optimizer_states": step.states.states,
+            "batch": step.batch, "ddp_gradient_buckets": step.buckets}
+
+
+def _outer_phases(step: Step, saved: int) -> dict[str, dict[str, int]]:
+    """The phases outside the blocks' backward: forward at the loss, start of backward, optimizer step."""
+    resident = _resident(step)
     grads_before = step.gradients if step.accumulating else 0
     fsdp = step.fsdp_root > 0
     # FSDP (reshard after forward): at the loss only the root is gathered; backward's first hook prefetches the
@@ -559,37 +614,100 @@ def _phases(step: Step) -> dict[str, dict[str, int]]:
                       "gradients": grads_before, "amp_weight_copies": step.amp_copies,
                       "activations": saved, "logits_and_loss": step.loss.backward_transient}
     phases = {"forward": forward, "backward_start": backward_start}
-    phases.update(_block_phases(step, {**resident, "gathered_parameters": step.gathered + step.fsdp_root}, saved))
     phases["optimizer_step"] = {**resident, "gradients": step.gradients,
                                 "activations": step.loss.kept * step.in_flight,
                                 "optimizer_step_temporaries": step.states.step_temporaries}
     return phases
 
 
-def _block_phases(step: Step, resident: dict[str, int], saved: int) -> dict[str, dict[str, int]]:
-    """Walk the blocks last to first: each one's MLP half, then its attention half."""
-    out: dict[str, dict[str, int]] = {}
+def _block_resident(step: Step) -> dict[str, int]:
+    """What every block phase holds besides the walk's terms (_halves)."""
+    return {**_resident(step), "gathered_parameters": step.gathered + step.fsdp_root}
+
+
+# Where the walk over the blocks' backward (last block first) stands before a block: the gradients made so
+# far, the activations not yet freed and the AMP weight copies still alive.
+Walk = tuple[int, int, int]
+
+
+def _walk_start(step: Step, saved: int) -> Walk:
+    """Before the last block: the gradients made so far, every activation saved (`saved`, _saved) but the
+    loss's and the final norm's, which the backward has freed, and every AMP copy."""
     grads = step.gradients if step.accumulating else step.outside_grads
     # the loss's saved tensors are freed by its backward, except what the loop still holds (LossMemory.kept)
     remaining = saved - (step.loss.saved - step.loss.kept + step.saved_head) * step.in_flight
-    amp = step.amp_copies
-    for index in range(len(step.blocks) - 1, -1, -1):
-        block = step.blocks[index]
-        recompute = block.recomputed - block.saved
-        new_grads = 0 if step.accumulating else block.mlp_grads
-        out[f"backward_block_{index}_mlp"] = {
-            **resident, "gradients": grads + new_grads, "amp_weight_copies": amp,
-            "activations": remaining + recompute - block.product,
-            "backward_transient": block.mlp_temporaries + step.dequant}
-        remaining_attention = remaining + recompute - block.mlp_saved
-        new_grads = 0 if step.accumulating else block.grads
-        out[f"backward_block_{index}_attention"] = {
-            **resident, "gradients": grads + new_grads, "amp_weight_copies": amp,
-            "activations": remaining_attention, "backward_transient": block.attention_temporaries + step.dequant}
-        grads += 0 if step.accumulating else block.grads_kept
-        remaining -= block.saved
-        amp -= block.amp_copies
+    return grads, remaining, step.amp_copies
+
+
+def _halves(step: Step, block: BlockStep, walk: Walk) -> tuple[dict[str, int], dict[str, int]]:
+    """A block's MLP half, then its attention half, at `walk`: live bytes beyond _block_resident."""
+    grads, remaining, amp = walk
+    recompute = block.recomputed - block.saved
+    new_grads = 0 if step.accumulating else block.mlp_grads
+    mlp = {"gradients": grads + new_grads, "amp_weight_copies": amp,
+           "activations": remaining + recompute - block.product,
+           "backward_transient": block.mlp_temporaries + step.dequant}
+    new_grads = 0 if step.accumulating else block.grads
+    attention = {"gradients": grads + new_grads, "amp_weight_copies": amp,
+                 "activations": remaining + recompute - block.mlp_saved,
+                 "backward_transient": block.attention_temporaries + step.dequant}
+    return mlp, attention
+
+
+def _walk_past(step: Step, block: BlockStep, walk: Walk, count: int) -> Walk:
+    """The walk after `count` blocks like `block`: each adds its kept gradients and frees its saved
+    activations and its AMP copies."""
+    grads, remaining, amp = walk
+    kept = 0 if step.accumulating else block.grads_kept
+    return grads + count * kept, remaining - count * block.saved, amp - count * block.amp_copies
+
+
+def _runs(step: Step) -> list[tuple[BlockStep, int]]:
+    """The blocks in walk order (last first) as (block, how many in a row): equal blocks share one BlockStep
+    object (_step prices each distinct block once), so a model's 32 equal blocks are one run."""
+    runs = []
+    for _, group in groupby(reversed(step.blocks), key=id):
+        run = tuple(group)
+        runs.append((run[0], len(run)))
+    return runs
+
+
+def _block_totals(step: Step, saved: int) -> dict[str, int]:
+    """The total of every block phase, a run of equal blocks at a time. Each phase's total is the resident
+    bytes plus its half's terms, where the walk's three terms each count once; so from one block of a run to
+    the next, both halves' totals change by what the walk changes: sum(walk after) - sum(walk before)."""
+    names, resident = _block_phase_names(len(step.blocks)), sum(_block_resident(step).values())
+    walk, position = _walk_start(step, saved), 0
+    out: dict[str, int] = {}
+    for block, count in _runs(step):
+        mlp, attention = (resident + sum(half.values()) for half in _halves(step, block, walk))
+        change = sum(_walk_past(step, block, walk, 1)) - sum(walk)
+        halves = zip(_progression(mlp, change, count), _progression(attention, change, count))
+        out.update(zip(names[position:position + 2 * count], chain.from_iterable(halves)))
+        walk, position = _walk_past(step, block, walk, count), position + 2 * count
     return out
+
+
+def _progression(first: int, change: int, count: int) -> Iterable[int]:
+    """first, first + change, first + 2 x change, ...: `count` values."""
+    return range(first, first + count * change, change) if change else repeat(first, count)
+
+
+def _block_phase(step: Step, name: str) -> dict[str, int]:
+    """The live set of one block phase: walk the runs to its block, then take its half."""
+    position = _block_phase_names(len(step.blocks)).index(name)
+    before, walk = position // 2, _walk_start(step, _saved(step))
+    for block, count in _runs(step):
+        if before < count:
+            return {**_block_resident(step), **_halves(step, block, _walk_past(step, block, walk, before))[position % 2]}
+        walk, before = _walk_past(step, block, walk, count), before - count
+    raise KeyError(name)
+
+
+@functools.cache
+def _block_phase_names(blocks: int) -> tuple[str, ...]:
+    """The block phases' names in walk order: the last block's MLP half, its attention half, and so on."""
+    return tuple(f"backward_block_{index}_{half}" for index in range(blocks - 1, -1, -1) for half in ("mlp", "attention"))
 
 
 def _components(live: dict[str, int], step: Step, settings: Settings, widths: Bytes,
