@@ -105,8 +105,7 @@ class Step:
 def plan(model: Model, settings: Settings) -> Plan:
     profile = framework(settings.training.framework)
     if profile.untied_head and model.architecture.head.tied and model.architecture.head.output is not None:
-        untied = replace(model.architecture, head=replace(model.architecture.head, tied=False))
-        model = replace(model, architecture=untied)   # litgpt: lm_head.weight is a copy of the token table
+        model = _untied(model)   # litgpt: lm_head.weight is a copy of the token table
     arch = model.architecture
     lay = layout(settings.parallelism, settings.workload)
     if profile.fsdp_no_sync and settings.parallelism.fsdp != "none" and settings.workload.grad_accum > 1:
@@ -131,6 +130,22 @@ def plan(model: Model, settings: Settings) -> Plan:
     if step.host:
         extra["host_memory"] = dict(step.host)
     return Plan(components=tuple(components), parameters=parameters, notes=notes, extra=extra)
+
+
+def _untied(model: Model) -> Model:
+    """The model with its head untied, one object per model object: every cache of the estimate is keyed by
+    the architecture object, so a new one at each call would price every tensor again (and fill the caches)."""
+    hit = _UNTIED.get(id(model))
+    if hit is None or hit[0] is not model:
+        arch = model.architecture
+        hit = (model, replace(model, architecture=replace(arch, head=replace(arch.head, tied=False))))
+        if len(_UNTIED) >= _TERMS_SIZE:
+            _UNTIED.pop(next(iter(_UNTIED)), None)
+        _UNTIED[id(model)] = hit
+    return hit[1]
+
+
+_UNTIED: dict[int, tuple[Model, Model]] = {}
 
 
 def _counts(arch: Architecture, training: Any) -> tuple[int, int]:
