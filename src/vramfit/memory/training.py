@@ -33,6 +33,8 @@ from vramfit.memory.frameworks import Framework, framework
 from vramfit.memory.gradients import allocation_bytes, gradient_bytes, tensors_bytes
 from vramfit.memory.lora import (
     ParamTensor,
+    head_held_input,
+    held_4bit_inputs,
     nf4_storages,
     parameter_tensors,
     targeted_linears,
@@ -59,6 +61,7 @@ class Bytes:
     compute: int
     adapter: int
     amp: bool
+    double_quant: bool = False   # QLoRA base with double quantization (--quant bnb-nf4-dq)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -76,6 +79,7 @@ class BlockStep:
     amp_copies: int
     mlp_temporaries: int
     attention_temporaries: int
+    held: int = 0   # bitsandbytes < 0.43.2: the 4-bit linears' kept inputs (lora.held_4bit_inputs)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -100,6 +104,10 @@ class Step:
     host: dict[str, int] = field(default_factory=dict, hash=False)
     fsdp_root: int = 0
     fsdp_block: int = 0
+    held_inputs: int = 0        # bitsandbytes < 0.43.2: 4-bit inputs alive until the graph is freed
+    held_previous: int = 0      # the previous step's, alive through this forward (Framework.graph_kept)
+    held_in_optimizer: bool = False
+    dequant_head: int = 0       # a 4-bit head dequantized at the loss and at the start of backward
 
 
 def plan(model: Model, settings: Settings) -> Plan:
@@ -119,7 +127,6 @@ def plan(model: Model, settings: Settings) -> Plan:
     chosen = max(range(len(steps)), key=lambda i: peaks[i][1])
     name, step = peaks[chosen][0], steps[chosen]
     components = _components(_phase(step, name), step, settings, widths, lay) + _overheads(settings, lay)
-
     count = arch.parameter_count()
     adapters, trainable = _cached(("counts", settings.training), arch, lambda: _counts(arch, settings.training))
     parameters = Parameters(total=count.total + adapters, trainable=trainable, active=count.active,
@@ -180,7 +187,8 @@ def _bytes(settings: Settings, profile: Framework) -> Bytes:
     param = 4 if precision.amp else DTYPE_BYTES[precision.dtype]
     compute = DTYPE_BYTES[precision.compute_dtype]
     adapter = 4 if profile.adapter_fp32 else param
-    return Bytes(param=param, compute=compute, adapter=adapter, amp=precision.amp is not None)
+    return Bytes(param=param, compute=compute, adapter=adapter, amp=precision.amp is not None,
+                 double_quant=precision.quant == "bnb-nf4-dq")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -196,7 +204,8 @@ class Held:
         return [t for t in self.tensors if t.trainable]
 
 
-def _held(arch: Architecture, training: Any, lay: Layout, stage: int, tp_plan: bool) -> Held:
+def _held(arch: Architecture, training: Any, lay: Layout, stage: int, tp_plan: bool,
+          quantized_head: bool = False) -> Held:
     """tp_plan: transformers' split (embedding whole, an untied head split by rows, sharding.shard); else
     Megatron's vocabulary-parallel embedding and head."""
     counts = stage_layer_counts(arch.num_layers, lay.pipeline)
@@ -204,7 +213,7 @@ def _held(arch: Architecture, training: Any, lay: Layout, stage: int, tp_plan: b
     blocks = range(first, first + counts[stage])
     sliced = rank_tensors(arch, tensor=lay.tensor, stage=stage, stages=lay.pipeline, expert=lay.expert,
                           vocab_parallel=not tp_plan, head_parallel=True)
-    tensors = parameter_tensors(arch, training, held=sliced, blocks=blocks)
+    tensors = parameter_tensors(arch, training, held=sliced, blocks=blocks, quantized_head=quantized_head)
     by_layer: dict[int | None, list[ParamTensor]] = {}
     for t in tensors:   # one pass, in order: each block's own tensors (a filter per block is layers x tensors)
         by_layer.setdefault(t.layer, []).append(t)
@@ -231,6 +240,7 @@ class TensorTerms:
     outside_grads: int
     dequant: int
     host: dict[str, int] = field(hash=False)
+    dequant_head: int = 0
 
 
 # (id(arch), training, layout, widths, stage, framework) -> (arch, terms): the entry holds the architecture,
@@ -253,7 +263,7 @@ def _terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes, stage:
 
 def _tensor_terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes, stage: int,
                   profile: Framework) -> TensorTerms:
-    held = _held(arch, training, lay, stage, profile.tp_plan)
+    held = _held(arch, training, lay, stage, profile.tp_plan, profile.quantized_head)
     grad_width = widths.adapter if training.finetune != "full" else widths.param
     holders = _grad_holders(held, profile.fsdp_unit_gradients and lay.name.startswith("FSDP")
                             and training.finetune != "full")
@@ -272,7 +282,9 @@ def _tensor_terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes,
         fsdp_block=gathered // max(1, lay.gathered_blocks),
         amp_copies=_amp_copies(held.tensors, widths) if widths.amp and lay.param_shard == 1 else 0,
         outside_grads=_head_gradients(held, grad_width) // lay.grad_shard,
-        dequant=_dequant_bytes(held.tensors, widths), host=_host(states, held.tensors, widths, lay))
+        dequant=_dequant_bytes([t for t in held.tensors if t.layer is not None], widths),
+        dequant_head=_dequant_bytes([t for t in held.tensors if t.layer is None], widths),
+        host=_host(states, held.tensors, widths, lay))
 
 
 def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes, stage: int) -> Step:
@@ -300,7 +312,27 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
         loss=_loss(arch, shape, profile) if is_last else _NO_LOSS, blocks=block_steps,
         buckets=ddp_bucket_bytes(terms.grads) if lay.ddp_buckets else 0,
         dequant=terms.dequant, accumulating=settings.workload.grad_accum > 1,
-        in_flight=lay.in_flight if is_first else 1, host=host)
+        in_flight=lay.in_flight if is_first else 1, host=host, **_held_terms(arch, shape, settings, profile, terms,
+                                                                             block_steps, lay, is_first, is_last))
+
+
+def _held_terms(arch: Architecture, shape: act.Shape, settings: Settings, profile: Framework, terms: TensorTerms,
+                blocks: tuple[BlockStep, ...], lay: Layout, is_first: bool, is_last: bool) -> dict[str, Any]:
+    """bitsandbytes < 0.43.2 (lora.held_4bit_inputs): the blocks' kept inputs and a 4-bit head's, for every
+    micro-batch in flight; they live until the graph goes, i.e. through the whole backward, and under a
+    framework that keeps the graph referenced (Framework.graph_kept) through the optimizer step into the next
+    forward, where the previous step's coexist with the new ones (steady state: the same shapes each step)."""
+    head = any(t.quantized for t in terms.held.by_layer.get(None, []))
+    held = sum(b.held for b in blocks)
+    if is_last and head and _holds_4bit_inputs(settings):
+        held += head_held_input(arch, shape)
+    held *= lay.in_flight if is_first else 1
+    return {"held_inputs": held, "held_previous": held if profile.graph_kept else 0,
+            "held_in_optimizer": profile.graph_kept, "dequant_head": terms.dequant_head if is_last else 0}
+
+
+def _holds_4bit_inputs(settings: Settings) -> bool:
+    return settings.training.finetune == "qlora" and settings.training.bnb_saves_4bit_input
 
 
 _NO_LOSS = act.LossMemory(saved=0, forward_transient=0, backward_transient=0, formula="not on this stage")
@@ -444,7 +476,12 @@ def _block_step(layer: Layer, index: int, tensors: BlockTensors, shape: act.Shap
     saved = _checkpointed(full, training.grad_ckpt, stream, act.selective_saved(layer, block_shape))
     mlp_part = full.parts["mlp"] + full.parts["norms"] // 2 + full.parts["residual"] // 2
     product = _intermediate(layer, block_shape) if trains or _down_adapted(layer, shape) else 0
-    return BlockStep(saved=saved, recomputed=full.total if training.grad_ckpt != "none" else saved,
+    # Kept 4-bit inputs: under full (reentrant) checkpointing the forward runs without grad and keeps none; the
+    # recomputation keeps this block's until its backward is done. Otherwise they stay with the graph.
+    held = held_4bit_inputs(layer, block_shape) if _holds_4bit_inputs(settings) else 0
+    reentrant = training.grad_ckpt == "full"
+    return BlockStep(saved=saved, recomputed=full.total + (held if reentrant else 0)
+                     if training.grad_ckpt != "none" else saved, held=0 if reentrant else held,
                      mlp_saved=mlp_part, product=product, grads=grads, grads_kept=grads // lay.grad_shard,
                      mlp_grads=tensors.mlp_grads, amp_copies=tensors.amp_copies,
                      mlp_temporaries=_mlp_temporaries(layer, shape), attention_temporaries=2 * stream)
@@ -501,12 +538,12 @@ def _saved_outside(arch: Architecture, shape: act.Shape, training: Any, first: b
 
 
 def _weights_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes) -> int:
-    """Per tensor: 4-bit storages for QLoRA's base linears, adapters in their dtype, the rest in --dtype
-    (fp32 under AMP)."""
+    """Per tensor: 4-bit storages for QLoRA's base linears (with double quantization's nested constants under
+    --quant bnb-nf4-dq), adapters in their dtype, the rest in --dtype (fp32 under AMP)."""
     total = 0
     for t in tensors:
         if t.quantized:
-            total += sum(allocation_bytes(b) for b in nf4_storages(t.elements, double_quant=False))
+            total += sum(allocation_bytes(b) for b in nf4_storages(t.elements, double_quant=widths.double_quant))
         else:
             total += allocation_bytes(t.elements * (widths.adapter if t.adapter else widths.param))
     return total
@@ -541,7 +578,7 @@ def _fsdp_root_bytes(by_layer: dict[int | None, list[ParamTensor]], widths: Byte
     return tensors_bytes((t.elements for t in by_layer.get(None, []) if not t.quantized), widths.compute)
 
 
-def _dequant_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes) -> int:
+def _dequant_bytes(tensors: list[ParamTensor], widths: Bytes) -> int:
     """bitsandbytes matmul_4bit dequantizes the whole weight to the compute dtype for each call."""
     largest = max((t.elements for t in tensors if t.quantized), default=0)
     return allocation_bytes(largest * widths.compute) if largest else 0
@@ -624,20 +661,24 @@ def _outer_phases(step: Step, saved: int) -> dict[str, dict[str, int]]:
     # last block; inside the blocks' backward, the current block and the prefetched one beside the root.
     forward = {**resident, "gathered_parameters": step.fsdp_root if fsdp else step.gathered,
                "gradients": grads_before, "amp_weight_copies": step.amp_copies,
-               "activations": saved, "logits_and_loss": step.loss.forward_transient + step.dequant}
+               "activations": saved, "bitsandbytes_saved_inputs": step.held_inputs + step.held_previous,
+               "logits_and_loss": step.loss.forward_transient + max(step.dequant, step.dequant_head)}
     backward_start = {**resident, "gathered_parameters": step.fsdp_root + step.fsdp_block if fsdp else step.gathered,
                       "gradients": grads_before, "amp_weight_copies": step.amp_copies,
-                      "activations": saved, "logits_and_loss": step.loss.backward_transient}
+                      "activations": saved, "bitsandbytes_saved_inputs": step.held_inputs,
+                      "logits_and_loss": step.loss.backward_transient + step.dequant_head}
     phases = {"forward": forward, "backward_start": backward_start}
     phases["optimizer_step"] = {**resident, "gradients": step.gradients,
                                 "activations": step.loss.kept * step.in_flight,
-                                "optimizer_step_temporaries": step.states.step_temporaries}
+                                "optimizer_step_temporaries": step.states.step_temporaries,
+                                "bitsandbytes_saved_inputs": step.held_inputs if step.held_in_optimizer else 0}
     return phases
 
 
 def _block_resident(step: Step) -> dict[str, int]:
     """What every block phase holds besides the walk's terms (_halves)."""
-    return {**_resident(step), "gathered_parameters": step.gathered + step.fsdp_root}
+    return {**_resident(step), "gathered_parameters": step.gathered + step.fsdp_root,
+            "bitsandbytes_saved_inputs": step.held_inputs}
 
 
 # Where the walk over the blocks' backward (last block first) stands before a block: the gradients made so
@@ -773,9 +814,17 @@ def _descriptions(step: Step, settings: Settings, widths: Bytes, lay: Layout) ->
         "ddp_gradient_buckets": ("one bucket copy of the gradients", {"bucket_cap_mb": 25},
                                  "torch/nn/parallel/distributed.py gradient_as_bucket_view=False", ""),
         "batch": ("input_ids + labels: 2 x T x 8", tokens, "int64 token tensors", ""),
+        "bitsandbytes_saved_inputs": (_HELD_FORMULA,
+                                      {**tokens, "bitsandbytes": tr.bitsandbytes, "micro_batches_in_flight": step.in_flight},
+                                      _HELD_SOURCE, "not in the seeds"),
     }
 
 
+_HELD_FORMULA = ("per block, each tensor a 4-bit linear reads that nothing else saves: T x h (qkv input) + T x h "
+                 "(MLP input; one for a parallel block with a shared norm) + T x I (down_proj input), x E; + T x h x E "
+                 "for a 4-bit head; the previous step's too at the forward when the loop keeps its graph")
+_HELD_SOURCE = ("bitsandbytes/autograd/_functions.py MatMul4Bit.forward `ctx.tensors = (A, B)` before 0.43.2 (fixed by "
+                "9e753741, #1270); memory/lora.py held_4bit_inputs")
 _ACTIVATIONS_FORMULA = "sum over blocks of the tensors saved for backward (memory/activations.py) x micro-batches in flight"
 _TEXTBOOK_WEIGHTS = ("[S0]/[S4] 4 bytes x parameters (fp32), [S1] 2 bytes (fp16): the same bytes per parameter; "
                      "vramfit adds the 512-byte rounding per tensor and the 4-bit constants of QLoRA")
