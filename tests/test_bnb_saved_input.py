@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vramfit import estimate
 from vramfit.cli import main
@@ -236,3 +238,15 @@ def test_http_api_carries_the_setting_and_its_error() -> None:
     bad = client.post("/api/estimate", json={"model": "meta-llama/Llama-2-7b-hf", "settings": settings})
     assert bad.status_code == 422
     assert "bitsandbytes" in bad.text
+
+
+@settings(max_examples=25, deadline=None)
+@given(framework=st.sampled_from(["transformers", "litgpt"]), batch=st.integers(1, 8), seq=st.integers(16, 4096),
+       ckpt=st.sampled_from(["none", "full", "selective"]))
+def test_an_old_release_never_needs_less_and_grows_with_the_tokens(framework: str, batch: int, seq: int,
+                                                                    ckpt: str) -> None:
+    model = load_model("meta-llama/Llama-2-7b-hf")
+    old = _qlora(framework, "0.42.0", ckpt=ckpt).replace(batch_size=batch, seq_len=seq)
+    assert estimate(model, old).peak.allocated >= estimate(model, old.replace(bitsandbytes="latest")).peak.allocated
+    longer = estimate(model, old.replace(seq_len=seq + 64)).peak.allocated
+    assert longer >= estimate(model, old).peak.allocated
