@@ -89,3 +89,68 @@ def test_a_settings_part_where_a_number_belongs_is_refused_by_name() -> None:
         Settings().replace(batch_size=Workload()).validate()
     with pytest.raises(InvalidSetting, match="workload: got 'x'"):
         Settings(workload="x").validate()  # type: ignore[arg-type]
+
+
+# --- training: the phase totals a run of equal blocks at a time equal the walk block by block ----------------
+
+def _every_phase(step: object) -> dict[str, dict[str, int]]:
+    """Every phase's live set, walking the blocks one at a time as the planner did before issue 10: the
+    specification the run-at-a-time totals (_block_totals) and the peak's live set (_phase) must match."""
+    from vramfit.memory import training as T
+
+    saved = T._saved(step)
+    outer = T._outer_phases(step, saved)
+    phases = {"forward": outer["forward"], "backward_start": outer["backward_start"]}
+    resident, walk = T._block_resident(step), T._walk_start(step, saved)
+    for index in range(len(step.blocks) - 1, -1, -1):
+        mlp, attention = T._halves(step, step.blocks[index], walk)
+        phases[f"backward_block_{index}_mlp"] = {**resident, **mlp}
+        phases[f"backward_block_{index}_attention"] = {**resident, **attention}
+        walk = T._walk_past(step, step.blocks[index], walk, 1)
+    phases["optimizer_step"] = outer["optimizer_step"]
+    return phases
+
+
+def _steps(model_id: str, changes: dict[str, object]) -> list[object]:
+    """The planner's steps (each candidate pipeline stage) for a model and settings, as training.plan makes them."""
+    from vramfit.memory import training as T
+    from vramfit.memory.parallel import layout
+
+    model = load_model(model_id)
+    settings = resolve_settings(Settings().replace(mode="training", **changes), model).validate()
+    profile = T.framework(settings.training.framework)
+    lay = layout(settings.parallelism, settings.workload)
+    widths = T._bytes(settings, profile)
+    return [T._step(model, settings, profile, lay, widths, stage) for stage in T._candidate_stages(lay.pipeline)]
+
+
+@pytest.mark.parametrize(("model_id", "changes"), [
+    ("Qwen/Qwen3-0.6B", {}),                                             # one run of 28 equal blocks
+    ("Qwen/Qwen3-0.6B", {"frozen_layers": 5, "amp": "bf16", "dtype": "fp32"}),   # two runs, AMP copies
+    ("Qwen/Qwen3-0.6B", {"grad_accum": 4, "grad_ckpt": "full"}),         # accumulating: no new gradients
+    ("Qwen/Qwen3-0.6B", {"activation_offload": True, "framework": "torchtune", "grad_ckpt": "full"}),
+    ("Qwen/Qwen3-0.6B", {"gpus": 4, "pipeline": 4, "grad_accum": 8}),   # first and last stage
+    ("google/gemma-2-2b", {"finetune": "lora"}),                         # sliding and global blocks alternate
+    ("deepseek-ai/DeepSeek-V2-Lite", {"gpus": 8, "zero_stage": 3}),      # a dense block, then MoE blocks
+])
+def test_phase_totals_by_runs_equal_the_walk_block_by_block(model_id: str, changes: dict[str, object]) -> None:
+    from vramfit.memory import training as T
+
+    for step in _steps(model_id, changes):
+        phases = _every_phase(step)
+        assert T._phase_totals(step) == {name: sum(live.values()) for name, live in phases.items()}
+        assert list(T._phase_totals(step)) == list(phases)   # the same order: extra["phases"] keeps it
+        for name in phases:
+            assert T._phase(step, name) == phases[name]
+
+
+def test_an_inference_estimate_never_imports_the_training_planner() -> None:
+    """`vramfit estimate` from the shell stays under 3x a bare interpreter partly because inference never
+    loads memory.training and its modules (bench/bench_cli.py, docs/BENCHMARKS.md)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vramfit; vramfit.estimate('Qwen/Qwen3-0.6B'); "
+            "print(sorted(m for m in sys.modules if m.startswith('vramfit.memory.training')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip() == "[]"
