@@ -329,7 +329,9 @@ def _validated(part: Any) -> None:
 
 
 # id(object) -> (object,): objects that passed the type check / their validate(). Each entry holds its object,
-# so the id cannot be reused while the entry lives; the oldest entry goes first beyond _PASSED_SIZE.
+# so the id cannot be reused while the entry lives. Beyond _PASSED_SIZE entries the cache starts afresh (a
+# sweep adds two per point; dropping the oldest one at a time costs more, as a dict's iteration then skips
+# the removed entries at its front), and an object seen again is simply checked again.
 _TYPED: dict[int, tuple[Any]] = {}
 _VALID: dict[int, tuple[Any]] = {}
 _PASSED_SIZE = 4096
@@ -337,7 +339,7 @@ _PASSED_SIZE = 4096
 
 def _remember(cache: dict[int, tuple[Any]], value: Any) -> None:
     if len(cache) >= _PASSED_SIZE:
-        cache.pop(next(iter(cache)), None)
+        cache.clear()
     cache[id(value)] = (value,)
 
 
