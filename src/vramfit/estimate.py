@@ -45,9 +45,17 @@ _PLANNERS: dict[str, ModuleType] = {}
 def resolve_settings(settings: Settings, model: Model) -> Settings:
     """Settings with the model-dependent defaults filled in: dtype "auto" becomes the model's own dtype
     (as transformers' dtype="auto" loads it), bf16 when neither config.json nor the checkpoint says."""
-    if settings.precision.dtype == "auto":
-        return dataclasses.replace(settings, precision=_resolved(settings.precision, model.weight_dtype or "bf16"))
-    return settings
+    if settings.precision.dtype != "auto":
+        return settings
+    dtype = model.weight_dtype or "bf16"
+    key = (id(settings), dtype)
+    hit = _RESOLVED_SETTINGS.get(key)
+    if hit is None or hit[0] is not settings:   # one resolved object per (settings, dtype): validated once
+        hit = (settings, dataclasses.replace(settings, precision=_resolved(settings.precision, dtype)))
+        if len(_RESOLVED_SETTINGS) >= 256:
+            _RESOLVED_SETTINGS.clear()
+        _RESOLVED_SETTINGS[key] = hit
+    return hit[1]
 
 
 def _resolved(precision: Precision, dtype: str) -> Precision:
@@ -63,5 +71,6 @@ def _resolved(precision: Precision, dtype: str) -> Precision:
     return hit[1]
 
 
-# (id(precision), dtype) -> (precision, resolved): the entry holds the original, so its id is not reused.
+# (id(original), dtype) -> (original, resolved): each entry holds the original, so its id is not reused.
 _RESOLVED: dict[tuple[int, str], tuple[Precision, Precision]] = {}
+_RESOLVED_SETTINGS: dict[tuple[int, str], tuple[Settings, Settings]] = {}
