@@ -100,3 +100,18 @@ def test_every_shipped_entry_names_a_config_file_that_parses() -> None:
     _clear_caches()
     for model_id in catalog.catalog_ids():
         assert isinstance(catalog.catalog_config(model_id).get("model_type"), str), model_id
+
+
+def test_the_shipped_glm_4_9b_chat_keeps_the_shape_fields_of_its_second_copy() -> None:
+    """Every shape field of the shipped config equals the transformers printout of the same model in a
+    LLaMA-Factory log (index.json notes): 40 layers, GQA 32/2 heads of 128, ffn 13696, 151552 tokens."""
+    _clear_caches()
+    entry = catalog.catalog_entry("glm-4-9b-chat")
+    config = catalog.catalog_config(entry.id)
+    shape = {key: config[key] for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                                          "multi_query_group_num", "kv_channels", "padded_vocab_size",
+                                          "seq_length", "add_qkv_bias", "tie_word_embeddings")}
+    assert (entry.id, shape) == ("THUDM/glm-4-9b-chat", {
+        "num_layers": 40, "hidden_size": 4096, "ffn_hidden_size": 13696, "num_attention_heads": 32,
+        "multi_query_group_num": 2, "kv_channels": 128, "padded_vocab_size": 151552, "seq_length": 131072,
+        "add_qkv_bias": True, "tie_word_embeddings": False})

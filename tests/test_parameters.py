@@ -130,3 +130,9 @@ GLM_4_9B_CHAT = {
 ])
 def test_chatglm_published_counts(changes: dict[str, Any], published: int) -> None:
     assert read_architecture({**GLM_4_9B_CHAT, **changes}).parameter_count().total == published
+
+
+def test_shipped_glm_4_9b_chat_gives_the_published_count() -> None:
+    """The catalog's THUDM/glm-4-9b-chat config is remote code (no transformers class to build), so its total is
+    checked against chatglm.cpp's published "9399951360 (9.4B) parameters" instead."""
+    assert _catalog("THUDM--glm-4-9b-chat").parameter_count().total == 9_399_951_360
