@@ -14,6 +14,11 @@ Each source row names what it measured (`what_measured`) and in which unit (`mea
   settings.BNB_4BIT_INPUT_FREED): the version the row's own text states ("bitsandbytes 0.41.1" in the lit-gpt
   resource tables' trust note), else the version its source pinned (_PINNED_BITSANDBYTES), else "latest".
 - framework: lit-gpt / litgpt rows run as the litgpt runtime and framework, the rest as transformers.
+- grad_accum (micro-steps per optimizer step; with FSDP, litgpt's `no_sync` keeps unsharded gradients while
+  accumulating): the row's own value, else what its text states (lit-gpt 8641822's "minibatch 128 via grad
+  accumulation": 128 // micro-batch), else its source's config at the table's commit (_LITGPT_HUB_CONFIGS:
+  global_batch_size // devices // micro_batch_size), else 1. The same config's `devices` is the GPU count of
+  a litgpt hub row: its table's "Machine" column names the machine, not the devices the run used.
 - optimizer, batch_per_device, grad_accum, seq_len (+ new tokens parsed from seq_len_note for inference),
   grad_ckpt, flash_attn, lora_rank / lora_targets, gpus / parallelism -> the matching Settings fields.
 - what_measured -> "measure": max_memory_allocated -> allocated; torchtitan's "Peak Memory" -> reserved
@@ -34,6 +39,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -79,7 +85,12 @@ def convert_row(src: dict[str, Any]) -> TruthRow:
 def _source(src: dict[str, Any]) -> dict[str, Any]:
     keep = ("source", "trust", "notes", "what_measured", "dtype_quant", "optimizer", "parallelism",
             "framework", "seq_len_note", "unit_in_source")
-    return {key: src[key] for key in keep if src.get(key) is not None}
+    kept = {key: src[key] for key in keep if src.get(key) is not None}
+    config = litgpt_hub_config(src)
+    if config is not None:
+        kept["config"] = (f"config_hub/finetune/{config.path} at {config.commit}: devices {config.devices}, "
+                          f"global_batch_size {config.global_batch_size}, micro_batch_size {config.micro_batch_size}")
+    return kept
 
 
 def model_id(name: Any) -> str:
@@ -121,8 +132,89 @@ def _workload(src: dict[str, Any]) -> tuple[Workload, str]:
     if finetune is None:
         raise Unmappable(f"method {method!r} is not inference, full_ft, lora or qlora")
     workload = Workload(mode="training", batch_size=src["batch_per_device"], seq_len=seq_len,
-                        grad_accum=src.get("grad_accum") or 1)
+                        grad_accum=grad_accum_of(src))
     return workload, f"published/training-{finetune}"
+
+
+def grad_accum_of(src: dict[str, Any]) -> int:
+    """Micro-steps per optimizer step: the row's value, else its text's, else its source's config, else 1."""
+    if src.get("grad_accum"):
+        return int(src["grad_accum"])
+    stated = re.search(r"minibatch (\d+) via grad(?:ient)? accumulation", str(src.get("notes") or ""))
+    if stated and src.get("batch_per_device"):
+        # lit-gpt 8641822 finetune/lora.py: `gradient_accumulation_iters = batch_size // micro_batch_size`
+        # with `batch_size = 128` per process (not divided by `devices`, a module constant the multi-GPU
+        # runs set): every rank runs 128 // micro_batch_size micro-steps per optimizer step.
+        return max(1, int(stated.group(1)) // int(src["batch_per_device"]))
+    config = litgpt_hub_config(src)
+    if config is None:
+        return 1
+    # litgpt/args.py at the tables' commits: gradient_accumulation_iters(devices) =
+    # (global_batch_size // devices) // micro_batch_size, asserted > 0.
+    return max(1, config.global_batch_size // config.devices // config.micro_batch_size)
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    """One litgpt `config_hub/finetune/<dir>/<method>.yaml` at the commit that added its README table row."""
+    path: str
+    commit: str
+    devices: int
+    global_batch_size: int
+    micro_batch_size: int
+
+
+_HUB_README = ("Lightning-AI/litgpt", "config_hub/finetune/README.md")
+# (model, method) -> config. Commit: the one `git blame config_hub/finetune/README.md` at 00af8b0d names for
+# the row (5895df10 = #1361 2024-04-26, e5493986 = #1611, f247be87 = #1553 Phi-3, 2b195c7f = #1651 Gemma 2,
+# fd71063c = #1619 Llama 3.1); values are the yaml's `devices` and `train:` batch sizes at that commit.
+_LITGPT_HUB_CONFIGS = {
+    ("google/gemma-2b", "full_ft"): HubConfig("gemma-2b/full.yaml", "5895df10", 4, 16, 1),
+    ("google/gemma-2b", "lora"): HubConfig("gemma-2b/lora.yaml", "5895df10", 1, 6, 2),
+    ("google/gemma-2b", "qlora"): HubConfig("gemma-2b/qlora.yaml", "5895df10", 1, 6, 2),
+    ("google/gemma-7b", "lora"): HubConfig("gemma-7b/lora.yaml", "5895df10", 1, 6, 1),
+    ("google/gemma-7b", "qlora"): HubConfig("gemma-7b/qlora.yaml", "e5493986", 1, 6, 1),
+    ("google/gemma-2-9b", "lora"): HubConfig("gemma2-9b/lora.yaml", "2b195c7f", 1, 6, 1),
+    ("google/gemma-2-9b", "qlora"): HubConfig("gemma2-9b/qlora.yaml", "2b195c7f", 1, 6, 1),
+    ("meta-llama/Llama-2-7b-hf", "full_ft"): HubConfig("llama-2-7b/full.yaml", "5895df10", 4, 64, 4),
+    ("meta-llama/Llama-2-7b-hf", "lora"): HubConfig("llama-2-7b/lora.yaml", "5895df10", 1, 8, 2),
+    ("meta-llama/Llama-2-7b-hf", "qlora"): HubConfig("llama-2-7b/qlora.yaml", "5895df10", 1, 8, 2),
+    ("meta-llama/Meta-Llama-3-8B", "full_ft"): HubConfig("llama-3-8b/full.yaml", "5895df10", 4, 64, 4),
+    ("meta-llama/Meta-Llama-3-8B", "lora"): HubConfig("llama-3-8b/lora.yaml", "5895df10", 1, 8, 1),
+    ("meta-llama/Meta-Llama-3-8B", "qlora"): HubConfig("llama-3-8b/qlora.yaml", "5895df10", 1, 8, 2),
+    ("meta-llama/Llama-3.1-8B", "lora"): HubConfig("llama-3.1-8b/lora.yaml", "fd71063c", 1, 8, 1),
+    ("meta-llama/Llama-3.1-8B", "qlora"): HubConfig("llama-3.1-8b/qlora.yaml", "fd71063c", 1, 8, 2),
+    ("mistralai/Mistral-7B-v0.1", "lora"): HubConfig("mistral-7b/lora.yaml", "5895df10", 1, 8, 2),
+    ("mistralai/Mistral-7B-v0.1", "qlora"): HubConfig("mistral-7b/qlora.yaml", "5895df10", 1, 8, 2),
+    ("microsoft/phi-2", "full_ft"): HubConfig("phi-2/full.yaml", "5895df10", 2, 8, 4),
+    ("microsoft/phi-2", "lora"): HubConfig("phi-2/lora.yaml", "5895df10", 1, 8, 4),
+    ("microsoft/phi-2", "qlora"): HubConfig("phi-2/qlora.yaml", "5895df10", 1, 8, 4),
+    ("microsoft/Phi-3-mini-4k-instruct", "full_ft"): HubConfig("phi-3/full.yaml", "f247be87", 1, 8, 4),
+    ("microsoft/Phi-3-mini-4k-instruct", "lora"): HubConfig("phi-3/lora.yaml", "f247be87", 1, 8, 4),
+    ("microsoft/Phi-3-mini-4k-instruct", "qlora"): HubConfig("phi-3/qlora.yaml", "f247be87", 1, 8, 4),
+    ("stabilityai/stablelm-base-alpha-3b", "full_ft"): HubConfig("stablelm-base-alpha-3b/full.yaml", "5895df10",
+                                                                 2, 8, 1),
+    ("stabilityai/stablelm-base-alpha-3b", "lora"): HubConfig("stablelm-base-alpha-3b/lora.yaml", "5895df10",
+                                                              1, 8, 1),
+    ("stabilityai/stablelm-base-alpha-3b", "qlora"): HubConfig("stablelm-base-alpha-3b/qlora.yaml", "5895df10",
+                                                               1, 8, 1),
+    ("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", "full_ft"): HubConfig(
+        "tiny-llama/full.yaml", "5895df10", 1, 32, 4),
+    ("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", "lora"): HubConfig(
+        "tiny-llama/lora.yaml", "5895df10", 1, 8, 8),
+    ("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", "qlora"): HubConfig(
+        "tiny-llama/qlora.yaml", "5895df10", 1, 8, 8),
+    ("tiiuae/falcon-7b", "lora"): HubConfig("falcon-7b/lora.yaml", "5895df10", 1, 8, 1),
+    ("tiiuae/falcon-7b", "qlora"): HubConfig("falcon-7b/qlora.yaml", "5895df10", 1, 8, 1),
+}
+
+
+def litgpt_hub_config(src: dict[str, Any]) -> HubConfig | None:
+    """The config a litgpt hub table row ran with, or None for a row from any other source."""
+    where = src.get("source")
+    if not isinstance(where, dict) or (where.get("repo"), where.get("path")) != _HUB_README:
+        return None
+    return _LITGPT_HUB_CONFIGS.get((str(src.get("model")), str(src.get("method"))))
 
 
 def _new_tokens(note: Any) -> int:
@@ -213,7 +305,7 @@ def _lora_targets(text: Any) -> tuple[str, ...]:
 
 
 def _parallelism(src: dict[str, Any]) -> Parallelism:
-    text, gpus = str(src.get("parallelism") or "single GPU"), int(src["gpus"].get("count") or 1)
+    text, gpus = str(src.get("parallelism") or "single GPU"), devices_of(src)
     # Every offloading run in the source offloads parameters too (PEFT's ds_zero3_cpu config offloads
     # optimizer states and parameters; the FSDP rows say "CPU param offload").
     offload: Any = "params" if "offload" in text else "none"
@@ -228,6 +320,17 @@ def _parallelism(src: dict[str, Any]) -> Parallelism:
     if text.startswith("pipeline"):
         return Parallelism(gpus=gpus, pipeline=gpus)
     raise Unmappable(f"parallelism {text!r} has no vramfit equivalent")
+
+
+def devices_of(src: dict[str, Any]) -> int:
+    """GPUs the run used: a litgpt hub row's config `devices`, else the source's GPU count.
+
+    The hub README's "Machine" column is the Studio machine, not the run's devices: its 4xA10G LoRA rows (configs
+    `devices: 1`) repeat the 1xA10G rows' memory and runtime (falcon-7b 24.84 / 24.94 min), and phi-2/full.yaml
+    (`devices: 2`, global 8, micro 4) cannot run on 4 devices: 8 // 4 // 4 = 0 fails litgpt's
+    `assert gradient_accumulation_iters > 0` (litgpt/args.py)."""
+    config = litgpt_hub_config(src)
+    return config.devices if config is not None else int(src["gpus"].get("count") or 1)
 
 
 def _is_litgpt(src: dict[str, Any]) -> bool:
