@@ -346,8 +346,8 @@ def _loss(arch: Architecture, shape: act.Shape, profile: Framework) -> act.LossM
     and the loop's kept logits are the wrapper's fp32 copies (Fabric convert_output, frameworks.py)."""
     from dataclasses import replace
 
-    if profile.tp_plan:   # lm_head colwise_gather_output: the loss sees the full vocabulary on every rank
-        shape = replace(shape, shard=1)
+    if profile.tp_plan and shape.shard != 1:   # lm_head colwise_gather_output: the loss sees the full vocabulary
+        shape = replace(shape, shard=1)      # on every rank
     logits = replace(shape, compute_bytes=act.FP32) if profile.fp32_output else shape
     loss = act.loss_memory(arch, logits, chunks=profile.loss_chunks, fp32_logits=profile.fp32_logits,
                            fp32_loss=profile.fp32_loss and (shape.amp or not _masked_lm(arch)),
@@ -473,7 +473,8 @@ def _block_step(layer: Layer, index: int, tensors: BlockTensors, shape: act.Shap
     full = act.layer_saved(layer, block_shape)
     grads = tensors.grads
     stream = allocation_bytes(shape.tokens * layer.attention.hidden_size // shape.replicated * shape.compute_bytes)
-    saved = _checkpointed(full, training.grad_ckpt, stream, act.selective_saved(layer, block_shape))
+    selective = act.selective_saved(layer, block_shape) if training.grad_ckpt == "selective" else 0
+    saved = _checkpointed(full, training.grad_ckpt, stream, selective)
     mlp_part = full.parts["mlp"] + full.parts["norms"] // 2 + full.parts["residual"] // 2
     product = _intermediate(layer, block_shape) if trains or _down_adapted(layer, shape) else 0
     # Kept 4-bit inputs: under full (reentrant) checkpointing the forward runs without grad and keeps none; the
