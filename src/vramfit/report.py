@@ -134,11 +134,12 @@ def estimate_json(result: Estimate, explain: bool = False) -> dict[str, Any]:
 
 def _fit_json(result: Estimate) -> dict[str, Any]:
     from vramfit.gpus import capacity_bytes
-    from vramfit.search import Check
 
     capacity = capacity_bytes(result.settings.gpu, result.settings.gpu_memory)
     if capacity is None:
         return {}
+    from vramfit.search import Check  # only with a GPU named: `vramfit estimate --json` never needs it
+
     return {"gpu_memory_bytes": capacity, "fits": Check(estimate=result, capacity_bytes=capacity).fits}
 
 
