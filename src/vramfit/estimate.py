@@ -66,7 +66,7 @@ def _resolved(precision: Precision, dtype: str) -> Precision:
     if hit is None or hit[0] is not precision:
         hit = (precision, dataclasses.replace(precision, dtype=cast(DType, dtype)))   # the model's: fp32/fp16/bf16
         if len(_RESOLVED) >= 256:
-            _RESOLVED.pop(next(iter(_RESOLVED)), None)
+            _RESOLVED.clear()
         _RESOLVED[key] = hit
     return hit[1]
 

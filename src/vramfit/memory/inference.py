@@ -86,7 +86,7 @@ def _setup(model: Model, settings: Settings) -> Setup:
     if hit is None or hit[0] is not model:
         hit = (model, _make_setup(model, settings))
         if len(_SETUPS) >= _SETUPS_SIZE:
-            _SETUPS.pop(next(iter(_SETUPS)), None)
+            _SETUPS.clear()
         _SETUPS[key] = hit
     return hit[1]
 

@@ -71,7 +71,7 @@ def parameter_tensors(arch: Architecture, training: Training, *, held: Iterable[
 # (ids of the weight tensors, finetune, frozen_layers) -> (those tensors, their ParamTensors). An estimate
 # asks twice and searches ask again and again for the same frozen tensors (rank_tensors and weight_tensors
 # hand out the same objects); the key holds every Training field _base_tensor reads, and the entry holds the
-# tensors, so their ids are not reused while it lives. The oldest entry goes first beyond _BASE_SIZE.
+# tensors, so their ids are not reused while it lives. The cache starts afresh beyond _BASE_SIZE.
 _BASE: dict[tuple[tuple[int, ...], str, int, bool], tuple[tuple[WeightTensor, ...], tuple[ParamTensor, ...]]] = {}
 _BASE_SIZE = 256
 
@@ -83,7 +83,7 @@ def _base_tensors(tensors: tuple[WeightTensor, ...], training: Training,
     if hit is None:
         hit = (tensors, tuple(_base_tensor(t, training, quantized_head) for t in tensors))
         if len(_BASE) >= _BASE_SIZE:
-            _BASE.pop(next(iter(_BASE)), None)
+            _BASE.clear()
         _BASE[key] = hit
     return hit[1]
 

@@ -60,7 +60,7 @@ def layout(parallelism: Parallelism, workload: Workload) -> Layout:
     key = (parallelism, min(parallelism.pipeline, workload.grad_accum))
     if key not in _LAYOUTS:
         if len(_LAYOUTS) >= 1024:
-            _LAYOUTS.pop(next(iter(_LAYOUTS)))
+            _LAYOUTS.clear()
         _LAYOUTS[key] = _layout(parallelism, workload)
     return _LAYOUTS[key]
 

@@ -54,7 +54,7 @@ def validate_tensor_parallel(arch: Architecture, tensor: int) -> None:
         return
     _validate_tensor_parallel(arch, tensor)
     if len(_LAYOUTS_PASSED) >= _SLICED_SIZE:
-        _LAYOUTS_PASSED.pop(next(iter(_LAYOUTS_PASSED)), None)
+        _LAYOUTS_PASSED.clear()
     _LAYOUTS_PASSED[key] = (arch,)
 
 
@@ -82,7 +82,7 @@ def validate_layout(arch: Architecture, settings: Settings) -> None:
         return
     _validate_layout(arch, settings)
     if len(_LAYOUTS_PASSED) >= _SLICED_SIZE:
-        _LAYOUTS_PASSED.pop(next(iter(_LAYOUTS_PASSED)), None)
+        _LAYOUTS_PASSED.clear()
     _LAYOUTS_PASSED[key] = (arch,)
 
 
@@ -124,13 +124,13 @@ def rank_tensors(arch: Architecture, *, tensor: int = 1, stage: int = 0, stages:
     if hit is None or hit[0] is not arch:
         hit = (arch, tuple(_rank_tensors(arch, tensor, stage, stages, expert, split)))
         if len(_SLICED) >= _SLICED_SIZE:
-            _SLICED.pop(next(iter(_SLICED)), None)
+            _SLICED.clear()
         _SLICED[key] = hit
     return list(hit[1])
 
 
 # (id(arch), split) -> (arch, its tensors): the entry holds the architecture, so its id is not reused while
-# the entry lives; the oldest entry goes first beyond _SLICED_SIZE.
+# the entry lives; the cache starts afresh beyond _SLICED_SIZE.
 _SLICED: dict[tuple[int, int, int, int, int, _Split], tuple[Architecture, tuple[WeightTensor, ...]]] = {}
 _SLICED_SIZE = 256
 

@@ -65,7 +65,7 @@ def weight_tensors(arch: Architecture) -> Iterator[WeightTensor]:
 
 # id(arch) -> (arch, its tensors). Keyed by identity, not by value: hashing an Architecture walks every
 # layer and costs more than listing the tensors once. The entry holds the architecture, so its id is not
-# reused while the entry lives; the oldest entry goes first beyond _LISTED_SIZE.
+# reused while the entry lives; the cache starts afresh beyond _LISTED_SIZE.
 _LISTED: dict[int, tuple[Architecture, tuple[WeightTensor, ...]]] = {}
 _LISTED_SIZE = 64
 
@@ -76,7 +76,7 @@ def _listed(arch: Architecture) -> tuple[WeightTensor, ...]:
         return hit[1]
     tensors = tuple(_all_tensors(arch))
     if len(_LISTED) >= _LISTED_SIZE:
-        _LISTED.pop(next(iter(_LISTED)), None)
+        _LISTED.clear()
     _LISTED[id(arch)] = (arch, tensors)
     return tensors
 

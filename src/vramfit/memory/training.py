@@ -147,7 +147,7 @@ def _untied(model: Model) -> Model:
         arch = model.architecture
         hit = (model, replace(model, architecture=replace(arch, head=replace(arch.head, tied=False))))
         if len(_UNTIED) >= _TERMS_SIZE:
-            _UNTIED.pop(next(iter(_UNTIED)), None)
+            _UNTIED.clear()
         _UNTIED[id(model)] = hit
     return hit[1]
 
@@ -168,7 +168,7 @@ def _cached(key: tuple[Any, ...], arch: Architecture, make: Any) -> Any:
     if hit is None or hit[0] is not arch:
         hit = (arch, make())
         if len(_SMALL) >= _TERMS_SIZE:
-            _SMALL.pop(next(iter(_SMALL)), None)
+            _SMALL.clear()
         _SMALL[full] = hit
     return hit[1]
 
@@ -244,7 +244,7 @@ class TensorTerms:
 
 
 # (id(arch), training, layout, widths, stage, framework) -> (arch, terms): the entry holds the architecture,
-# so its id is not reused while the entry lives; the oldest entry goes first beyond _TERMS_SIZE.
+# so its id is not reused while the entry lives; the cache starts afresh beyond _TERMS_SIZE.
 _TERMS: dict[tuple[Any, ...], tuple[Architecture, TensorTerms]] = {}
 _TERMS_SIZE = 256
 
@@ -256,7 +256,7 @@ def _terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes, stage:
     if hit is None or hit[0] is not arch:
         hit = (arch, _tensor_terms(arch, training, lay, widths, stage, profile))
         if len(_TERMS) >= _TERMS_SIZE:
-            _TERMS.pop(next(iter(_TERMS)), None)
+            _TERMS.clear()
         _TERMS[key] = hit
     return hit[1]
 

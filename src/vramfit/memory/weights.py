@@ -338,7 +338,7 @@ def requests_bytes(fmt: WeightFormat, tensors: Sequence[WeightTensor], dtype: st
     if hit is None:
         hit = (fmt, tuple(tensors), tuple(tensor_bytes(fmt, t, dtype) for t in tensors))
         if len(_REQUESTS) >= _REQUESTS_SIZE:
-            _REQUESTS.pop(next(iter(_REQUESTS)), None)
+            _REQUESTS.clear()
         _REQUESTS[key] = hit
     return hit[2]
 

@@ -438,7 +438,7 @@ class Architecture:
         if hit is None or hit[0] is not self:
             hit = (self, self._parameter_count())
             if len(_PARAMETER_COUNTS) >= _MEMO_SIZE:
-                _PARAMETER_COUNTS.pop(next(iter(_PARAMETER_COUNTS)), None)
+                _PARAMETER_COUNTS.clear()
             _PARAMETER_COUNTS[key] = hit
         count = hit[1]
         return ParameterCount(total=count.total, active=count.active, by_part=dict(count.by_part))
@@ -467,7 +467,7 @@ def _sum_parts(*groups: object) -> int:
 # Equal layers are distinct objects (a reader builds each one), and a set or Counter of them hashes and
 # compares every part of every layer: about 30 us for 32 layers, several times per estimate. The answer
 # depends only on which layer objects are in the tuple, so it is kept per tuple of ids; each entry holds
-# its layers, so the ids cannot be reused while it lives; the oldest entry goes first beyond _MEMO_SIZE.
+# its layers, so the ids cannot be reused while it lives; the cache starts afresh beyond _MEMO_SIZE.
 _COUNTED: dict[tuple[int, ...], tuple[tuple[Layer, ...], tuple[tuple[Layer, int], ...]]] = {}
 _MEMO_SIZE = 256
 
@@ -479,7 +479,7 @@ def _counted(layers: tuple[Layer, ...]) -> tuple[tuple[Layer, int], ...]:
         return hit[1]
     counted = tuple(Counter(layers).items())
     if len(_COUNTED) >= _MEMO_SIZE:
-        _COUNTED.pop(next(iter(_COUNTED)), None)
+        _COUNTED.clear()
     _COUNTED[key] = (layers, counted)
     return counted
 
@@ -490,13 +490,13 @@ _T = TypeVar("_T")
 def _derived(part: object, make: Callable[[], _T]) -> _T:
     """make() once per part object: parts are frozen, and the formulas ask for each layer's linears again at
     every estimate (building them is most of an activation count). Keyed by id and the method's name; each
-    entry holds its part, so the id is not reused while it lives; the oldest goes first beyond _DERIVED_SIZE."""
+    entry holds its part, so the id is not reused while it lives; the cache starts afresh beyond _DERIVED_SIZE."""
     key = (id(part), make.__name__)
     hit = _DERIVED.get(key)
     if hit is None or hit[0] is not part:
         hit = (part, make())
         if len(_DERIVED) >= _DERIVED_SIZE:
-            _DERIVED.pop(next(iter(_DERIVED)), None)
+            _DERIVED.clear()
         _DERIVED[key] = hit
     return hit[1]  # type: ignore[return-value]
 
