@@ -13,6 +13,7 @@ Pipeline parallelism: every stage is planned and the one with the largest total 
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, replace
 from operator import add
@@ -152,9 +153,15 @@ def _stage(arch: Architecture, settings: Settings, fmt: weights.WeightFormat, pr
 def _layout(stage: Stage, settings: Settings, *, prefill: bool = False) -> CacheLayout:
     s = settings
     cap = stage.profile.cap_window and not (prefill and stage.profile.prefill_keeps_prompt)
-    return CacheLayout(element_bytes=kv_cache.element_bytes(s.precision.kv_dtype, s.precision.dtype),
-                       latent=stage.profile.latent_mla, cap_window=cap,
-                       block=s.runtime.block_size if stage.profile.paged else 1, tensor=s.parallelism.tensor)
+    return _cache_layout(s.precision.kv_dtype, s.precision.dtype, stage.profile.latent_mla, cap,
+                         s.runtime.block_size if stage.profile.paged else 1, s.parallelism.tensor)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cache_layout(kv_dtype: str, dtype: str, latent: bool, cap_window: bool, block: int, tensor: int) -> CacheLayout:
+    """One CacheLayout object per combination (it is frozen; every estimate asks for two)."""
+    return CacheLayout(element_bytes=kv_cache.element_bytes(kv_dtype, dtype), latent=latent, cap_window=cap_window,
+                       block=block, tensor=tensor)
 
 
 Result = tuple[tuple[Component, ...], tuple[str, ...], dict[str, Any]]
