@@ -398,6 +398,8 @@ def loss_memory(arch: Architecture, shape: Shape, *, chunks: int, fp32_logits: b
     labels = _t(t, INDEX)
     if not fp32_loss:
         return _native_loss(t, vocab, e, chunks, logits_kept, labels)
+    if arch.head.shifted_fp32_loss and chunks == 1:
+        return shifted_fp32_loss(shape, vocab, labels)
     log_probs = _t(t * vocab, FP32)
     piece = -(-t // chunks)
     logits = _t(t * vocab, e)
@@ -411,6 +413,29 @@ def loss_memory(arch: Architecture, shape: Shape, *, chunks: int, fp32_logits: b
         formula += "; the model returns fp32 logits (its cast from E is freed before the loss)"
     return LossMemory(saved=log_probs + labels, forward_transient=forward, backward_transient=backward,
                       formula=formula)
+
+
+def shifted_fp32_loss(shape: Shape, vocab: int, labels: int) -> LossMemory:
+    """The loss a model's own forward takes on a shifted fp32 copy (Head.shifted_fp32_loss; ChatGLM2/3 and GLM-4
+    remote code, modeling_chatglm.py ChatGLMForConditionalGeneration.forward). With T = batch x seq tokens and
+    S = batch x (seq - 1) shifted rows, in the order the forward runs:
+    1. `lm_logits = output_layer(h)`: T x V x E; `lm_logits.to(torch.float32)`: T x V x 4, the E logits freed
+       by the rebinding (their cast's backward saves nothing);
+    2. `shift_logits = lm_logits[..., :-1, :].contiguous()`: S x V x 4, a local kept until the forward returns;
+    3. CrossEntropyLoss: log_softmax saves its S x V x 4 output for backward (the `saved` term);
+    4. `lm_logits = lm_logits.to(hidden_states.dtype)`: T x V x E made while the fp32 logits, the shifted copy and
+       the log-softmax are alive. This is the forward's largest moment: transient 4TV + 4SV + E·TV on top of
+       the saved log-softmax (step 1's E + 4 is smaller). The returned E logits die with the model output,
+       before backward (transformers Trainer.compute_loss).
+    Backward: nll_loss_backward and _log_softmax_backward_data each make an S x V x 4 gradient while the saved
+    log-softmax is alive; SliceBackward's T x V x 4 zeros come after the log-softmax is freed (4TV + 4SV, less)."""
+    e, rows = shape.compute_bytes, shape.batch * (shape.seq - 1)
+    fp32, shifted, cast = _t(shape.tokens * vocab, FP32), _t(rows * vocab, FP32), _t(shape.tokens * vocab, e)
+    formula = (f"the model's own loss (modeling_chatglm.py): saved: S x V x 4 (log_softmax; S: seq - 1 rows per "
+               f"sequence) + T x 8 (labels); forward transient: T x V x 4 (fp32 logits) + S x V x 4 (shifted "
+               f"copy) + T x V x {e} (cast back); backward transient: 2 x S x V x 4")
+    return LossMemory(saved=shifted + labels, forward_transient=fp32 + shifted + cast,
+                      backward_transient=2 * shifted, formula=formula)
 
 
 def selective_saved(layer: Layer, shape: Shape) -> int:

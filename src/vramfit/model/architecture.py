@@ -371,12 +371,17 @@ class Head:
     An encoder used as a bare backbone has `output=None`. `logit_softcap`: config.json's
     final_logit_softcapping (Gemma 2): the CausalLM computes logits / cap, tanh, * cap out of place
     (models/gemma2/modeling_gemma2.py Gemma2ForCausalLM.forward); None when the logits are not capped.
+    `shifted_fp32_loss`: the model's own forward takes the loss on a shifted fp32 copy and casts the fp32 logits
+    back to the model dtype before returning (ChatGLM2/3 and GLM-4 remote code, modeling_chatglm.py
+    ChatGLMForConditionalGeneration.forward: `lm_logits.to(torch.float32)`, `lm_logits[..., :-1, :].contiguous()`,
+    CrossEntropyLoss, `lm_logits.to(hidden_states.dtype)`); memory/activations.py shifted_fp32_loss counts it.
     """
 
     output: Linear | None
     tied: bool = False
     transform: tuple[Linear | Norm | Table, ...] = ()  # Table: a lone learned vector (BERT's untied MLM bias)
     logit_softcap: float | None = None
+    shifted_fp32_loss: bool = False
 
     def parameters(self) -> int:
         transform = _sum_parts(self.transform)

@@ -10,6 +10,11 @@ Read from the modeling_chatglm.py these repositories ship (transformers has no c
   bias = add_bias_linear.
 - GLMBlock: input_layernorm and post_attention_layernorm, RMSNorm when rmsnorm (else LayerNorm with bias);
   final_layernorm when post_layer_norm. The rotary inv_freq is a buffer.
+- ChatGLMForConditionalGeneration.forward takes the loss itself (Head.shifted_fp32_loss): lm_logits cast to
+  fp32, a shifted `.contiguous()` copy, CrossEntropyLoss, then the fp32 logits cast back to the model dtype
+  (THUDM's ChatGLM3 code, which first makes a batch-first `.transpose(0, 1).contiguous()` copy, and the GLM-4
+  code of June 2024 alike: copies read in THUDM/LongAlign modeling_chatglm.py and XuRui314/GLM4v-Finetune
+  modeling_chatglm.py at 513b75de, a verbatim glm-4v-9b file of 2024-06-29).
 No default is assumed: these configs must state every switch (the remote config class is not at hand), and
 a P-tuning prefix encoder (pre_seq_len) is refused rather than left out.
 """
@@ -55,7 +60,8 @@ def read_chatglm(f: Fields) -> Architecture:
     final = parts.norms(("final_layernorm",), hidden, norm_kind, bias=norm_kind == "layer")
     return Architecture(model_type=f.model_type, class_name=name, hidden_size=hidden, vocab_size=vocab,
                         embedding=Embedding(tokens=Table(name="word_embeddings", rows=vocab, dim=hidden)),
-                        head=Head(output=Linear(name="output_layer", in_features=hidden, out_features=vocab)),
+                        head=Head(output=Linear(name="output_layer", in_features=hidden, out_features=vocab),
+                                  shifted_fp32_loss=True),
                         decoder=Stack(layers=tuple(layer for _ in range(f.integer("num_hidden_layers"))),
                                       final_norm=final[0] if f.flag("post_layer_norm") else None),
                         max_positions=f.optional_integer("seq_length"), dtype=parts.dtype(f))
