@@ -154,3 +154,11 @@ def test_an_inference_estimate_never_imports_the_training_planner() -> None:
             "print(sorted(m for m in sys.modules if m.startswith('vramfit.memory.training')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert done.stdout.strip() == "[]"
+
+
+def test_in_asks_whether_a_component_is_in_the_breakdown() -> None:
+    """MemoryBreakdown looks components up by name; `in` must answer rather than iterate over integer keys
+    forever (its __getitem__ never raises IndexError)."""
+    memory = estimate(load_model("Qwen/Qwen3-0.6B"), Settings()).memory
+    assert "weights" in memory
+    assert "fsdp_root_gradients" not in memory

@@ -53,6 +53,11 @@ class MemoryBreakdown:
     def __getitem__(self, name: str) -> int:
         return sum(c.bytes for c in self.components if c.name == name)
 
+    def __contains__(self, name: object) -> bool:
+        """`name in memory`: a component of that name is in the breakdown. (Without it, `in` would fall back
+        to __getitem__(0), __getitem__(1), ... and never stop: a name lookup never raises IndexError.)"""
+        return any(c.name == name for c in self.components)
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Peak:
