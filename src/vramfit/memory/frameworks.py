@@ -80,6 +80,8 @@ class Framework:
     torch.cat), so the attention kernel's saved v keeps the whole q|k|v output alive; qkv_lora: LoRA on q, k
     and v is one module on the fused linear (litgpt LoRAQKVLinear): one lora_dropout for all of them, and when
     not all three are adapted its zero_pad `index_copy` saves its source (tokens x the adapted widths);
+    fsdp_flat_root: FSDP is FSDP1 with only the blocks wrapped, so the root unit (embedding, final norm, head) is
+    one flat parameter whose gradient one split backward makes at the end (training._flat_root_grads);
     behaviours: the sentences --explain prints."""
 
     name: str
@@ -101,6 +103,7 @@ class Framework:
     fp32_output: bool = False
     qkv_view: bool = False
     qkv_lora: bool = False
+    fsdp_flat_root: bool = False
     behaviours: tuple[str, ...]
 
 
@@ -128,10 +131,12 @@ LITGPT = Framework(
     name="litgpt", loss_chunks=8, fp32_logits=False, adapter_fp32=False, optimizer_in_backward=False,
     kv_cache_in_training=False, native_activations=True, logits_kept=True, fp32_loss=False,
     expand_kv=True, fsdp_unit_gradients=True, fsdp_no_sync=True, untied_head=True, quantized_head=True,
-    graph_kept=True, fp32_output=True, qkv_view=True, qkv_lora=True,
+    graph_kept=True, fp32_output=True, qkv_view=True, qkv_lora=True, fsdp_flat_root=True,
     behaviours=("tied embeddings untied: lm_head is its own copy of the token table (convert_hf_checkpoint)",
                 "FSDP1 (use_orig_params=True) wraps whole blocks: LoRA blocks keep frozen-weight gradients too",
                 "gradient accumulation under FSDP runs in no_sync (fabric.no_backward_sync): gradients stay unsharded",
+                ("FSDP1 root unit (embedding, norm, head) is one flat parameter: the head's gradient waits for the "
+                 "embedding's, then both are concatenated (Lightning FSDPStrategy, torch fsdp/_flat_param.py)"),
                 "k and v expanded to all query heads for training (litgpt/model.py)",
                 "head run in 128-token chunks (model(input_ids, lm_head_chunk_size=128))",
                 "logits cast to fp32 by Fabric after the forward (precision plugin convert_output)",

@@ -108,6 +108,9 @@ class Step:
     held_previous: int = 0      # the previous step's, alive through this forward (Framework.graph_kept)
     held_in_optimizer: bool = False
     dequant_head: int = 0       # a 4-bit head dequantized at the loss and at the start of backward
+    flat_root_grads: int = 0    # FSDP1 flat root: unsharded gradient of its trainable tensors (_flat_root_grads)
+    flat_head_grads: int = 0
+    flat_root_kept: int = 0     # its gradient as kept after the step (sharded unless accumulating)
 
 
 def plan(model: Model, settings: Settings) -> Plan:
@@ -241,6 +244,8 @@ class TensorTerms:
     dequant: int
     host: dict[str, int] = field(hash=False)
     dequant_head: int = 0
+    flat_root_grads: int = 0    # FSDP1 flat root (Framework.fsdp_flat_root): its trainable tensors' gradient, unsharded
+    flat_head_grads: int = 0    # the part made before the blocks' backward (head, final norm), unsharded
 
 
 # (id(arch), training, layout, widths, stage, framework) -> (arch, terms): the entry holds the architecture,
@@ -284,7 +289,22 @@ def _tensor_terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes,
         outside_grads=_head_gradients(held, grad_width) // lay.grad_shard,
         dequant=_dequant_bytes([t for t in held.tensors if t.layer is not None], widths),
         dequant_head=_dequant_bytes([t for t in held.tensors if t.layer is None], widths),
-        host=_host(states, held.tensors, widths, lay))
+        host=_host(states, held.tensors, widths, lay),
+        **_flat_root_grads(held, grad_width, lay, profile))
+
+
+def _flat_root_grads(held: Held, grad_width: int, lay: Layout, profile: Framework) -> dict[str, int]:
+    """FSDP1's root unit is one flat parameter, and its forward runs on views of it (torch/distributed/fsdp/
+    _flat_param.py `_use_unsharded_views(as_params=False)`: "We use `Tensor` views in the forward so that they
+    are tracked by autograd", views from `torch.split(flat_param, numels)`). Its gradient is made by one split
+    backward, which waits for every view's gradient (the head's, made first, waits through the blocks'
+    backward for the embedding's, made last) and concatenates them into a new flat-sized tensor."""
+    if not (profile.fsdp_flat_root and lay.gathered_blocks and lay.name.startswith("FSDP")):
+        return {}
+    root = [t for t in held.trainable if t.layer is None]
+    head = [t for t in root if t.role not in _EMBEDDING_ROLES]
+    return {"flat_root_grads": gradient_bytes((t.elements for t in root), grad_width),
+            "flat_head_grads": gradient_bytes((t.elements for t in head), grad_width)}
 
 
 def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes, stage: int) -> Step:
@@ -312,7 +332,9 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
         loss=_loss(arch, shape, profile) if is_last else _NO_LOSS, blocks=block_steps,
         buckets=ddp_bucket_bytes(terms.grads) if lay.ddp_buckets else 0,
         dequant=terms.dequant, accumulating=settings.workload.grad_accum > 1,
-        in_flight=lay.in_flight if is_first else 1, host=host, **_held_terms(arch, shape, settings, profile, terms,
+        in_flight=lay.in_flight if is_first else 1, host=host, flat_root_grads=terms.flat_root_grads,
+        flat_head_grads=terms.flat_head_grads, flat_root_kept=terms.flat_root_grads // lay.grad_shard,
+        **_held_terms(arch, shape, settings, profile, terms,
                                                                              block_steps, lay, is_first, is_last))
 
 
@@ -631,6 +653,8 @@ def _phase_totals(step: Step) -> dict[str, int]:
     outer = _outer_phases(step, saved)
     totals = {name: sum(outer[name].values()) for name in ("forward", "backward_start")}
     totals.update(_block_totals(step, saved))
+    if "backward_end" in outer:
+        totals["backward_end"] = sum(outer["backward_end"].values())
     totals["optimizer_step"] = sum(outer["optimizer_step"].values())
     return totals
 
@@ -669,6 +693,8 @@ def _outer_phases(step: Step, saved: int) -> dict[str, dict[str, int]]:
                       "activations": saved, "bitsandbytes_saved_inputs": step.held_inputs,
                       "logits_and_loss": step.loss.backward_transient + step.dequant_head}
     phases = {"forward": forward, "backward_start": backward_start}
+    if step.flat_root_grads:
+        phases["backward_end"] = _flat_root_backward_end(step, resident)
     phases["optimizer_step"] = {**resident, "gradients": step.gradients,
                                 "activations": step.loss.kept * step.in_flight,
                                 "optimizer_step_temporaries": step.states.step_temporaries,
@@ -676,10 +702,21 @@ def _outer_phases(step: Step, saved: int) -> dict[str, dict[str, int]]:
     return phases
 
 
+def _flat_root_backward_end(step: Step, resident: dict[str, int]) -> dict[str, int]:
+    """FSDP1 flat root, at its split backward after the embedding's: every block's gradient (while accumulating,
+    the root's accumulated one too; else the root's shard comes only after this), the head's gradient held since
+    the loss + the embedding's + their concatenation (2 x the root's), the root still gathered, the loop's logits."""
+    done = step.gradients - (0 if step.accumulating else step.flat_root_kept)
+    return {**resident, "gathered_parameters": step.fsdp_root, "gradients": done,
+            "fsdp_root_gradients": 2 * step.flat_root_grads, "activations": step.loss.kept * step.in_flight}
+
+
 def _block_resident(step: Step) -> dict[str, int]:
-    """What every block phase holds besides the walk's terms (_halves)."""
+    """What every block phase holds besides the walk's terms (_halves); with an FSDP1 flat root, the head's
+    gradient waiting in the root's split backward (the walk counts the head's kept shard when not accumulating)."""
+    waiting = step.flat_head_grads - (0 if step.accumulating else step.outside_grads) if step.flat_root_grads else 0
     return {**_resident(step), "gathered_parameters": step.gathered + step.fsdp_root,
-            "bitsandbytes_saved_inputs": step.held_inputs}
+            "bitsandbytes_saved_inputs": step.held_inputs, "fsdp_root_gradients": waiting}
 
 
 # Where the walk over the blocks' backward (last block first) stands before a block: the gradients made so
@@ -815,12 +852,19 @@ def _descriptions(step: Step, settings: Settings, widths: Bytes, lay: Layout) ->
         "ddp_gradient_buckets": ("one bucket copy of the gradients", {"bucket_cap_mb": 25},
                                  "torch/nn/parallel/distributed.py gradient_as_bucket_view=False", ""),
         "batch": ("input_ids + labels: 2 x T x 8", tokens, "int64 token tensors", ""),
+        "fsdp_root_gradients": (_ROOT_FORMULA, {"layout": lay.name, "grad_accum": w.grad_accum}, _ROOT_SOURCE,
+                                "not in the seeds"),
         "bitsandbytes_saved_inputs": (_HELD_FORMULA,
                                       {**tokens, "bitsandbytes": tr.bitsandbytes, "micro_batches_in_flight": step.in_flight},
                                       _HELD_SOURCE, "not in the seeds"),
     }
 
 
+_ROOT_FORMULA = ("while the blocks run backward: the head's gradient, unsharded; after the embedding's backward: "
+                 "head + embedding gradients + their concatenation = 2 x the root's trainable elements x grad bytes")
+_ROOT_SOURCE = ("torch/distributed/fsdp/_flat_param.py: the forward runs on torch.split views of the flat parameter; "
+                "autograd split_with_sizes_backward concatenates all views' gradients once the last (the embedding's) "
+                "arrives")
 _HELD_FORMULA = ("per block, each tensor a 4-bit linear reads that nothing else saves: T x h (qkv input) + T x h "
                  "(MLP input; one for a parallel block with a shared norm) + T x I (down_proj input), x E; + T x h x E "
                  "for a 4-bit head; the previous step's too at the forward when the loop keeps its graph")
