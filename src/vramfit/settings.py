@@ -149,10 +149,19 @@ class Training:
     dropout: float | None = None   # None: as config.json says
     framework: str = "transformers"
     bitsandbytes: str = "latest"   # the bitsandbytes release QLoRA runs on: "latest" or a version, e.g. 0.42.0
+    # Full checkpointing's torch.utils.checkpoint mode: True is transformers' default (gradient_checkpointing_enable
+    # passes use_reentrant=True); False: gradient_checkpointing_kwargs={"use_reentrant": False}, or a model whose
+    # own code asks for it (GLM-4's remote modeling_chatglm.py GLMTransformer.forward calls
+    # torch.utils.checkpoint.checkpoint(..., use_reentrant=False) itself). It decides what bitsandbytes < 0.43.2
+    # keeps (memory/lora.py checkpointed_4bit_inputs).
+    use_reentrant: bool = True
 
     def validate(self) -> None:
         _choice("finetune", self.finetune, ("full", "lora", "qlora", "dora"))
         bitsandbytes_version(self.bitsandbytes)
+        if not self.use_reentrant and self.grad_ckpt != "full":
+            raise InvalidSetting(f"use_reentrant: false applies to full checkpointing, not grad_ckpt "
+                                 f"{self.grad_ckpt!r}; pass --grad-ckpt full or drop --non-reentrant")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("grad_ckpt", self.grad_ckpt, ("none", "full", "selective"))
         _choice("framework", self.framework, FRAMEWORKS)

@@ -94,6 +94,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--bitsandbytes", default="latest", metavar="VERSION",
                        help="QLoRA: the bitsandbytes release, e.g. 0.42.0; before 0.43.2 every 4-bit linear kept its "
                             "input until backward (default: latest)")
+    train.add_argument("--non-reentrant", action="store_true",
+                       help="full checkpointing runs torch.utils.checkpoint with use_reentrant=False "
+                            "(gradient_checkpointing_kwargs, or a model's own code such as GLM-4's modeling_chatglm.py); "
+                            "with bitsandbytes < 0.43.2 every block's 4-bit inputs then stay until backward "
+                            "(default: reentrant, transformers' default)")
 
     par = parser.add_argument_group("GPUs and parallelism")
     par.add_argument("--gpus", type=int, default=1, help="GPUs in all (default: 1)")
@@ -139,6 +144,7 @@ def settings_from_args(args: argparse.Namespace, model: Model | None = None) -> 
         training=Training(finetune=args.finetune, optimizer=args.optimizer, grad_ckpt=args.grad_ckpt,
                           activation_offload=args.activation_offload, frozen_layers=args.frozen_layers,
                           framework=args.framework, bitsandbytes=args.bitsandbytes,
+                          use_reentrant=not args.non_reentrant,
                           lora=LoRA(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                     targets=targets)),
         parallelism=Parallelism(gpus=args.gpus, tensor=args.tp, pipeline=args.pp, context=args.cp,

@@ -227,6 +227,31 @@ def head_held_input(arch: Architecture, shape: Shape) -> int:
     return _input_bytes(shape.tokens * arch.hidden_size // shape.replicated, shape)
 
 
+def checkpointed_4bit_inputs(layer: Layer, shape: Shape) -> int:
+    """What a block's 4-bit linears keep under non-reentrant checkpointing (torch.utils.checkpoint with
+    use_reentrant=False): the forward runs with grad on and saved_tensors_hooks that drop every tensor saved with
+    save_for_backward (torch/utils/checkpoint.py _checkpoint_hook), but `ctx.tensors = (A, B)` is an attribute of
+    the autograd node, which no hook sees, so each 4-bit linear's input A lives until the graph goes. Nothing
+    else keeps these tensors alive then, so every distinct input counts (held_4bit_inputs' "saved anyway" no
+    longer applies): 1. the attention input (the norm output) read by q, k, v or the fused qkv; 2. the output
+    projection's input (the attention output, tokens x its in_features); 3. the MLP input (the same tensor as 1
+    in a parallel block with one shared norm); 4. the MLP output linear's input (T x I). Under AMP each linear
+    of a group casts its own copy."""
+    attn = list(layer.attention.linears())
+    ffn = _feed_forward_inputs(layer)
+    ffn_in, ffn_out = (ffn, []) if len(ffn) == 1 else (ffn[:-1], ffn[-1:])
+    hidden = layer.attention.hidden_size // shape.replicated
+    shared_norm = layer.parallel and len(layer.norms) < 2
+    normed = [attn[:-1] + ffn_in] if shared_norm else [attn[:-1], ffn_in]
+    total = sum(_copies(group, hidden, shape, casts=shape.amp) for group in normed if group)
+    return total + sum(_copies([out], out.in_features // shape.shard, shape, casts=False)
+                       for out in [attn[-1], *ffn_out])
+
+
+def _copies(group: list[Linear], width: int, shape: Shape, *, casts: bool) -> int:
+    return (len(group) if casts else 1) * _input_bytes(shape.tokens * width, shape)
+
+
 def _group_input(group: list[Linear], width: int, shape: Shape, *, casts: bool) -> int:
     """One tensor read by every linear in `group`: new unless the block trains (then the linears save it as
     counted in activations._linear_inputs) or a LoRA adapter of the group saves the very same tensor (adapter in

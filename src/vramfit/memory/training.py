@@ -33,6 +33,7 @@ from vramfit.memory.frameworks import Framework, framework
 from vramfit.memory.gradients import allocation_bytes, gradient_bytes, tensors_bytes
 from vramfit.memory.lora import (
     ParamTensor,
+    checkpointed_4bit_inputs,
     head_held_input,
     held_4bit_inputs,
     nf4_storages,
@@ -499,15 +500,26 @@ def _block_step(layer: Layer, index: int, tensors: BlockTensors, shape: act.Shap
     saved = _checkpointed(full, training.grad_ckpt, stream, selective)
     mlp_part = full.parts["mlp"] + full.parts["norms"] // 2 + full.parts["residual"] // 2
     product = _intermediate(layer, block_shape) if trains or _down_adapted(layer, shape) else 0
-    # Kept 4-bit inputs: under full (reentrant) checkpointing the forward runs without grad and keeps none; the
+    # Kept 4-bit inputs: under full reentrant checkpointing the forward runs without grad and keeps none; the
     # recomputation keeps this block's until its backward is done. Otherwise they stay with the graph.
-    held = held_4bit_inputs(layer, block_shape) if _holds_4bit_inputs(settings) else 0
-    reentrant = training.grad_ckpt == "full"
+    held = _block_held(layer, block_shape, settings)
+    reentrant = training.grad_ckpt == "full" and training.use_reentrant
     return BlockStep(saved=saved, recomputed=full.total + (held if reentrant else 0)
                      if training.grad_ckpt != "none" else saved, held=0 if reentrant else held,
                      mlp_saved=mlp_part, product=product, grads=grads, grads_kept=grads // lay.grad_shard,
                      mlp_grads=tensors.mlp_grads, amp_copies=tensors.amp_copies,
                      mlp_temporaries=_mlp_temporaries(layer, shape), attention_temporaries=2 * stream)
+
+
+def _block_held(layer: Layer, shape: act.Shape, settings: Settings) -> int:
+    """bitsandbytes < 0.43.2's kept 4-bit inputs: under non-reentrant full checkpointing every distinct input of the
+    block's 4-bit linears (lora.checkpointed_4bit_inputs; the checkpoint dropped what saves them otherwise), else
+    those that nothing else saves (lora.held_4bit_inputs)."""
+    if not _holds_4bit_inputs(settings):
+        return 0
+    if settings.training.grad_ckpt == "full" and not settings.training.use_reentrant:
+        return checkpointed_4bit_inputs(layer, shape)
+    return held_4bit_inputs(layer, shape)
 
 
 def _down_adapted(layer: Layer, shape: act.Shape) -> bool:
