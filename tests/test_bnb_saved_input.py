@@ -216,6 +216,18 @@ def test_converter_takes_litgpt_hub_tables_pin_and_nothing_for_unknown_sources()
     assert bitsandbytes_of(_src(trust="medium", source={"repo": "huggingface/peft", "path": "docs/x.md"})) == "latest"
 
 
+def test_converter_dates_an_issue_before_the_fix_and_keeps_glm4_non_reentrant() -> None:
+    """LLaMA-Factory #4772 (2024-07-11) predates 0.43.2; GLM-4's remote code checkpoints with use_reentrant=False."""
+    glm = _src(trust="low-medium", notes="", model="THUDM/glm-4-9b-chat", grad_ckpt=True,
+               source={"repo": "hiyouga/LlamaFactory", "issue_or_pr": "issue #4772"})
+    training = settings_from_dict(convert_row(glm).settings).training
+    assert (training.bitsandbytes, training.use_reentrant) == ("0.43.1", False)
+    other = settings_from_dict(convert_row(_src(grad_ckpt=True)).settings).training
+    assert other.use_reentrant                      # reentrant is the trainers' default
+    no_ckpt = settings_from_dict(convert_row({**glm, "grad_ckpt": False}).settings).training
+    assert no_ckpt.use_reentrant                    # the setting applies to full checkpointing only
+
+
 def test_converter_keeps_double_quantization_for_qlora_rows() -> None:
     row = convert_row(_src(dtype_quant="bf16-true + NF4 double-quant"))
     assert settings_from_dict(row.settings).precision.quant == "bnb-nf4-dq"

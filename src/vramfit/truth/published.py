@@ -271,14 +271,27 @@ def _training(src: dict[str, Any]) -> Training:
     dropout = 0.05 if _is_litgpt(src) and finetune in ("lora", "qlora") else 0.0
     lora = LoRA(rank=src.get("lora_rank") or 8, targets=_lora_targets(src.get("lora_targets")), dropout=dropout)
     return Training(finetune=finetune, optimizer=matched[0][1], grad_ckpt=grad_ckpt, lora=lora,
-                    framework="litgpt" if _is_litgpt(src) else "transformers", bitsandbytes=bitsandbytes_of(src))
+                    framework="litgpt" if _is_litgpt(src) else "transformers", bitsandbytes=bitsandbytes_of(src),
+                    use_reentrant=grad_ckpt != "full" or str(src.get("model")) not in _NON_REENTRANT_MODELS)
 
 
-# Sources whose runs used a pinned bitsandbytes that the rows do not state: (repo, path) -> (version, why).
+# Models whose own (remote) code checkpoints its blocks with use_reentrant=False whatever the trainer asks: hub id -> why.
+_NON_REENTRANT_MODELS = {
+    "THUDM/glm-4-9b-chat": (
+        "modeling_chatglm.py of GLM-4 (June 2024) calls torch.utils.checkpoint.checkpoint(..., use_reentrant=False) "
+        "in GLMTransformer.forward; LLaMA-Factory's own use_reentrant setting does not reach it (137c87ff)"),
+}
+
+
+# Sources whose runs used a bitsandbytes that the rows do not state: (repo, path or issue) -> (version, why).
 _PINNED_BITSANDBYTES = {
     ("Lightning-AI/litgpt", "config_hub/finetune/README.md"): (
         "0.42.0", ("litgpt pyproject.toml pinned bitsandbytes==0.42.0 from #946 (2024-03-15; #1074 of 2024-03-11 "
                    "had 0.41.0) until #1893 (2024-12-28); the tables came from #1337, #1361 and #1611 (2024-04 to 07)")),
+    # keyed by the issue: every bitsandbytes release out on the issue's date kept MatMul4Bit's input
+    ("hiyouga/LlamaFactory", "issue #4772"): (
+        "0.43.1", ("issue opened 2024-07-11; the fix (9e753741, 2024-07-16) was first released in 0.43.2, so any "
+                   "release the reporter had was 0.43.1 or older, all of which keep the input")),
 }
 
 
@@ -291,7 +304,8 @@ def bitsandbytes_of(src: dict[str, Any]) -> str:
     where = src.get("source")
     if not isinstance(where, dict):
         return "latest"
-    pinned = _PINNED_BITSANDBYTES.get((str(where.get("repo")), str(where.get("path"))))
+    pinned = (_PINNED_BITSANDBYTES.get((str(where.get("repo")), str(where.get("path"))))
+              or _PINNED_BITSANDBYTES.get((str(where.get("repo")), str(where.get("issue_or_pr")))))
     return pinned[0] if pinned else "latest"
 
 
