@@ -1,0 +1,137 @@
+"""The caching allocator's reserved pool for the transformers docs' BERT-large training rows (issue 4, section E).
+
+    python bench/bertlarge_reserved.py                 # every traceable hf-bertlarge row, 3 optimizer steps
+    python bench/bertlarge_reserved.py --steps 2 --rows hf-bertlarge-bs4-fp32
+
+The rows (docs/source/en/perf_train_gpu_one.mdx @ 0016acf7, transformers): BertForSequenceClassification
+(2 labels) from bert-large-uncased, 512 x 512-token dummy samples, HF Trainer, pynvml device `used` read after
+trainer.train(): CUDA context + the allocator's reserved pool. Here the step runs on fake tensors (vramfit's
+tracer, truth/tracker.py) as the 2022 Trainer ran it: forward (eager attention, dropout on), loss / grad_accum,
+backward, clip_grad_norm_(1.0) (Trainer's default max_grad_norm), optimizer.step(), model.zero_grad() (torch <
+2.0: set_to_none=False, so the gradients stay allocated); AdamW as transformers' adamw_hf (one parameter at a
+time: torch's AdamW with foreach=False), Adafactor as transformers.optimization.Adafactor (Trainer's
+optim="adafactor"). The traced allocation sequence is replayed through truth/allocator.py.
+Not traced: bitsandbytes Adam8bit (no fake kernels); GradScaler (fp16's loss scaling: a few scalars).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+MiB = 1 << 20
+GiB = 1 << 30
+CONTEXT_BYTES = 1343 * MiB      # the same page's "weights loaded" row: 1343 MiB measured after torch.ones(1,1).cuda()
+USABLE_BYTES = 16160 * MiB      # V100-SXM2-16GB as nvidia-smi reports it (vramfit.gpus, v100-16gb usable_bytes)
+ROWS = {   # id: (batch, grad_accum, gradient checkpointing, fp16 autocast, optimizer)
+    "hf-bertlarge-bs4-fp32": (4, 1, False, False, "adamw"),
+    "hf-bertlarge-bs1-ga4": (1, 4, False, False, "adamw"),
+    "hf-bertlarge-bs1-ga4-gc": (1, 4, True, False, "adamw"),
+    "hf-bertlarge-bs4-fp16": (4, 1, False, True, "adamw"),
+    "hf-bertlarge-bs1-ga4-gc-fp16": (1, 4, True, True, "adamw"),
+    "hf-bertlarge-bs4-adafactor": (4, 1, False, False, "adafactor"),
+    "hf-bertlarge-bs1-ga4-gc-fp16-adafactor": (1, 4, True, True, "adafactor"),
+}
+
+
+def measured(row_id: str) -> int:
+    path = Path(__file__).resolve().parents[1] / "data/truth/published.jsonl"
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row["id"] == row_id:
+            return int(row["truth"]["device"])
+    raise KeyError(row_id)
+
+
+def build(torch: Any, gc: bool) -> Any:
+    import transformers
+
+    from vramfit import load_model
+
+    fields = {k: v for k, v in load_model("google-bert/bert-large-uncased").config.items() if k != "model_type"}
+    config = transformers.BertConfig(**{**fields, "num_labels": 2})
+    config._attn_implementation = "eager"    # BERT in transformers 2022 had only the eager attention
+    module = transformers.BertForSequenceClassification(config)
+    module.train()
+    if gc:    # 2022: torch.utils.checkpoint, reentrant
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    return module
+
+
+def optimizer_for(torch: Any, module: Any, name: str) -> Any:
+    params = [p for p in module.parameters() if p.requires_grad]
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+        return Adafactor(params, lr=5e-5, scale_parameter=False, relative_step=False, warmup_init=False)
+    return torch.optim.AdamW(params, lr=5e-5, weight_decay=0.0, foreach=False)
+
+
+def trainer_run(torch: Any, module: Any, row: tuple[int, int, bool, bool, str], steps: int, tracker: Any) -> None:
+    batch, accum, _, fp16, name = row
+    optimizer = optimizer_for(torch, module, name)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.float16)) if fp16 else _null
+    for _ in range(steps):
+        for _ in range(accum):
+            ids = torch.randint(0, 30522, (batch, 512))
+            labels = torch.randint(0, 2, (batch,))
+            with autocast():
+                loss = module(input_ids=ids, labels=labels).loss / accum
+            loss.backward()
+            del loss, ids, labels
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0, foreach=False)
+        optimizer.step()
+        module.zero_grad(set_to_none=False)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def run(row_id: str, steps: int) -> dict[str, Any]:
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from vramfit.truth.allocator import replay, tracker_events
+    from vramfit.truth.tracker import LiveTensorTracker
+
+    row = ROWS[row_id]
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        module = build(torch, row[2])
+        with LiveTensorTracker() as tracker:
+            tracker.mark(module.parameters(), "parameters")
+            tracker.mark(module.buffers(), "buffers")
+            trainer_run(torch, module, row, steps, tracker)
+    events = tracker_events(tracker)
+    free = replay(events)
+    capped = replay(events, capacity_bytes=USABLE_BYTES - CONTEXT_BYTES)
+    device = measured(row_id)
+    return {"row": row_id, "steps": steps, "tracker_peak": tracker.peak_bytes,
+            "replay_requested": free.peak_requested_bytes,
+            "replay_allocated": free.peak_allocated_bytes, "reserved": free.peak_reserved_bytes,
+            "reserved_capped": capped.peak_reserved_bytes, "released": capped.released_segments,
+            "measured": device, "left": device - CONTEXT_BYTES - capped.peak_reserved_bytes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps to trace (the pool stops growing by 3)")
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), help="row ids (default: all traceable)")
+    args = parser.parse_args()
+    for row_id in args.rows:
+        r = run(row_id, args.steps)
+        print(f"{r['row']:40s} steps {r['steps']}  tracker peak {r['tracker_peak'] / GiB:6.3f}  replay requested "
+              f"{r['replay_requested'] / GiB:6.3f} allocated "
+              f"{r['replay_allocated'] / GiB:6.3f}  reserved {r['reserved'] / GiB:6.3f}  reserved(16 GB cap) "
+              f"{r['reserved_capped'] / GiB:6.3f} (released {r['released']})  context+reserved "
+              f"{(CONTEXT_BYTES + r['reserved_capped']) / GiB:6.3f}  measured {r['measured'] / GiB:6.3f}  "
+              f"left {r['left'] / GiB:+6.3f} GiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
