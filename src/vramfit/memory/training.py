@@ -595,11 +595,24 @@ def _amp_copies(tensors: Any, widths: Bytes) -> int:
 
 def _gathered_bytes(by_layer: dict[int | None, list[ParamTensor]], blocks: range, widths: Bytes,
                     lay: Layout) -> int:
-    """ZeRO-3/FSDP: the unsharded parameters of the blocks being computed and prefetched, in the compute dtype."""
+    """ZeRO-3/FSDP: the unsharded parameters of the blocks being computed and prefetched, in the compute dtype;
+    a QLoRA base weight as its packed 4-bit data (_gathered_tensor_bytes)."""
     if not lay.gathered_blocks or not blocks:
         return 0
-    per_block = max(tensors_bytes((t.elements for t in by_layer.get(i, [])), widths.compute) for i in blocks)
+    per_block = max(sum(_gathered_tensor_bytes(t, widths) for t in by_layer.get(i, [])) for i in blocks)
     return min(lay.gathered_blocks, len(blocks)) * per_block
+
+
+def _gathered_tensor_bytes(t: ParamTensor, widths: Bytes) -> int:
+    """One tensor as the all-gather returns it. A 4-bit base weight is a bitsandbytes Params4bit whose data is the
+    packed pairs in bnb_4bit_quant_storage (what FSDP-QLoRA and ZeRO-3 QLoRA shard and gather: peft
+    docs/source/accelerate/fsdp.md, 6008f272a); its absmax lives in quant_state, a Python attribute outside the
+    flat parameter (bitsandbytes nn/modules.py fix_4bit_weight_quant_state_from_module: "the quant state got lost
+    when the parameter got converted. This happens for example for fsdp"), so the gathered bytes are the packed
+    data only; dequantizing for the matmul is _dequant_bytes."""
+    if t.quantized:
+        return allocation_bytes(nf4_storages(t.elements, double_quant=False)[0])
+    return allocation_bytes(int(-(-t.elements * widths.compute // 1)))
 
 
 def _fsdp_root_bytes(by_layer: dict[int | None, list[ParamTensor]], widths: Bytes, lay: Layout) -> int:
