@@ -64,6 +64,23 @@ def test_precision_and_inference_tokens() -> None:
     assert (settings.workload.seq_len, settings.workload.new_tokens) == (64, 32)
 
 
+def test_peft_docs_fsdp_lora_run_keeps_fp32_weights_and_its_qlora_runs_an_early_bitsandbytes() -> None:
+    """peft aa2ca83ca's examples/sft/utils.py loads without torch_dtype (fp32) under FSDP MixedPrecision(bf16);
+    the QLoRA sections need bnb_4bit_quant_storage (0.43.0) and predate 0.43.1."""
+    fsdp = {"repo": "huggingface/peft", "path": "docs/source/accelerate/fsdp.md"}
+    lora = settings_from_dict(convert_row(_src(source=fsdp, framework="HF TRL SFTTrainer + PEFT",
+                                               dtype_quant="bf16 (mixed_precision bf16, bf16 weights)")).settings)
+    assert (lora.precision.dtype, lora.precision.amp) == ("fp32", "bf16")
+    qlora = settings_from_dict(convert_row(_src(source=fsdp, method="qlora", framework="HF TRL SFTTrainer + PEFT",
+                                                dtype_quant="nf4 + double quant, quant_storage bf16")).settings)
+    assert (qlora.precision.dtype, qlora.precision.amp) == ("bf16", None)
+    assert qlora.training.bitsandbytes == "0.43.0"
+    ds = {"repo": "huggingface/peft", "path": "docs/source/accelerate/deepspeed.md"}
+    ds_lora = settings_from_dict(convert_row(_src(source=ds, framework="HF TRL SFTTrainer + PEFT",
+                                                  dtype_quant="bf16")).settings)
+    assert (ds_lora.precision.dtype, ds_lora.precision.amp) == ("bf16", None)   # ZeRO-3 bf16 partitions in bf16
+
+
 def test_oom_rows_carry_the_gpu_capacity() -> None:
     row = convert_row(_src(oom=True, what_measured="OOM", measured_gb=None))
     assert (row.oom, row.measure, row.truth) == (True, "device", {})

@@ -107,7 +107,7 @@ def settings_of(src: dict[str, Any]) -> tuple[Settings, str]:
     precision = _precision(src["dtype_quant"])
     if str(src["method"]) == "qlora" and precision.quant != "bnb-nf4-dq":   # finetune qlora is the NF4 base
         precision = Precision(dtype=precision.dtype, amp=precision.amp)
-    if _torchtitan_default_precision(src, precision):
+    if _torchtitan_default_precision(src, precision) or _loads_fp32_under_bf16_fsdp(src):
         precision = Precision(dtype="fp32", amp="bf16")
     gpu = catalog_gpu(src["gpus"].get("type"))
     settings = Settings(workload=workload, precision=precision,
@@ -238,6 +238,16 @@ def _torchtitan_default_precision(src: dict[str, Any], precision: Precision) -> 
             and precision.dtype == "bf16" and precision.amp is None and precision.quant is None)
 
 
+def _loads_fp32_under_bf16_fsdp(src: dict[str, Any]) -> bool:
+    """The PEFT docs' FSDP LoRA run (peft aa2ca83ca, 2024-02-26): examples/sft/utils.py `create_and_prepare_model`
+    calls `from_pretrained` without `torch_dtype`, so transformers of that date loaded fp32 weights, and accelerate
+    0.27.2 `FullyShardedDataParallelPlugin.set_mixed_precision` gives FSDP `MixedPrecision(param_dtype=bf16)`: fp32
+    sharded parameters, bf16 gathered copies and compute (the row's "bf16 weights" is the mixed-precision setting)."""
+    where = src.get("source")
+    return (isinstance(where, dict) and where.get("repo") == "huggingface/peft"
+            and where.get("path") == "docs/source/accelerate/fsdp.md" and str(src.get("method")) == "lora")
+
+
 def _precision(text: str) -> Precision:
     lowered = text.lower()
     quant = next((fmt for pattern, fmt in _QUANT_PATTERNS if re.search(pattern, lowered)), None)
@@ -288,6 +298,12 @@ _PINNED_BITSANDBYTES = {
     ("Lightning-AI/litgpt", "config_hub/finetune/README.md"): (
         "0.42.0", ("litgpt pyproject.toml pinned bitsandbytes==0.42.0 from #946 (2024-03-15; #1074 of 2024-03-11 "
                    "had 0.41.0) until #1893 (2024-12-28); the tables came from #1337, #1361 and #1611 (2024-04 to 07)")),
+    # the PEFT docs' QLoRA runs need bnb_4bit_quant_storage, first in 0.43.0 (2024-03-08); the QLoRA sections were
+    # written at peft 6008f272a (2024-03-13), before 0.43.1, so the runs had 0.43.0, which keeps MatMul4Bit's input
+    ("huggingface/peft", "docs/source/accelerate/fsdp.md"): (
+        "0.43.0", "bnb_4bit_quant_storage needs 0.43.0; the QLoRA section dates from peft 6008f272a (2024-03-13)"),
+    ("huggingface/peft", "docs/source/accelerate/deepspeed.md"): (
+        "0.43.0", "bnb_4bit_quant_storage needs 0.43.0; the QLoRA section dates from peft 6008f272a (2024-03-13)"),
     # keyed by the issue: every bitsandbytes release out on the issue's date kept MatMul4Bit's input
     ("hiyouga/LlamaFactory", "issue #4772"): (
         "0.43.1", ("issue opened 2024-07-11; the fix (9e753741, 2024-07-16) was first released in 0.43.2, so any "
