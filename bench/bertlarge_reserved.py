@@ -12,11 +12,25 @@ backward, clip_grad_norm_(1.0) (Trainer's default max_grad_norm), optimizer.step
 time: torch's AdamW with foreach=False), Adafactor as transformers.optimization.Adafactor (Trainer's
 optim="adafactor"). The traced allocation sequence is replayed through truth/allocator.py.
 Not traced: bitsandbytes Adam8bit (no fake kernels); GradScaler (fp16's loss scaling: a few scalars).
+
+Results (06:13-06:18 UTC, 3 steps; the peaks stop moving after step 2: `--steps 2` and `--steps 4` agree), GiB:
+
+    row                          measured  traced peak  replayed reserved  context+reserved  left  (input-dtype masks: left)
+    bs4-fp32                       14.599       11.526             11.660            12.972  +1.627  +0.127
+    bs1-ga4                         8.478        6.639              6.646             7.958  +0.520  +0.164
+    bs1-ga4-gc                      6.616        5.227              5.258             6.569  +0.047  +0.049
+    bs4-fp16                       13.612       10.259             10.410            11.722  +1.891  +0.734
+    bs1-ga4-gc-fp16                 7.104        5.635              5.664             6.976  +0.129  +0.117
+    bs4-adafactor                  12.007        9.032              9.191            10.503  +1.504  -0.004
+    bs1-ga4-gc-fp16-adafactor       4.733        3.141              3.395             4.706  +0.027  +0.004
+
+The pool over the allocated peak is 0.007-0.254 GiB: with shapes that recur every step, freed blocks are reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -68,10 +82,53 @@ def optimizer_for(torch: Any, module: Any, name: str) -> Any:
     return torch.optim.AdamW(params, lr=5e-5, weight_decay=0.0, foreach=False)
 
 
+def attention_2022(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Any = None,
+                   dropout: float = 0.0, **kwargs: Any) -> Any:
+    """BertSelfAttention.forward as transformers ~4.16 (early 2022) ran it: scores / sqrt(head_dim) plus the
+    extended attention mask, which BertModel always made ((1 - mask) * -10000, cast to the parameters' dtype:
+    fp32 under AMP, so fp16 scores are promoted to fp32 before softmax and dropout), softmax, dropout, matmul.
+    Transformers 5 skips an all-ones mask, which would leave fp16 scores under AMP."""
+    import torch
+
+    scores = torch.matmul(query, key.transpose(-1, -2)) / query.size(-1) ** 0.5
+    mask = torch.zeros(query.size(0), 1, 1, key.size(-2), dtype=torch.float32)   # ones mask -> zeros added
+    probs = torch.nn.functional.dropout(torch.softmax(scores + mask, dim=-1), p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+class CudaAutocastFp32:
+    """CUDA autocast runs layer_norm and softmax in fp32 (aten/src/ATen/autocast_mode.cpp: layer_norm in the
+    fp32 list, softmax in fp32_set_opt_dtype); the CPU autocast lists the trace runs under do not. Entered inside
+    autocast, this casts their fp16 inputs (and layer_norm's weight and bias) to fp32 as CUDA would."""
+
+    def __init__(self) -> None:
+        import torch
+        from torch.overrides import TorchFunctionMode
+
+        fp32 = {torch.nn.functional.layer_norm, torch.nn.functional.softmax, torch.softmax, torch.Tensor.softmax}
+
+        class Mode(TorchFunctionMode):
+            def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+                if func in fp32:
+                    args = tuple(a.float() if isinstance(a, torch.Tensor) and a.dtype == torch.float16 else a
+                                 for a in args)
+                    with torch.autocast("cpu", enabled=False):
+                        return func(*args, **(kwargs or {}))
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+
+    def __enter__(self) -> None:
+        self.mode.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.mode.__exit__(*exc)
+
+
 def trainer_run(torch: Any, module: Any, row: tuple[int, int, bool, bool, str], steps: int, tracker: Any) -> None:
     batch, accum, _, fp16, name = row
     optimizer = optimizer_for(torch, module, name)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.float16)) if fp16 else _null
+    autocast = _fp16_autocast(torch) if fp16 else _null
     for _ in range(steps):
         for _ in range(accum):
             ids = torch.randint(0, 30522, (batch, 512))
@@ -85,6 +142,17 @@ def trainer_run(torch: Any, module: Any, row: tuple[int, int, bool, bool, str], 
         module.zero_grad(set_to_none=False)
 
 
+def _fp16_autocast(torch: Any) -> Any:
+    import contextlib
+
+    @contextlib.contextmanager
+    def both() -> Any:
+        with torch.autocast("cpu", dtype=torch.float16), CudaAutocastFp32():
+            yield
+
+    return both
+
+
 class _null:
     def __enter__(self) -> None:
         return None
@@ -93,7 +161,7 @@ class _null:
         return None
 
 
-def run(row_id: str, steps: int) -> dict[str, Any]:
+def run(row_id: str, steps: int, dropout_mask: str = "bool") -> dict[str, Any]:
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -101,7 +169,15 @@ def run(row_id: str, steps: int) -> dict[str, Any]:
     from vramfit.truth.tracker import LiveTensorTracker
 
     row = ROWS[row_id]
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    import transformers.models.bert.modeling_bert as bert
+
+    from vramfit.truth.trace import (
+        _fused_dropout,  # dropout as CUDA runs it (bool mask), not the CPU fallback
+    )
+
+    bert.eager_attention_forward = attention_2022    # looked up by name at each call (modeling_bert.py)
+    fused = _fused_dropout() if dropout_mask == "bool" else contextlib.nullcontext()
+    with FakeTensorMode(allow_non_fake_inputs=True), fused:
         module = build(torch, row[2])
         with LiveTensorTracker() as tracker:
             tracker.mark(module.parameters(), "parameters")
@@ -122,9 +198,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps to trace (the pool stops growing by 3)")
     parser.add_argument("--rows", nargs="*", default=list(ROWS), help="row ids (default: all traceable)")
+    parser.add_argument("--dropout-mask", choices=("bool", "input-dtype"), default="bool",
+                        help="bool: CUDA's fused dropout (1-byte mask, torch >= 1.x on CUDA); input-dtype: the "
+                             "CPU fallback, whose saved noise has the input's dtype (a sensitivity check)")
     args = parser.parse_args()
     for row_id in args.rows:
-        r = run(row_id, args.steps)
+        r = run(row_id, args.steps, args.dropout_mask)
         print(f"{r['row']:40s} steps {r['steps']}  tracker peak {r['tracker_peak'] / GiB:6.3f}  replay requested "
               f"{r['replay_requested'] / GiB:6.3f} allocated "
               f"{r['replay_allocated'] / GiB:6.3f}  reserved {r['reserved'] / GiB:6.3f}  reserved(16 GB cap) "
