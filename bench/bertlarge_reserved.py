@@ -13,18 +13,22 @@ time: torch's AdamW with foreach=False), Adafactor as transformers.optimization.
 optim="adafactor"). The traced allocation sequence is replayed through truth/allocator.py.
 Not traced: bitsandbytes Adam8bit (no fake kernels); GradScaler (fp16's loss scaling: a few scalars).
 
-Results (06:13-06:18 UTC, 3 steps; the peaks stop moving after step 2: `--steps 2` and `--steps 4` agree), GiB:
+Results, GiB (`--steps 3`, 06:13 UTC; the peaks stop moving after step 2: `--steps 2` and `--steps 4` agree).
+The left column is measured - (1343 MiB context + replayed reserved); the last two add `--softmax-saves-input`
+(torch <= 1.10, `--steps 2`, 06:24 UTC):
 
-    row                          measured  traced peak  replayed reserved  context+reserved  left  (input-dtype masks: left)
-    bs4-fp32                       14.599       11.526             11.660            12.972  +1.627  +0.127
-    bs1-ga4                         8.478        6.639              6.646             7.958  +0.520  +0.164
-    bs1-ga4-gc                      6.616        5.227              5.258             6.569  +0.047  +0.049
-    bs4-fp16                       13.612       10.259             10.410            11.722  +1.891  +0.734
-    bs1-ga4-gc-fp16                 7.104        5.635              5.664             6.976  +0.129  +0.117
-    bs4-adafactor                  12.007        9.032              9.191            10.503  +1.504  -0.004
-    bs1-ga4-gc-fp16-adafactor       4.733        3.141              3.395             4.706  +0.027  +0.004
+    row                        measured  traced peak  replayed reserved  left    | torch<=1.10: reserved  left
+    bs4-fp32                     14.599       11.526             11.660  +1.627  |               13.133  +0.154
+    bs1-ga4                       8.478        6.639              6.646  +0.520  |                7.025  +0.141
+    bs1-ga4-gc                    6.616        5.227              5.258  +0.047  |                5.242  +0.062
+    bs4-fp16                     13.612       10.259             10.410  +1.891  |               11.836  +0.465
+    bs1-ga4-gc-fp16               7.104        5.635              5.664  +0.129  |                5.660  +0.133
+    bs4-adafactor                12.007        9.032              9.191  +1.504  |               10.629  +0.066
+    bs1-ga4-gc-fp16-adafactor     4.733        3.141              3.395  +0.027  |                3.391  +0.031
 
-The pool over the allocated peak is 0.007-0.254 GiB: with shapes that recur every step, freed blocks are reused.
+The pool over the allocated peak is 0.007-0.254 GiB (shapes recur every step, so freed blocks are reused). What
+the non-checkpointed rows kept beyond today's step is one fp32 batch x heads x 512 x 512 tensor per layer (16 MiB
+per sample per layer): the softmax input that torch <= 1.10 saved for backward.
 """
 
 from __future__ import annotations
@@ -92,8 +96,35 @@ def attention_2022(module: Any, query: Any, key: Any, value: Any, attention_mask
 
     scores = torch.matmul(query, key.transpose(-1, -2)) / query.size(-1) ** 0.5
     mask = torch.zeros(query.size(0), 1, 1, key.size(-2), dtype=torch.float32)   # ones mask -> zeros added
-    probs = torch.nn.functional.dropout(torch.softmax(scores + mask, dim=-1), p=dropout, training=module.training)
+    softmax = _softmax_keeping_input if SOFTMAX_SAVES_INPUT[0] else (lambda x: torch.softmax(x, dim=-1))
+    probs = torch.nn.functional.dropout(softmax(scores + mask), p=dropout, training=module.training)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+SOFTMAX_SAVES_INPUT = [False]
+
+
+def _softmax_keeping_input(x: Any) -> Any:
+    """softmax whose autograd node keeps its input as well as its output, as torch <= 1.10 did: the
+    derivative `_softmax_backward_data(grad, result, dim, self)` referenced `self`, so autograd saved it
+    (pytorch/pytorch issue #64000, "Softmax/logsoftmax use more memory for backward than needed", 2021-08-26;
+    PR #65242 "Avoid saving self for softmax and log_softmax", 2021-09-17, after which the backward takes only
+    the input's dtype)."""
+    import torch
+
+    class Softmax(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, input: Any) -> Any:
+            output = torch.softmax(input, dim=-1)
+            ctx.save_for_backward(input, output)
+            return output
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            input, output = ctx.saved_tensors
+            return torch._softmax_backward_data(grad, output, -1, input.dtype)
+
+    return Softmax.apply(x)
 
 
 class CudaAutocastFp32:
@@ -201,7 +232,10 @@ def main() -> None:
     parser.add_argument("--dropout-mask", choices=("bool", "input-dtype"), default="bool",
                         help="bool: CUDA's fused dropout (1-byte mask, torch >= 1.x on CUDA); input-dtype: the "
                              "CPU fallback, whose saved noise has the input's dtype (a sensitivity check)")
+    parser.add_argument("--softmax-saves-input", action="store_true",
+                        help="attention softmax keeps its input for backward, as torch <= 1.10 did (issue #64000)")
     args = parser.parse_args()
+    SOFTMAX_SAVES_INPUT[0] = args.softmax_saves_input
     for row_id in args.rows:
         r = run(row_id, args.steps, args.dropout_mask)
         print(f"{r['row']:40s} steps {r['steps']}  tracker peak {r['tracker_peak'] / GiB:6.3f}  replay requested "
