@@ -28,7 +28,8 @@ The left column is measured - (1343 MiB context + replayed reserved); the last t
 
 The pool over the allocated peak is 0.007-0.254 GiB (shapes recur every step, so freed blocks are reused). What
 the non-checkpointed rows kept beyond today's step is one fp32 batch x heads x 512 x 512 tensor per layer (16 MiB
-per sample per layer): the softmax input that torch <= 1.10 saved for backward.
+per sample per layer): the softmax input that torch <= 1.10 saved for backward. The page's nvidia-smi output is dated
+Tue Jan 11 2022 (driver 460.91.03), when the current torch release was 1.10.x (1.11 came in March 2022).
 """
 
 from __future__ import annotations
