@@ -283,7 +283,7 @@ def _tensor_terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes,
         group_tensors=tuple(_block_tensors(mine, with_grads, grad_width, widths, lay, grad_amp)
                             for _, _, mine, with_grads in groups),
         grads=gradient_bytes((t.elements for t in holders), grad_width) // lay.grad_shard,
-        weights=0 if lay.offload_params else _weights_bytes(held.tensors, widths) // lay.param_shard,
+        weights=_resident_weights_bytes(held.tensors, widths, lay),
         gathered=gathered, fsdp_root=_fsdp_root_bytes(held.by_layer, widths, lay),
         fsdp_block=gathered // max(1, lay.gathered_blocks),
         amp_copies=_amp_copies(held.tensors, widths) if widths.amp and lay.param_shard == 1 else 0,
@@ -584,6 +584,26 @@ def _weights_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes) -> int:
     return total
 
 
+def _resident_weights_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes, lay: Layout) -> int:
+    """The weights each GPU holds between all-gathers: the sharded part / param_shard (none under parameter
+    offload) plus, under ZeRO-3/FSDP, every 4-bit weight's quant_state whole. absmax and the nested constants
+    live in Params4bit.quant_state, a Python attribute, not a parameter or buffer (bitsandbytes 0.43 nn/modules.py
+    fix_4bit_weight_quant_state_from_module: "the quant state got lost when the parameter got converted. This
+    happens for example for fsdp"), so FSDP's flat parameter and ZeRO-3's partitions take the packed data only
+    and CPUOffload / offload_param move the packed data only. transformers (>= 4.39 _load_state_dict_into_meta_model
+    under FSDP or ZeRO-3) quantizes on the GPU, then `type(value)(value.data.to("cpu"), **value.__dict__)` moves
+    the data and keeps quant_state on the GPU; every rank runs every layer, so every rank keeps all of them."""
+    replicated = _quant_state_bytes(tensors, widths) if lay.param_shard > 1 or lay.offload_params else 0
+    sharded = 0 if lay.offload_params else (_weights_bytes(tensors, widths) - replicated) // lay.param_shard
+    return sharded + replicated
+
+
+def _quant_state_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes) -> int:
+    """The 4-bit weights' constants outside the packed data: absmax (and the nested statistics)."""
+    return sum(allocation_bytes(b) for t in tensors if t.quantized
+               for b in nf4_storages(t.elements, double_quant=widths.double_quant)[1:])
+
+
 def _amp_copies(tensors: Any, widths: Bytes) -> int:
     """autocast casts each linear weight to the amp dtype at its first use and the linear saves the cast for
     backward (torch/csrc/autograd autocast cache, aten/src/ATen/autocast_mode.cpp): one low-precision copy of
@@ -851,7 +871,8 @@ def _descriptions(step: Step, settings: Settings, widths: Bytes, lay: Layout) ->
     w, tr = settings.workload, settings.training
     tokens = {"batch": w.batch_size, "seq_len": w.seq_len, "compute_bytes": widths.compute}
     return {
-        "weights": ("sum over tensors round512(elements x bytes); QLoRA base: nf4 packed + absmax; / ZeRO-3 shards",
+        "weights": ("sum over tensors round512(elements x bytes); QLoRA base: nf4 packed + absmax; / ZeRO-3 shards "
+                    "(4-bit quant_state whole on every rank, not offloaded)",
                     {"param_bytes": widths.param, "finetune": tr.finetune, "param_shard": lay.param_shard},
                     "memory/lora.py parameter_tensors; bitsandbytes functional.quantize_4bit", _TEXTBOOK_WEIGHTS),
         "gradients": ("sum over trainable tensors round512(elements x bytes) / grad shards",
