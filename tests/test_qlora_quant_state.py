@@ -57,3 +57,12 @@ def test_parameter_offload_leaves_the_quant_state_on_the_gpu() -> None:
 
 def test_lora_without_quantization_offloads_everything() -> None:
     assert _weights(gpus=2, fsdp="full", offload="params", finetune="lora", quant=None) == 0
+
+
+def test_parameter_offload_moves_the_packed_4bit_data_to_the_host() -> None:
+    def host(**changes: object) -> int:
+        settings = QLORA.replace(gpus=2, fsdp="full", offload="params", **changes)
+        return estimate(MODEL, settings).extra["host_memory"]["parameters"]
+    # every quantized linear: 2 bytes per element in bf16 -> its packed pairs, round512(n / 2); the rest unchanged
+    saved = LAYERS * sum(2 * n - _round512(n // 2) for n in (H * H,) * 4 + (H * I,) * 3)
+    assert abs((host(finetune="lora", quant=None) - host()) - saved // 2) <= 64 * 512

@@ -686,8 +686,15 @@ def _host(states: OptimizerMemory, tensors: tuple[ParamTensor, ...], widths: Byt
     master = tensors_bytes((t.elements for t in tensors if t.trainable), 4)
     host = {"optimizer_states": states.states // lay.state_shard, "fp32_master_weights": master // lay.state_shard}
     if lay.offload_params:
-        host["parameters"] = tensors_bytes((t.elements for t in tensors), widths.param) // lay.param_shard
+        host["parameters"] = _offloaded_parameters_bytes(tensors, widths) // lay.param_shard
     return host
+
+
+def _offloaded_parameters_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes) -> int:
+    """What parameter offload moves to the host: the flat parameters, so a 4-bit weight's packed data only (its
+    quant_state stays on the GPU, _resident_weights_bytes) and every other tensor in --dtype."""
+    packed = sum(allocation_bytes(nf4_storages(t.elements, double_quant=False)[0]) for t in tensors if t.quantized)
+    return packed + tensors_bytes((t.elements for t in tensors if not t.quantized), widths.param)
 
 
 def _phase_totals(step: Step) -> dict[str, int]:
