@@ -81,6 +81,14 @@ def test_peft_docs_fsdp_lora_run_keeps_fp32_weights_and_its_qlora_runs_an_early_
     assert (ds_lora.precision.dtype, ds_lora.precision.amp) == ("bf16", None)   # ZeRO-3 bf16 partitions in bf16
 
 
+def test_lora_dropout_as_the_notes_state_it() -> None:
+    """The PEFT docs' launch scripts pass --lora_dropout 0.1; the rows say so in their notes."""
+    peft = _src(framework="HF TRL SFTTrainer + PEFT", notes="lora_alpha 16, dropout 0.1, target all-linear")
+    assert settings_from_dict(convert_row(peft).settings).training.lora.dropout == 0.1
+    assert settings_from_dict(convert_row({**peft, "notes": "lora_alpha 16"}).settings).training.lora.dropout == 0.0
+    assert settings_from_dict(convert_row(_src()).settings).training.lora.dropout == 0.05   # lit-gpt's module default
+
+
 def test_oom_rows_carry_the_gpu_capacity() -> None:
     row = convert_row(_src(oom=True, what_measured="OOM", measured_gb=None))
     assert (row.oom, row.measure, row.truth) == (True, "device", {})

@@ -264,6 +264,13 @@ _OPTIMIZERS = (  # (regex on the source's optimizer text, vramfit optimizer)
     (r"adafactor", "adafactor"), (r"adamw?\b", "adamw"))
 
 
+def _stated_lora_dropout(src: dict[str, Any]) -> float:
+    """LoRA dropout as the row's notes state it (the PEFT docs' rows: "lora_alpha 16, dropout 0.1", from
+    examples/sft/run_peft_*.sh `--lora_dropout 0.1`), else 0."""
+    stated = re.search(r"(?:lora_)?dropout\s*=?\s*(0?\.\d+)", str(src.get("notes") or ""))
+    return float(stated.group(1)) if stated and src.get("method") in ("lora", "qlora") else 0.0
+
+
 def _training(src: dict[str, Any]) -> Training:
     text = str(src.get("optimizer") or "adamw")
     matched = [(pattern, name) for pattern, name in _OPTIMIZERS if re.search(pattern, text.lower())]
@@ -278,7 +285,7 @@ def _training(src: dict[str, Any]) -> Training:
     grad_ckpt: Any = "selective" if isinstance(ckpt, str) and "selective" in ckpt else "full" if ckpt else "none"
     # lit-gpt's finetune/lora.py (and finetune/adapter-era scripts) set lora_dropout = 0.05 as a module
     # default; the rows state r and alpha from the same defaults and no other dropout.
-    dropout = 0.05 if _is_litgpt(src) and finetune in ("lora", "qlora") else 0.0
+    dropout = 0.05 if _is_litgpt(src) and finetune in ("lora", "qlora") else _stated_lora_dropout(src)
     lora = LoRA(rank=src.get("lora_rank") or 8, targets=_lora_targets(src.get("lora_targets")), dropout=dropout)
     return Training(finetune=finetune, optimizer=matched[0][1], grad_ckpt=grad_ckpt, lora=lora,
                     framework="litgpt" if _is_litgpt(src) else "transformers", bitsandbytes=bitsandbytes_of(src),
