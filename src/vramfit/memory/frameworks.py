@@ -115,7 +115,7 @@ TRANSFORMERS = Framework(
                 "logits in the model dtype, upcast to fp32 inside the loss (ForCausalLMLoss)",
                 "full-vocabulary cross-entropy",
                 "PEFT LoRA adapters upcast to fp32 (autocast_adapter_dtype=True)",
-                "gradient checkpointing saves each block's input (use_reentrant=True)",
+                "gradient checkpointing saves each block's input (use_reentrant=True unless --non-reentrant)",
                 "tensor parallelism by the model's tp_plan: no sequence parallelism, full logits on every rank"))
 
 TORCHTUNE = Framework(
