@@ -210,14 +210,21 @@ def held_4bit_inputs(layer: Layer, shape: Shape) -> int:
        attention.
     Under AMP every 4-bit linear casts its fp32 input to the compute dtype itself (bitsandbytes Linear4bit.forward
     `x.to(self.compute_dtype)`), so each keeps its own copy."""
+    normed, hidden, _attn_out, ffn_out = _input_groups(layer, shape)
+    total = sum(_group_input(group, hidden, shape, casts=shape.amp) for group in normed if group)
+    return total + sum(_group_input([out], out.in_features // shape.shard, shape, casts=False) for out in ffn_out)
+
+
+def _input_groups(layer: Layer, shape: Shape) -> tuple[list[list[Linear]], int, Linear, list[Linear]]:
+    """A block's 4-bit linears by the tensor they read: the groups fed by a norm output (attention's q/k/v and the
+    MLP's input linears; one group when a parallel block shares its norm), the hidden width of those inputs, the
+    attention output projection, and the MLP output linear (none for a single-linear feed-forward)."""
     attn = list(layer.attention.linears())
     ffn = _feed_forward_inputs(layer)
     ffn_in, ffn_out = (ffn, []) if len(ffn) == 1 else (ffn[:-1], ffn[-1:])
-    hidden = layer.attention.hidden_size // shape.replicated
     shared_norm = layer.parallel and len(layer.norms) < 2
     normed = [attn[:-1] + ffn_in] if shared_norm else [attn[:-1], ffn_in]
-    total = sum(_group_input(group, hidden, shape, casts=shape.amp) for group in normed if group)
-    return total + sum(_group_input([out], out.in_features // shape.shard, shape, casts=False) for out in ffn_out)
+    return normed, layer.attention.hidden_size // shape.replicated, attn[-1], ffn_out
 
 
 def head_held_input(arch: Architecture, shape: Shape) -> int:
@@ -237,15 +244,10 @@ def checkpointed_4bit_inputs(layer: Layer, shape: Shape) -> int:
     projection's input (the attention output, tokens x its in_features); 3. the MLP input (the same tensor as 1
     in a parallel block with one shared norm); 4. the MLP output linear's input (T x I). Under AMP each linear
     of a group casts its own copy."""
-    attn = list(layer.attention.linears())
-    ffn = _feed_forward_inputs(layer)
-    ffn_in, ffn_out = (ffn, []) if len(ffn) == 1 else (ffn[:-1], ffn[-1:])
-    hidden = layer.attention.hidden_size // shape.replicated
-    shared_norm = layer.parallel and len(layer.norms) < 2
-    normed = [attn[:-1] + ffn_in] if shared_norm else [attn[:-1], ffn_in]
+    normed, hidden, attn_out, ffn_out = _input_groups(layer, shape)
     total = sum(_copies(group, hidden, shape, casts=shape.amp) for group in normed if group)
     return total + sum(_copies([out], out.in_features // shape.shard, shape, casts=False)
-                       for out in [attn[-1], *ffn_out])
+                       for out in [attn_out, *ffn_out])
 
 
 def _copies(group: list[Linear], width: int, shape: Shape, *, casts: bool) -> int:

@@ -878,8 +878,8 @@ def _descriptions(step: Step, settings: Settings, widths: Bytes, lay: Layout) ->
     w, tr = settings.workload, settings.training
     tokens = {"batch": w.batch_size, "seq_len": w.seq_len, "compute_bytes": widths.compute}
     return {
-        "weights": ("sum over tensors round512(elements x bytes); QLoRA base: nf4 packed + absmax; / ZeRO-3 shards "
-                    "(4-bit quant_state whole on every rank, not offloaded)",
+        "weights": (("sum over tensors round512(elements x bytes); QLoRA base: nf4 packed + absmax; / ZeRO-3 shards "
+                     "(4-bit quant_state whole on every rank, not offloaded)"),
                     {"param_bytes": widths.param, "finetune": tr.finetune, "param_shard": lay.param_shard},
                     "memory/lora.py parameter_tensors; bitsandbytes functional.quantize_4bit", _TEXTBOOK_WEIGHTS),
         "gradients": ("sum over trainable tensors round512(elements x bytes) / grad shards",
