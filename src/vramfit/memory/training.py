@@ -335,8 +335,7 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
         dequant=terms.dequant, accumulating=settings.workload.grad_accum > 1,
         in_flight=lay.in_flight if is_first else 1, host=host, flat_root_grads=terms.flat_root_grads,
         flat_head_grads=terms.flat_head_grads, flat_root_kept=terms.flat_root_grads // lay.grad_shard,
-        **_held_terms(arch, shape, settings, profile, terms,
-                                                                             block_steps, lay, is_first, is_last))
+        **_held_terms(arch, shape, settings, profile, terms, block_steps, lay, is_first, is_last))
 
 
 def _held_terms(arch: Architecture, shape: act.Shape, settings: Settings, profile: Framework, terms: TensorTerms,
@@ -631,8 +630,14 @@ def _gathered_tensor_bytes(t: ParamTensor, widths: Bytes) -> int:
     when the parameter got converted. This happens for example for fsdp"), so the gathered bytes are the packed
     data only; dequantizing for the matmul is _dequant_bytes."""
     if t.quantized:
-        return allocation_bytes(nf4_storages(t.elements, double_quant=False)[0])
-    return allocation_bytes(int(-(-t.elements * widths.compute // 1)))
+        return _packed_bytes(t)
+    return tensors_bytes((t.elements,), widths.compute)
+
+
+def _packed_bytes(t: ParamTensor) -> int:
+    """A 4-bit weight's packed data alone (nf4_storages' first storage; double quantization changes only the
+    constants after it): what FSDP and ZeRO-3 gather and what parameter offload moves."""
+    return allocation_bytes(nf4_storages(t.elements, double_quant=False)[0])
 
 
 def _fsdp_root_bytes(by_layer: dict[int | None, list[ParamTensor]], widths: Bytes, lay: Layout) -> int:
@@ -693,7 +698,7 @@ def _host(states: OptimizerMemory, tensors: tuple[ParamTensor, ...], widths: Byt
 def _offloaded_parameters_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes) -> int:
     """What parameter offload moves to the host: the flat parameters, so a 4-bit weight's packed data only (its
     quant_state stays on the GPU, _resident_weights_bytes) and every other tensor in --dtype."""
-    packed = sum(allocation_bytes(nf4_storages(t.elements, double_quant=False)[0]) for t in tensors if t.quantized)
+    packed = sum(_packed_bytes(t) for t in tensors if t.quantized)
     return packed + tensors_bytes((t.elements for t in tensors if not t.quantized), widths.param)
 
 
