@@ -251,6 +251,7 @@ def checkpointed_4bit_inputs(layer: Layer, shape: Shape) -> int:
 
 
 def _copies(group: list[Linear], width: int, shape: Shape, *, casts: bool) -> int:
+    """The tensor `group` reads, once, or once per linear when each casts its own copy."""
     return (len(group) if casts else 1) * _input_bytes(shape.tokens * width, shape)
 
 
@@ -262,7 +263,7 @@ def _group_input(group: list[Linear], width: int, shape: Shape, *, casts: bool) 
         return 0
     if not casts and any(_lora_shares_input(linear, shape) for linear in group):
         return 0
-    return (len(group) if casts else 1) * _input_bytes(shape.tokens * width, shape)
+    return _copies(group, width, shape, casts=casts)
 
 
 def _lora_shares_input(linear: Linear, shape: Shape) -> bool:
