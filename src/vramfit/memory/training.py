@@ -21,11 +21,11 @@ planned and the larger taken.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from itertools import chain, groupby, repeat
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from vramfit.memory import activations as act
 from vramfit.memory import overhead
@@ -146,17 +146,12 @@ def plan(model: Model, settings: Settings) -> Plan:
 def _untied(model: Model) -> Model:
     """The model with its head untied, one object per model object: every cache of the estimate is keyed by
     the architecture object, so a new one at each call would price every tensor again (and fill the caches)."""
-    hit = _UNTIED.get(id(model))
-    if hit is None or hit[0] is not model:
-        arch = model.architecture
-        hit = (model, replace(model, architecture=replace(arch, head=replace(arch.head, tied=False))))
-        if len(_UNTIED) >= _TERMS_SIZE:
-            _UNTIED.clear()
-        _UNTIED[id(model)] = hit
-    return hit[1]
+    arch = model.architecture
+    return _memo(_UNTIED, id(model), model,
+                 lambda: replace(model, architecture=replace(arch, head=replace(arch.head, tied=False))))
 
 
-_UNTIED: dict[int, tuple[Model, Model]] = {}
+_UNTIED: dict[int, tuple[object, Any]] = {}
 
 
 def _counts(arch: Architecture, training: Any) -> tuple[int, int]:
@@ -166,18 +161,11 @@ def _counts(arch: Architecture, training: Any) -> tuple[int, int]:
 
 
 def _cached(key: tuple[Any, ...], arch: Architecture, make: Any) -> Any:
-    """`make()` once per (architecture, key); the entry holds the architecture (see _TERMS)."""
-    full = (id(arch), *key)
-    hit = _SMALL.get(full)
-    if hit is None or hit[0] is not arch:
-        hit = (arch, make())
-        if len(_SMALL) >= _TERMS_SIZE:
-            _SMALL.clear()
-        _SMALL[full] = hit
-    return hit[1]
+    """`make()` once per (architecture, key)."""
+    return _memo(_SMALL, (id(arch), *key), arch, make)
 
 
-_SMALL: dict[tuple[Any, ...], tuple[Architecture, Any]] = {}
+_SMALL: dict[tuple[Any, ...], tuple[object, Any]] = {}
 
 
 def _candidate_stages(pipeline: int) -> list[int]:
@@ -249,22 +237,29 @@ class TensorTerms:
     flat_head_grads: int = 0    # the part made before the blocks' backward (head, final norm), unsharded
 
 
-# (id(arch), training, layout, widths, stage, framework) -> (arch, terms): the entry holds the architecture,
-# so its id is not reused while the entry lives; the cache starts afresh beyond _TERMS_SIZE.
-_TERMS: dict[tuple[Any, ...], tuple[Architecture, TensorTerms]] = {}
+# (id(arch), training, layout, widths, stage, framework) -> (arch, terms)
+_TERMS: dict[tuple[Any, ...], tuple[object, Any]] = {}
 _TERMS_SIZE = 256
+
+_T = TypeVar("_T")
+
+
+def _memo(store: dict[Any, tuple[object, Any]], key: Any, holder: object, make: Callable[[], _T]) -> _T:
+    """make() once per key, a key that holds id(holder): the entry holds `holder`, so its id is not reused while
+    the entry lives; the store starts afresh beyond _TERMS_SIZE entries."""
+    hit = store.get(key)
+    if hit is None or hit[0] is not holder:
+        hit = (holder, make())
+        if len(store) >= _TERMS_SIZE:
+            store.clear()
+        store[key] = hit
+    return cast(_T, hit[1])
 
 
 def _terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes, stage: int,
            profile: Framework) -> TensorTerms:
-    key = (id(arch), training, lay, widths, stage, profile)
-    hit = _TERMS.get(key)
-    if hit is None or hit[0] is not arch:
-        hit = (arch, _tensor_terms(arch, training, lay, widths, stage, profile))
-        if len(_TERMS) >= _TERMS_SIZE:
-            _TERMS.clear()
-        _TERMS[key] = hit
-    return hit[1]
+    return _memo(_TERMS, (id(arch), training, lay, widths, stage, profile), arch,
+                 lambda: _tensor_terms(arch, training, lay, widths, stage, profile))
 
 
 def _tensor_terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes, stage: int,
