@@ -81,13 +81,7 @@ def segment_bytes(request: int) -> int:
 def reserve_bytes(requests: Iterable[int]) -> int:
     """Reserved beyond allocated for tensors that stay alive: the 2 MiB rounding of each large tensor's
     segment, plus one partly used 2 MiB small-pool segment and 20 MiB medium segment when such tensors exist."""
-    return counted_reserve_bytes(Counter(requests))
-
-
-def counted_reserve_bytes(counts: Mapping[int, int]) -> int:
-    """reserve_bytes of requests given as size -> how many: a model repeats a few sizes many times, so each
-    size is rounded once and multiplied by its count."""
-    return padded_reserve_bytes(reserve_sums(counts))
+    return padded_reserve_bytes(reserve_sums(Counter(requests)))
 
 
 # (large, small, medium): the segment rounding of the large requests, and the block bytes of the small-pool
@@ -96,6 +90,8 @@ ReserveSums = tuple[int, int, int]
 
 
 def reserve_sums(counts: Mapping[int, int]) -> ReserveSums:
+    """The ReserveSums of requests given as size -> how many: a model repeats a few sizes many times, so each
+    size is rounded once and multiplied by its count."""
     sizes = counts.items()
     large = sum(n * (segment_bytes(s) - block_bytes(s)) for s, n in sizes if s > _MEDIUM_REQUEST)
     small = sum(n * block_bytes(s) for s, n in sizes if s <= _SMALL_REQUEST)
