@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from vramfit.memory import sharding
 from vramfit.model.loaded import Model
@@ -48,26 +49,28 @@ def resolve_settings(settings: Settings, model: Model) -> Settings:
     if settings.precision.dtype != "auto":
         return settings
     dtype = model.weight_dtype or "bf16"
-    key = (id(settings), dtype)
-    hit = _RESOLVED_SETTINGS.get(key)
-    if hit is None or hit[0] is not settings:   # one resolved object per (settings, dtype): validated once
-        hit = (settings, dataclasses.replace(settings, precision=_resolved(settings.precision, dtype)))
-        if len(_RESOLVED_SETTINGS) >= 256:
-            _RESOLVED_SETTINGS.clear()
-        _RESOLVED_SETTINGS[key] = hit
-    return hit[1]
+    return _once(_RESOLVED_SETTINGS, settings, dtype,
+                 lambda: dataclasses.replace(settings, precision=_resolved(settings.precision, dtype)))
 
 
 def _resolved(precision: Precision, dtype: str) -> Precision:
-    """`precision` with dtype "auto" made `dtype`, the same object each time for the same (precision, dtype):
-    a settings part that stays the same object is validated once (settings._validated)."""
-    key = (id(precision), dtype)
-    hit = _RESOLVED.get(key)
-    if hit is None or hit[0] is not precision:
-        hit = (precision, dataclasses.replace(precision, dtype=cast(DType, dtype)))   # the model's: fp32/fp16/bf16
-        if len(_RESOLVED) >= 256:
-            _RESOLVED.clear()
-        _RESOLVED[key] = hit
+    """`precision` with dtype "auto" made `dtype` (the model's: fp32/fp16/bf16)."""
+    return _once(_RESOLVED, precision, dtype, lambda: dataclasses.replace(precision, dtype=cast(DType, dtype)))
+
+
+_T = TypeVar("_T")
+
+
+def _once(cache: dict[tuple[int, str], tuple[_T, _T]], original: _T, dtype: str, make: Callable[[], _T]) -> _T:
+    """make() once per (original object, dtype): the same resolved object each time, so a settings part that
+    stays the same object is validated once (settings._validated)."""
+    key = (id(original), dtype)
+    hit = cache.get(key)
+    if hit is None or hit[0] is not original:
+        hit = (original, make())
+        if len(cache) >= 256:
+            cache.clear()
+        cache[key] = hit
     return hit[1]
 
 
