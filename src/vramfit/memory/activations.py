@@ -139,12 +139,24 @@ def _lora_saved(group: list[Linear], width_in: int, input_saved: bool, shape: Sh
         if adapter is None:
             continue
         rank, adapter_bytes, dropout = adapter
-        if adapter_bytes != shape.compute_bytes or dropout:
-            total += _t(t * width_in, adapter_bytes) + (_t(t * width_in, 1) if dropout else 0)
-        else:
+        if lora_reads_input(adapter, shape):
             shared_input = True
+        else:
+            total += _lora_own_input(width_in, adapter_bytes, dropout, shape)
         total += _t(t * rank, adapter_bytes)
     return total + (_t(t * width_in, shape.compute_bytes) if shared_input and not input_saved else 0)
+
+
+def lora_reads_input(adapter: tuple[int, int, bool], shape: Shape) -> bool:
+    """An adapter (Shape.lora's rank, adapter bytes, dropout) in the compute dtype without dropout: lora_A saves
+    the very tensor its base linear reads, no copy of its own."""
+    return adapter[1] == shape.compute_bytes and not adapter[2]
+
+
+def _lora_own_input(width_in: int, adapter_bytes: int, dropout: bool, shape: Shape) -> int:
+    """lora_A's own input: the input cast to the adapter dtype, or the dropout output and its 1-byte mask."""
+    t = shape.tokens
+    return _t(t * width_in, adapter_bytes) + (_t(t * width_in, 1) if dropout else 0)
 
 
 def _fused_qkv_lora_saved(group: list[Linear], width_in: int, input_saved: bool, shape: Shape) -> int:
@@ -159,11 +171,12 @@ def _fused_qkv_lora_saved(group: list[Linear], width_in: int, input_saved: bool,
     if not adapted:
         return 0
     t = shape.tokens
-    rank, adapter_bytes, dropout = shape.lora[adapted[0].name]
-    if dropout or adapter_bytes != shape.compute_bytes:
-        dropped = _t(t * width_in, adapter_bytes) + (_t(t * width_in, 1) if dropout else 0)
-    else:
+    adapter = shape.lora[adapted[0].name]
+    rank, adapter_bytes, dropout = adapter
+    if lora_reads_input(adapter, shape):
         dropped = 0 if input_saved else _t(t * width_in, shape.compute_bytes)
+    else:
+        dropped = _lora_own_input(width_in, adapter_bytes, dropout, shape)
     after_a = _t(t * rank * len(adapted), adapter_bytes)
     widths = sum(linear.out_features // shape.shard for linear in adapted)
     source = _t(t * widths, adapter_bytes) if len(adapted) < len(group) else 0

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from vramfit.errors import InvalidSetting
-from vramfit.memory.activations import Shape
+from vramfit.memory.activations import Shape, lora_reads_input
 from vramfit.memory.gradients import allocation_bytes
 from vramfit.memory.tensors import WeightTensor, weight_tensors
 from vramfit.model.architecture import Architecture, Layer, Linear, MixtureOfExperts
@@ -268,7 +268,7 @@ def _group_input(group: list[Linear], width: int, shape: Shape, *, casts: bool) 
 
 def _lora_shares_input(linear: Linear, shape: Shape) -> bool:
     adapter = shape.lora.get(linear.name)
-    return adapter is not None and adapter[1] == shape.compute_bytes and not adapter[2]
+    return adapter is not None and lora_reads_input(adapter, shape)
 
 
 def _input_bytes(elements: int, shape: Shape) -> int:
