@@ -15,6 +15,7 @@ embedding, the last the final norm and the head (a tied head becomes its own cop
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -49,13 +50,7 @@ def stage_layers(arch: Architecture, stage: int, stages: int) -> tuple[Layer, ..
 def validate_tensor_parallel(arch: Architecture, tensor: int) -> None:
     """Heads and MLP widths must split evenly (kv heads are checked by `kv_heads_per_rank`). A degree that
     passed is not checked again for the same architecture object (kept with the layouts that passed)."""
-    key = (id(arch), tensor)
-    if _LAYOUTS_PASSED.get(key, (None,))[0] is arch:
-        return
-    _validate_tensor_parallel(arch, tensor)
-    if len(_LAYOUTS_PASSED) >= _SLICED_SIZE:
-        _LAYOUTS_PASSED.clear()
-    _LAYOUTS_PASSED[key] = (arch,)
+    _check_once((id(arch), tensor), arch, lambda: _validate_tensor_parallel(arch, tensor))
 
 
 def _validate_tensor_parallel(arch: Architecture, tensor: int) -> None:
@@ -78,18 +73,23 @@ def validate_layout(arch: Architecture, settings: Settings) -> None:
     them (and, in training, the data-parallel ranks) evenly; frozen layers are layers the model has.
     A layout that passed is not checked again for the same architecture object (see _LAYOUTS_PASSED)."""
     key = (id(arch), settings.parallelism, settings.mode, settings.training.frozen_layers)
-    if _LAYOUTS_PASSED.get(key, (None,))[0] is arch:
-        return
-    _validate_layout(arch, settings)
-    if len(_LAYOUTS_PASSED) >= _SLICED_SIZE:
-        _LAYOUTS_PASSED.clear()
-    _LAYOUTS_PASSED[key] = (arch,)
+    _check_once(key, arch, lambda: _validate_layout(arch, settings))
 
 
 # (id(arch), parallelism, mode, frozen layers) -> (arch,): layouts that passed validate_layout, which reads
 # nothing else, and (id(arch), tensor) -> (arch,): degrees that passed validate_tensor_parallel; each entry
 # holds its architecture, so the id is not reused while it lives.
 _LAYOUTS_PASSED: dict[tuple[Any, ...], tuple[Architecture]] = {}
+
+
+def _check_once(key: tuple[Any, ...], arch: Architecture, check: Callable[[], None]) -> None:
+    """check() unless `key` passed before for this architecture object; a check that raises is not kept."""
+    if _LAYOUTS_PASSED.get(key, (None,))[0] is arch:
+        return
+    check()
+    if len(_LAYOUTS_PASSED) >= _SLICED_SIZE:
+        _LAYOUTS_PASSED.clear()
+    _LAYOUTS_PASSED[key] = (arch,)
 
 
 def _validate_layout(arch: Architecture, settings: Settings) -> None:
