@@ -215,7 +215,7 @@ def _layer_sizes(stage: Stage, sequences: int, tokens: int, layout: CacheLayout)
 
 def _cache(stage: Stage, sequences: int, tokens: int, layout: CacheLayout) -> int:
     """The stage's whole cache: kv_cache.cache_bytes over its distinct layers, times their counts."""
-    return sum(size * layers for size, layers in _layer_sizes(stage, sequences, tokens, layout).items())
+    return kv_cache.total_bytes(_layer_sizes(stage, sequences, tokens, layout))
 
 
 def _prefill_cache(stage: Stage, settings: Settings, sequences: int) -> int:
@@ -276,7 +276,7 @@ def _extra_logits_bytes(stage: Stage, settings: Settings, rows: int) -> int:
 def _decode_moment(stage: Stage, settings: Settings, sequences: int, sizes: dict[int, int]) -> Moment:
     """`sizes`: each layer's cache at the full length (_layer_sizes)."""
     w = settings.workload
-    cache = sum(size * layers for size, layers in sizes.items())
+    cache = kv_cache.total_bytes(sizes)
     growth = max((size // 2 for size in sizes), default=0)   # one layer's K or V grows by a token
     p = _pass(stage, settings, sequences=sequences, tokens=1, context=w.seq_len)
     step = forward.prefill_bytes(stage.arch, stage.distinct, p) + growth

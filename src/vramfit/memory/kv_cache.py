@@ -108,7 +108,11 @@ def layer_sizes(groups: Iterable[tuple[Layer, int]], *, sequences: int, tokens: 
 
 def cache_bytes(layers: tuple[Layer, ...], *, sequences: int, tokens: int, layout: CacheLayout) -> int:
     """The whole cache of `layers` (one pipeline stage's, or all)."""
-    sizes = layer_sizes(layer_counts(layers), sequences=sequences, tokens=tokens, layout=layout)
+    return total_bytes(layer_sizes(layer_counts(layers), sequences=sequences, tokens=tokens, layout=layout))
+
+
+def total_bytes(sizes: dict[int, int]) -> int:
+    """The whole cache from layer_sizes' layer bytes -> how many layers."""
     return sum(size * count for size, count in sizes.items())
 
 
