@@ -488,7 +488,6 @@ def _block_step(layer: Layer, index: int, tensors: BlockTensors, shape: act.Shap
     trains = training.finetune == "full" and index >= training.frozen_layers
     block_shape = _with_trains(shape, trains)
     full = act.layer_saved(layer, block_shape)
-    grads = tensors.grads
     stream = allocation_bytes(shape.tokens * layer.attention.hidden_size // shape.replicated * shape.compute_bytes)
     selective = act.selective_saved(layer, block_shape) if training.grad_ckpt == "selective" else 0
     saved = _checkpointed(full, training.grad_ckpt, stream, selective)
@@ -498,9 +497,10 @@ def _block_step(layer: Layer, index: int, tensors: BlockTensors, shape: act.Shap
     # recomputation keeps this block's until its backward is done. Otherwise they stay with the graph.
     held = _block_held(layer, block_shape, settings)
     reentrant = training.grad_ckpt == "full" and training.use_reentrant
-    return BlockStep(saved=saved, recomputed=full.total + (held if reentrant else 0)
-                     if training.grad_ckpt != "none" else saved, held=0 if reentrant else held,
-                     mlp_saved=mlp_part, product=product, grads=grads, grads_kept=grads // lay.grad_shard,
+    recomputed = (full.total + (held if reentrant else 0)) if training.grad_ckpt != "none" else saved
+    return BlockStep(saved=saved, recomputed=recomputed, held=0 if reentrant else held,
+                     mlp_saved=mlp_part, product=product, grads=tensors.grads,
+                     grads_kept=tensors.grads // lay.grad_shard,
                      mlp_grads=tensors.mlp_grads, amp_copies=tensors.amp_copies,
                      mlp_temporaries=_mlp_temporaries(layer, shape), attention_temporaries=2 * stream)
 
