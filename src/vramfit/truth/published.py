@@ -211,10 +211,15 @@ _LITGPT_HUB_CONFIGS = {
 
 def litgpt_hub_config(src: dict[str, Any]) -> HubConfig | None:
     """The config a litgpt hub table row ran with, or None for a row from any other source."""
-    where = src.get("source")
-    if not isinstance(where, dict) or (where.get("repo"), where.get("path")) != _HUB_README:
+    if _source_at(src, "path") != _HUB_README:
         return None
     return _LITGPT_HUB_CONFIGS.get((str(src.get("model")), str(src.get("method"))))
+
+
+def _source_at(src: dict[str, Any], key: str) -> tuple[Any, Any] | None:
+    """(repo, the source's `key`: path or issue_or_pr) of a row's source, or None when it names none."""
+    where = src.get("source")
+    return (where.get("repo"), where.get(key)) if isinstance(where, dict) else None
 
 
 def _new_tokens(note: Any) -> int:
@@ -243,9 +248,8 @@ def _loads_fp32_under_bf16_fsdp(src: dict[str, Any]) -> bool:
     calls `from_pretrained` without `torch_dtype`, so transformers of that date loaded fp32 weights, and accelerate
     0.27.2 `FullyShardedDataParallelPlugin.set_mixed_precision` gives FSDP `MixedPrecision(param_dtype=bf16)`: fp32
     sharded parameters, bf16 gathered copies and compute (the row's "bf16 weights" is the mixed-precision setting)."""
-    where = src.get("source")
-    return (isinstance(where, dict) and where.get("repo") == "huggingface/peft"
-            and where.get("path") == "docs/source/accelerate/fsdp.md" and str(src.get("method")) == "lora")
+    return (_source_at(src, "path") == ("huggingface/peft", "docs/source/accelerate/fsdp.md")
+            and str(src.get("method")) == "lora")
 
 
 def _precision(text: str) -> Precision:
