@@ -438,14 +438,7 @@ class Architecture:
     def parameter_count(self) -> ParameterCount:
         """Counted once per architecture object (it is frozen; every estimate asks); each call gets its own
         by_part dict, so a caller that edits it changes nobody else's count."""
-        key = id(self)
-        hit = _PARAMETER_COUNTS.get(key)
-        if hit is None or hit[0] is not self:
-            hit = (self, self._parameter_count())
-            if len(_PARAMETER_COUNTS) >= _MEMO_SIZE:
-                _PARAMETER_COUNTS.clear()
-            _PARAMETER_COUNTS[key] = hit
-        count = hit[1]
+        count = _derived(self, self._parameter_count)
         return ParameterCount(total=count.total, active=count.active, by_part=dict(count.by_part))
 
     def _parameter_count(self) -> ParameterCount:
@@ -493,8 +486,8 @@ _T = TypeVar("_T")
 
 
 def _derived(part: object, make: Callable[[], _T]) -> _T:
-    """make() once per part object: parts are frozen, and the formulas ask for each layer's linears again at
-    every estimate (building them is most of an activation count). Keyed by id and the method's name; each
+    """make() once per part object: parts and architectures are frozen, and the formulas ask for each layer's
+    linears (building them is most of an activation count) and the parameter count again at every estimate. Keyed by id and the method's name; each
     entry holds its part, so the id is not reused while it lives; the cache starts afresh beyond _DERIVED_SIZE."""
     key = (id(part), make.__name__)
     hit = _DERIVED.get(key)
@@ -510,10 +503,6 @@ _DERIVED: dict[tuple[int, str], tuple[object, object]] = {}
 _DERIVED_SIZE = 8192   # a few models' layers (405B: 126 layers x attention and MLP)
 
 
-# id(architecture) -> (architecture, its count): the entry holds the architecture, so its id is not reused.
-_PARAMETER_COUNTS: dict[int, tuple[Architecture, ParameterCount]] = {}
-
-
 def layer_counts(layers: tuple[Layer, ...]) -> tuple[tuple[Layer, int], ...]:
     """Each distinct layer (by value) of `layers` with how many times it occurs, first occurrence first: a
     formula that is a sum over layers runs once per distinct layer and multiplies."""
@@ -522,4 +511,4 @@ def layer_counts(layers: tuple[Layer, ...]) -> tuple[tuple[Layer, int], ...]:
 
 def distinct_layers(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
     """The distinct layers (by value) of `layers`, first occurrence first: what set(layers) holds."""
-    return tuple(layer for layer, _ in _counted(tuple(layers)))
+    return tuple(layer for layer, _ in layer_counts(layers))
