@@ -920,9 +920,11 @@ _ROOT_SOURCE = ("torch/distributed/fsdp/_flat_param.py: the forward runs on torc
                 "arrives")
 _HELD_FORMULA = ("per block, each tensor a 4-bit linear reads that nothing else saves: T x h (qkv input) + T x h "
                  "(MLP input; one for a parallel block with a shared norm) + T x I (down_proj input), x E; + T x h x E "
-                 "for a 4-bit head; the previous step's too at the forward when the loop keeps its graph")
+                 "for a 4-bit head; the previous step's too at the forward when the loop keeps its graph; under "
+                 "non-reentrant full checkpointing every block's inputs, o_proj's (T x h) included, from the forward "
+                 "to its backward")
 _HELD_SOURCE = ("bitsandbytes/autograd/_functions.py MatMul4Bit.forward `ctx.tensors = (A, B)` before 0.43.2 (fixed by "
-                "9e753741, #1270); memory/lora.py held_4bit_inputs")
+                "9e753741, #1270); memory/lora.py held_4bit_inputs, checkpointed_4bit_inputs")
 _ACTIVATIONS_FORMULA = "sum over blocks of the tensors saved for backward (memory/activations.py) x micro-batches in flight"
 _TEXTBOOK_WEIGHTS = ("[S0]/[S4] 4 bytes x parameters (fp32), [S1] 2 bytes (fp16): the same bytes per parameter; "
                      "vramfit adds the 512-byte rounding per tensor and the 4-bit constants of QLoRA")
