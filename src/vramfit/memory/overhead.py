@@ -40,12 +40,13 @@ VLLM_NON_TORCH_SOURCE = ("vLLM profiler log, Llama-3-8B on 80 GB GPUs: non_torch
                          "3.58 GiB per GPU (tp 2) (rows vllm-llama3-8b-tp1/tp2-profile)")
 CUBLAS_WORKSPACE_BYTES = 4096 * KiB * 2 + 16 * KiB * 8
 CUBLAS_WORKSPACE_HOPPER_BYTES = 4096 * KiB * 8
-_SMALL_REQUEST = 1 * MiB
-_SMALL_SEGMENT = 2 * MiB
-_MEDIUM_REQUEST = 10 * MiB
-_MEDIUM_SEGMENT = 20 * MiB
-_LARGE_ROUND = 2 * MiB
-_MIN_BLOCK = 512
+# The caching allocator's sizes (c10/cuda/CUDACachingAllocator.cpp; truth/allocator.py replays the same rules):
+MIN_BLOCK_BYTES = 512            # kMinBlockSize: every request is rounded up to a multiple
+SMALL_REQUEST_BYTES = 1 * MiB    # kSmallSize: largest request served by the small pool
+SMALL_SEGMENT_BYTES = 2 * MiB    # kSmallBuffer: a small-pool segment
+MIN_LARGE_ALLOC_BYTES = 10 * MiB  # kMinLargeAlloc: from here a request gets a segment of its own size
+LARGE_SEGMENT_BYTES = 20 * MiB   # kLargeBuffer: the segment of a request below kMinLargeAlloc
+ROUND_LARGE_BYTES = 2 * MiB      # kRoundLarge: the rounding of a segment of its own
 
 
 def cuda_context() -> Component:
@@ -70,12 +71,12 @@ def cublas_workspace(hopper: bool = False) -> Component:
 
 def block_bytes(request: int) -> int:
     """What the allocator hands out for a request: rounded up to 512 bytes (counted as allocated)."""
-    return -(-max(request, 1) // _MIN_BLOCK) * _MIN_BLOCK
+    return -(-max(request, 1) // MIN_BLOCK_BYTES) * MIN_BLOCK_BYTES
 
 
 def segment_bytes(request: int) -> int:
     """The segment of its own a large request (> 10 MiB) gets: rounded up to 2 MiB (`kRoundLarge`)."""
-    return -(-request // _LARGE_ROUND) * _LARGE_ROUND
+    return -(-request // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
 
 
 def reserve_bytes(requests: Iterable[int]) -> int:
@@ -93,17 +94,17 @@ def reserve_sums(counts: Mapping[int, int]) -> ReserveSums:
     """The ReserveSums of requests given as size -> how many: a model repeats a few sizes many times, so each
     size is rounded once and multiplied by its count."""
     sizes = counts.items()
-    large = sum(n * (segment_bytes(s) - block_bytes(s)) for s, n in sizes if s > _MEDIUM_REQUEST)
-    small = sum(n * block_bytes(s) for s, n in sizes if s <= _SMALL_REQUEST)
-    medium = sum(n * block_bytes(s) for s, n in sizes if _SMALL_REQUEST < s <= _MEDIUM_REQUEST)
+    large = sum(n * (segment_bytes(s) - block_bytes(s)) for s, n in sizes if s > MIN_LARGE_ALLOC_BYTES)
+    small = sum(n * block_bytes(s) for s, n in sizes if s <= SMALL_REQUEST_BYTES)
+    medium = sum(n * block_bytes(s) for s, n in sizes if SMALL_REQUEST_BYTES < s <= MIN_LARGE_ALLOC_BYTES)
     return large, small, medium
 
 
 def padded_reserve_bytes(sums: ReserveSums) -> int:
     """The large requests' rounding plus the unused tails of the small-pool and medium segments."""
     large, small, medium = sums
-    small_pad = (-small) % _SMALL_SEGMENT
-    medium_pad = (-medium) % _MEDIUM_SEGMENT
+    small_pad = (-small) % SMALL_SEGMENT_BYTES
+    medium_pad = (-medium) % LARGE_SEGMENT_BYTES
     return large + small_pad + medium_pad
 
 

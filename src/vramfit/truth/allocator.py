@@ -28,12 +28,15 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-MIN_BLOCK_BYTES = 512                 # kMinBlockSize
-SMALL_REQUEST_BYTES = 1 << 20         # kSmallSize: largest request served by the small pool
-SMALL_SEGMENT_BYTES = 2 << 20         # kSmallBuffer
-LARGE_SEGMENT_BYTES = 20 << 20        # kLargeBuffer
-MIN_LARGE_ALLOC_BYTES = 10 << 20      # kMinLargeAlloc: from here a request gets a segment of its own size
-ROUND_LARGE_BYTES = 2 << 20           # kRoundLarge
+from vramfit.memory.overhead import (
+    LARGE_SEGMENT_BYTES,
+    MIN_BLOCK_BYTES,
+    MIN_LARGE_ALLOC_BYTES,
+    SMALL_REQUEST_BYTES,
+    SMALL_SEGMENT_BYTES,
+    block_bytes,
+    segment_bytes,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +60,7 @@ class Replay:
     released_segments: int
 
 
-def round_size(nbytes: int) -> int:
-    """Rule 1: the next multiple of 512 (at least 512)."""
-    return max(MIN_BLOCK_BYTES, -(-nbytes // MIN_BLOCK_BYTES) * MIN_BLOCK_BYTES)
+round_size = block_bytes   # Rule 1: the next multiple of 512 (at least 512), as the estimate rounds
 
 
 def segment_size(nbytes: int) -> int:
@@ -68,7 +69,7 @@ def segment_size(nbytes: int) -> int:
         return SMALL_SEGMENT_BYTES
     if nbytes < MIN_LARGE_ALLOC_BYTES:
         return LARGE_SEGMENT_BYTES
-    return -(-nbytes // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
+    return segment_bytes(nbytes)
 
 
 def should_split(block_bytes: int, nbytes: int, small: bool) -> bool:
