@@ -182,18 +182,46 @@ class Training:
 # so every 4-bit linear held its input although backward only reads B; commit 9e753741 (#1270, 2024-07-16,
 # "fix QLoRA mem bug: delete useless buffered activation") made it `(None, B)`, first released in 0.43.2.
 BNB_4BIT_INPUT_FREED = (0, 43, 2)
-_BNB_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?(?:\.?(?:post|dev|rc|a|b)\d*)?")
+# A release as pip shows it: a pre-release counts as its release, a local tag (+cu121) is ignored.
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?(?:\.?(?:post|dev|rc|a|b)\d*)?(?:\+[\w.]+)?")
 
 
 def bitsandbytes_version(text: str) -> tuple[int, int, int] | None:
     """'0.42.0' -> (0, 42, 0); 'latest' -> None (the current release). A pre-release counts as its release."""
+    return _release("bitsandbytes", text, example="0.42.0")
+
+
+def torch_version(text: str) -> tuple[int, int, int] | None:
+    """'1.10.1' or '2.1.0+cu121' -> its release; 'latest' -> None (the current release)."""
+    return _release("torch", text, example="1.10.1")
+
+
+def _release(package: str, text: str, *, example: str) -> tuple[int, int, int] | None:
     if text == "latest":
         return None
-    match = _BNB_VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
+    match = _VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None:
-        raise InvalidSetting(f"bitsandbytes: {text!r} is not a bitsandbytes version; pass --bitsandbytes with "
-                             "the installed release (pip show bitsandbytes), e.g. 0.42.0, or latest")
+        raise InvalidSetting(f"{package}: {text!r} is not a {package} version; pass --{package} with the installed "
+                             f"release (pip show {package}), e.g. {example}, or latest")
     return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+
+
+# What older torch releases allocate that the current one does not (Runtime.torch):
+# - CUDA modules load lazily from 1.13 (pytorch/pytorch PR #86509 sets CUDA_MODULE_LOADING=LAZY; CUDA >= 11.7):
+#   before it the context holds every kernel (memory/overhead.py CUDA_CONTEXT_EAGER_BYTES).
+TORCH_LAZY_MODULES = (1, 13, 0)
+# - softmax and log_softmax saved their input for backward as well as their output until pytorch/pytorch
+#   PR #65242 ("Avoid saving self for softmax and log_softmax", issue #64000): derivatives.yaml's
+#   `_softmax_backward_data(grad, result, dim, self)` became `..., self.scalar_type())`.
+TORCH_SOFTMAX_INPUT_FREED = (1, 11, 0)
+# - Optimizer.zero_grad() and Module.zero_grad() zeroed the gradients in place (set_to_none=False) until 2.0
+#   made set_to_none=True the default (pytorch/pytorch PR #92731; 2.0 release notes): the gradients then stay
+#   allocated from one step into the next, as under gradient accumulation.
+TORCH_ZERO_GRAD_TO_NONE = (2, 0, 0)
+# - torch.optim's Adam and AdamW ran one parameter at a time unless foreach=True was passed until 2.0 picked the
+#   foreach (multi-tensor) path by default on CUDA (torch/optim/optimizer.py _default_to_fused_or_foreach, new in
+#   2.0): the step's temporaries are then those of the largest parameter, not of all of them (memory/optimizer.py).
+TORCH_FOREACH_DEFAULT = (2, 0, 0)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -233,6 +261,8 @@ class Runtime:
 
     name: inference runtime (transformers, vllm, sglang, llama.cpp). attention: eager, sdpa or flash.
     gpu_memory_utilization, block_size: vLLM's pre-allocation. n_gpu_layers: llama.cpp offload (None: all).
+    torch: the PyTorch release the step runs on, "latest" or a version such as 1.10.1: older releases allocate
+    more (see TORCH_LAZY_MODULES, TORCH_SOFTMAX_INPUT_FREED, TORCH_ZERO_GRAD_TO_NONE).
     """
 
     name: str = "transformers"
@@ -243,9 +273,11 @@ class Runtime:
     max_num_seqs: int | None = None
     draft_model: str | None = None
     cuda_graphs: bool = True
+    torch: str = "latest"
 
     def validate(self) -> None:
         _choice("runtime", self.name, RUNTIMES)
+        torch_version(self.torch)
         _choice("attention", self.attention, ("eager", "sdpa", "flash"))
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise InvalidSetting(f"gpu_memory_utilization: {self.gpu_memory_utilization} must be in (0, 1]; "
@@ -255,6 +287,11 @@ class Runtime:
             raise InvalidSetting(f"n_gpu_layers: {self.n_gpu_layers} must be 0 or more; leave --n-gpu-layers out for all")
         if self.max_num_seqs is not None:
             _positive("max_num_seqs", self.max_num_seqs, fix="pass --max-num-seqs 1 or more (vLLM's default: 256)")
+
+    def torch_before(self, release: tuple[int, int, int]) -> bool:
+        """Whether the step's torch is older than `release` ("latest" is never older)."""
+        version = torch_version(self.torch)
+        return version is not None and version < release
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -127,6 +127,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--n-gpu-layers", type=int, help="llama.cpp: layers on the GPU (default: all)")
     run.add_argument("--max-num-seqs", type=int, help="vLLM: concurrent sequences (default: vLLM's 256)")
     run.add_argument("--draft-model", help="speculative decoding: the draft model (hub id or path; default: none)")
+    run.add_argument("--torch", default="latest", metavar="VERSION",
+                     help="the PyTorch release, e.g. 1.10.1: before 1.13 the CUDA context loads every kernel, before "
+                          "1.11 softmax keeps its input, before 2.0 zero_grad keeps the gradients (default: latest)")
 
 
 def settings_from_args(args: argparse.Namespace, model: Model | None = None) -> Settings:
@@ -153,7 +156,7 @@ def settings_from_args(args: argparse.Namespace, model: Model | None = None) -> 
         runtime=Runtime(name=args.runtime, attention=args.attention,
                         gpu_memory_utilization=args.gpu_memory_utilization, block_size=args.block_size,
                         n_gpu_layers=args.n_gpu_layers, max_num_seqs=args.max_num_seqs,
-                        draft_model=args.draft_model),
+                        draft_model=args.draft_model, torch=args.torch),
         gpu=args.gpu, gpu_memory=gpu_memory)
     if model is not None:
         from vramfit.estimate import resolve_settings

@@ -75,7 +75,8 @@ class Shape:
     linear saves its own low-precision copy of the norm output; qkv_view: v is a view of a fused q|k|v
     output that the kernel's saved v keeps alive (litgpt, multi-head attention; frameworks.py); qkv_lora: LoRA on
     q, k, v is one fused module (litgpt LoRAQKVLinear, see _fused_qkv_lora_saved); lora: {linear name: (rank,
-    adapter bytes, lora dropout > 0)}."""
+    adapter bytes, lora dropout > 0)}; softmax_saves_input: torch < 1.11, whose softmax and log_softmax saved their
+    input for backward beside their output (settings.TORCH_SOFTMAX_INPUT_FREED)."""
 
     @property
     def stream_bytes(self) -> int:
@@ -96,6 +97,7 @@ class Shape:
     amp: bool = False
     qkv_view: bool = False
     qkv_lora: bool = False
+    softmax_saves_input: bool = False
     lora: dict[str, tuple[int, int, bool]] = field(default_factory=dict, hash=False)
 
     @property
@@ -196,7 +198,10 @@ def attention_saved(attn: Attention | LatentAttention, shape: Shape) -> int:
         softmax = _t(b * heads * s * s, FP32) + _t(b * heads * s * s, e) if upcast else _t(b * heads * s * s, e)
         dropout = _t(b * heads * s * s, 1) + _t(b * heads * s * s, e) if shape.attention_dropout else 0
         capped = _t(b * heads * s * s, e) if attn.logit_softcap is not None else 0
-        return q + kv + capped + softmax + dropout + q  # + the transposed output copy o_proj reads
+        # torch < 1.11: the scores softmax reads, in fp32 where it upcasts (its dtype=float32 copy, or autocast's
+        # cast: softmax is on autocast's fp32 list), else in E
+        scores = _t(b * heads * s * s, FP32 if upcast or shape.amp else e) if shape.softmax_saves_input else 0
+        return q + kv + capped + softmax + scores + dropout + q  # + the transposed output copy o_proj reads
     kv = 2 * _t(b * s * (heads if shape.expand_kv else kv_heads) * attn.head_dim, e)
     kv += _sliding_mask(attn, shape)
     if attn.fused and shape.kv_cache and attn.causal:
@@ -410,7 +415,7 @@ def loss_memory(arch: Architecture, shape: Shape, *, chunks: int, fp32_logits: b
     vocab = head.out_features // shape.shard
     labels = _t(t, INDEX)
     if not fp32_loss:
-        return _native_loss(t, vocab, e, chunks, logits_kept, labels)
+        return _native_loss(t, vocab, e, chunks, logits_kept, labels, shape.softmax_saves_input)
     if arch.head.shifted_fp32_loss and chunks == 1:
         return shifted_fp32_loss(shape, vocab, labels)
     log_probs = _t(t * vocab, FP32)
@@ -424,6 +429,12 @@ def loss_memory(arch: Architecture, shape: Shape, *, chunks: int, fp32_logits: b
     if fp32_logits and chunks == 1:
         forward = _t(t * vocab, FP32)
         formula += "; the model returns fp32 logits (its cast from E is freed before the loss)"
+    if shape.softmax_saves_input and chunks == 1:
+        # torch < 1.11: log_softmax also saved the fp32 logits it read, alive from the loss to its backward
+        read = _t(t * vocab, FP32)
+        forward -= read   # the fp32 tensor it reads (the upcast copy, or the fp32 logits) is now counted as saved
+        log_probs += read
+        formula += "; torch < 1.11: log_softmax keeps its T x V x 4 input too"
     return LossMemory(saved=log_probs + labels, forward_transient=forward, backward_transient=backward,
                       formula=formula)
 
@@ -479,14 +490,19 @@ def _matmuls(layer: Layer) -> list[Linear]:
     return attention + list(layer.mlp.linears())
 
 
-def _native_loss(t: int, vocab: int, e: int, chunks: int, logits_kept: bool, labels: int) -> LossMemory:
+def _native_loss(t: int, vocab: int, e: int, chunks: int, logits_kept: bool, labels: int,
+                 saves_input: bool = False) -> LossMemory:
     """Cross-entropy in the model dtype per chunk (litgpt): each chunk's log-softmax saved in dtype E, the
-    logits kept by the caller through backward when `logits_kept`, two E-sized gradients per chunk."""
+    logits kept by the caller through backward when `logits_kept`, two E-sized gradients per chunk. With
+    `saves_input` (torch < 1.11) the log-softmax also keeps the logits it read, so they stay to the backward."""
     piece = -(-t // chunks)
     logits = _t(t * vocab, e)
-    saved = _t(t * vocab, e) + labels + (logits if logits_kept else 0)
-    return LossMemory(saved=saved, forward_transient=0 if logits_kept else logits, kept=logits if logits_kept else 0,
+    kept = logits_kept or saves_input
+    saved = _t(t * vocab, e) + labels + (logits if kept else 0)
+    return LossMemory(saved=saved, forward_transient=0 if kept else logits, kept=logits if logits_kept else 0,
                       backward_transient=2 * _t(piece * vocab, e),
                       formula=f"saved: T x V x {e} (log_softmax per chunk, in the logits' dtype)"
                               + (f" + T x V x {e} (logits kept by the loop)" if logits_kept else "")
+                              + (f" + T x V x {e} (its input, torch < 1.11)" if saves_input and not logits_kept
+                                 else "")
                               + f"; backward transient: 2 x T/{chunks} x V x {e}")

@@ -27,7 +27,7 @@ from vramfit.memory.runtimes import Profile
 from vramfit.model.architecture import Architecture, Layer, ParameterCount, distinct_layers, layer_counts
 from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
-from vramfit.settings import DTYPE_BYTES, Settings
+from vramfit.settings import DTYPE_BYTES, TORCH_LAZY_MODULES, Settings
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -199,7 +199,7 @@ def _on_demand(stage: Stage, settings: Settings) -> Result:
                   source="transformers generation/utils.py logits_to_keep=1, .to(copy=True, dtype=torch.float32)"),
         overhead.cublas_workspace(_hopper(settings)),
         overhead.allocator_reserve(reserve),
-        overhead.cuda_context(),
+        overhead.cuda_context(eager=settings.runtime.torch_before(TORCH_LAZY_MODULES)),
     )
     return components, (f"peak at the {name} moment",), {}
 

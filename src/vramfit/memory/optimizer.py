@@ -8,6 +8,9 @@ Each optimizer is described by what its implementation allocates, tensor by tens
   temporary per parameter of that dtype group at once (all other updates are in place), so the step's peak is
   one extra copy of the trainable parameters. With weight_decay and non-decoupled Adam,
   `_foreach_add(grads, params)` makes one more copy, but it is deleted before the sqrt (`del device_grads`).
+  Before torch 2.0 the default was the single-tensor loop (`foreach=None` meant False; 2.0's
+  `_default_to_fused_or_foreach` picks foreach on CUDA): per parameter `(exp_avg_sq.sqrt() / bias_correction2_sqrt)`
+  holds the square root and its quotient at once, so the temporaries are two copies of the largest parameter.
 - adamw-fused: `fused=True`, torch/optim/adam.py `_fused_adam`: same states, the `step` counters on the GPU
   (one 4-byte tensor per parameter, rounded to 512), no temporaries: the kernel updates in place.
 - sgd: no state, `_foreach_add_(params, grads)` in place. sgd-momentum: one momentum buffer per parameter
@@ -52,11 +55,20 @@ class OptimizerMemory:
     source: str
 
 
-def optimizer_memory(name: str, trainable: Sequence[ParamTensor], param_bytes: int) -> OptimizerMemory:
-    """States and step temporaries of optimizer `name` over the trainable tensors of `param_bytes` each."""
+def optimizer_memory(name: str, trainable: Sequence[ParamTensor], param_bytes: int, *,
+                     foreach: bool = True) -> OptimizerMemory:
+    """States and step temporaries of optimizer `name` over the trainable tensors of `param_bytes` each.
+    foreach=False: torch < 2.0's default single-tensor Adam/AdamW (settings.TORCH_FOREACH_DEFAULT)."""
     elements = [t.elements for t in trainable]
     largest = max(elements, default=0)
     copy = tensors_bytes(elements, param_bytes)
+    if name in ("adamw", "adam") and not foreach:
+        return OptimizerMemory(states=2 * copy, paged=0, step_temporaries=2 * allocation_bytes(largest * param_bytes),
+                               formula="2 x sum round512(n_i x b) (exp_avg, exp_avg_sq)",
+                               temporaries_formula="2 x largest parameter: exp_avg_sq.sqrt() and its quotient by "
+                                                   "the bias correction, one parameter at a time",
+                               source="torch/optim/_functional.py adam/adamw (torch 1.10), _single_tensor_adam(w) "
+                                      "(1.12-1.13): denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)")
     if name in ("adamw", "adam"):
         return OptimizerMemory(states=2 * copy, paged=0, step_temporaries=copy,
                                formula="2 x sum round512(n_i x b) (exp_avg, exp_avg_sq)",

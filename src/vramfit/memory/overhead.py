@@ -49,9 +49,20 @@ LARGE_SEGMENT_BYTES = 20 * MiB   # kLargeBuffer: the segment of a request below 
 ROUND_LARGE_BYTES = 2 * MiB      # kRoundLarge: the rounding of a segment of its own
 
 
-def cuda_context() -> Component:
-    return Component(name="cuda_context", bytes=CUDA_CONTEXT_BYTES, level="device",
-                     formula="measured constant", source=CUDA_CONTEXT_SOURCE)
+CUDA_CONTEXT_EAGER_SOURCE = ("nvidia-smi after torch.ones(1, 1).cuda(), V100, CUDA 11.2, every kernel loaded up "
+                             "front (transformers docs model_memory_anatomy.md, row hf-bertlarge-load): torch before "
+                             "1.13 loads CUDA modules eagerly (pytorch/pytorch PR #86509)")
+_CONTEXTS = {
+    False: Component(name="cuda_context", bytes=CUDA_CONTEXT_BYTES, level="device", formula="measured constant",
+                     source=CUDA_CONTEXT_SOURCE),
+    True: Component(name="cuda_context", bytes=CUDA_CONTEXT_EAGER_BYTES, level="device",
+                    formula="measured constant (eager module loading)", source=CUDA_CONTEXT_EAGER_SOURCE),
+}
+
+
+def cuda_context(eager: bool = False) -> Component:
+    """The context of a lazy-loading stack, or with `eager` (torch < 1.13) the one that loads every kernel."""
+    return _CONTEXTS[eager]
 
 
 def vllm_non_torch(tensor_parallel: int) -> Component:

@@ -47,7 +47,14 @@ from vramfit.memory.sharding import rank_tensors, stage_layer_counts, validate_t
 from vramfit.model.architecture import Architecture, GatedMLP, Layer, MixtureOfExperts
 from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
-from vramfit.settings import DTYPE_BYTES, Settings
+from vramfit.settings import (
+    DTYPE_BYTES,
+    TORCH_FOREACH_DEFAULT,
+    TORCH_LAZY_MODULES,
+    TORCH_SOFTMAX_INPUT_FREED,
+    TORCH_ZERO_GRAD_TO_NONE,
+    Settings,
+)
 
 _EMBEDDING_ROLES = ("token_embd", "embedding_other")
 _HIDDEN_DROPOUT_KEYS = ("resid_pdrop", "hidden_dropout_prob", "hidden_dropout", "dropout")
@@ -257,13 +264,13 @@ def _memo(store: dict[Any, tuple[object, Any]], key: Any, holder: object, make: 
 
 
 def _terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes, stage: int,
-           profile: Framework) -> TensorTerms:
-    return _memo(_TERMS, (id(arch), training, lay, widths, stage, profile), arch,
-                 lambda: _tensor_terms(arch, training, lay, widths, stage, profile))
+           profile: Framework, foreach: bool) -> TensorTerms:
+    return _memo(_TERMS, (id(arch), training, lay, widths, stage, profile, foreach), arch,
+                 lambda: _tensor_terms(arch, training, lay, widths, stage, profile, foreach))
 
 
 def _tensor_terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes, stage: int,
-                  profile: Framework) -> TensorTerms:
+                  profile: Framework, foreach: bool) -> TensorTerms:
     held = _held(arch, training, lay, stage, profile.tp_plan, profile.quantized_head)
     grad_width = widths.adapter if training.finetune != "full" else widths.param
     holders = _grad_holders(held, profile.fsdp_unit_gradients and lay.name.startswith("FSDP")
@@ -271,7 +278,7 @@ def _tensor_terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes,
     layers = list(arch.layers())[held.blocks.start:held.blocks.stop]
     groups, block_group = _block_groups(layers, held, holders, training.frozen_layers)
     gathered = _gathered_bytes(held.by_layer, held.blocks, widths, lay)
-    states = optimizer_memory(training.optimizer, held.trainable, grad_width)
+    states = optimizer_memory(training.optimizer, held.trainable, grad_width, foreach=foreach)
     grad_amp = widths.amp and lay.param_shard == 1
     return TensorTerms(
         held=held, groups=groups, block_group=block_group, states=states,
@@ -307,7 +314,8 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
     """Every term of one stage's step, before the phases combine them: the tensor terms (cached), then each
     distinct block priced once for this batch."""
     arch, training = model.architecture, settings.training
-    terms = _terms(arch, training, lay, widths, stage, profile)
+    terms = _terms(arch, training, lay, widths, stage, profile,
+                   foreach=not settings.runtime.torch_before(TORCH_FOREACH_DEFAULT))
     states = terms.states
     shape = _shape(model, settings, profile, lay, widths)
     priced = [_block_step(layer, index, tensors, shape, settings, lay)
@@ -327,7 +335,7 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
         saved_head=act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0,
         loss=_loss(arch, shape, profile) if is_last else _NO_LOSS, blocks=block_steps,
         buckets=ddp_bucket_bytes(terms.grads) if lay.ddp_buckets else 0,
-        dequant=terms.dequant, accumulating=settings.workload.grad_accum > 1,
+        dequant=terms.dequant, accumulating=settings.workload.grad_accum > 1 or _grads_kept(settings),
         in_flight=lay.in_flight if is_first else 1, host=host, flat_root_grads=terms.flat_root_grads,
         flat_head_grads=terms.flat_head_grads, flat_root_kept=terms.flat_root_grads // lay.grad_shard,
         **_held_terms(arch, shape, settings, profile, terms, block_steps, lay, is_first, is_last))
@@ -420,7 +428,15 @@ def _shape(model: Model, settings: Settings, profile: Framework, lay: Layout, wi
                      trains=training.finetune == "full", lora=lora,
                      kv_cache=profile.kv_cache_in_training and training.grad_ckpt == "none",
                      native_activations=profile.native_activations, amp=widths.amp,
-                     expand_kv=profile.expand_kv, qkv_view=profile.qkv_view, qkv_lora=profile.qkv_lora)
+                     expand_kv=profile.expand_kv, qkv_view=profile.qkv_view, qkv_lora=profile.qkv_lora,
+                     softmax_saves_input=settings.runtime.torch_before(TORCH_SOFTMAX_INPUT_FREED))
+
+
+def _grads_kept(settings: Settings) -> bool:
+    """torch < 2.0 zeroes gradients in place (TORCH_ZERO_GRAD_TO_NONE), so a plain or DDP step holds them from
+    the previous step as accumulation does; ZeRO and FSDP keep their own gradient buffers (not modelled here)."""
+    p = settings.parallelism
+    return p.zero_stage == 0 and p.fsdp == "none" and settings.runtime.torch_before(TORCH_ZERO_GRAD_TO_NONE)
 
 
 def _dropout(model: Model, override: float | None, keys: tuple[str, ...]) -> float:
@@ -944,7 +960,7 @@ def _overheads(settings: Settings, lay: Layout) -> list[Component]:
     """CUDA context (device) and the cuBLAS workspace (allocated through the caching allocator, once per
     stream; training runs forward and backward on one stream); NCCL is not modelled."""
     hopper = bool(settings.gpu) and any(name in str(settings.gpu).upper() for name in ("H100", "H200", "H800", "GH200"))
-    return [overhead.cublas_workspace(hopper=hopper), overhead.cuda_context()]
+    return [overhead.cublas_workspace(hopper=hopper), overhead.cuda_context(eager=settings.runtime.torch_before(TORCH_LAZY_MODULES))]
 
 
 def _notes(settings: Settings, profile: Framework, lay: Layout, phase: str) -> tuple[str, ...]:
@@ -955,4 +971,21 @@ def _notes(settings: Settings, profile: Framework, lay: Layout, phase: str) -> t
                      if profile.tp_plan else "tensor parallelism assumes sequence parallelism (Megatron layout)")
     if settings.parallelism.data > 1:
         notes.append("NCCL communicator buffers (device level) are not included")
+    old = _old_torch(settings)
+    if old:
+        notes.append(f"torch {settings.runtime.torch}: " + "; ".join(old))
     return tuple(notes)
+
+
+def _old_torch(settings: Settings) -> list[str]:
+    """What an older torch allocates that the current one does not (settings.TORCH_*), as the estimate counts it."""
+    runtime, found = settings.runtime, []
+    if runtime.torch_before(TORCH_LAZY_MODULES):
+        found.append("the CUDA context loads every kernel (before 1.13)")
+    if runtime.torch_before(TORCH_SOFTMAX_INPUT_FREED):
+        found.append("softmax and log_softmax keep their input for backward (before 1.11)")
+    if _grads_kept(settings):
+        found.append("zero_grad() zeroes in place, so the gradients stay between steps (before 2.0)")
+    if runtime.torch_before(TORCH_FOREACH_DEFAULT) and settings.training.optimizer in ("adam", "adamw"):
+        found.append("Adam runs one parameter at a time (no foreach default before 2.0)")
+    return found

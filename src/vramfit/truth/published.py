@@ -14,6 +14,9 @@ Each source row names what it measured (`what_measured`) and in which unit (`mea
   settings.BNB_4BIT_INPUT_FREED): the version the row's own text states ("bitsandbytes 0.41.1" in the lit-gpt
   resource tables' trust note), else the version its source pinned (_PINNED_BITSANDBYTES), else "latest".
 - framework: lit-gpt / litgpt rows run as the litgpt runtime and framework, the rest as transformers.
+- torch release (Runtime.torch: the CUDA context's module loading, softmax's saved input, zero_grad's in-place
+  gradients): the version the row's text states ("torch 2.1.0"), else its source's pin (_PINNED_TORCH: the
+  transformers docs' 2022 BERT-large page), else "latest".
 - grad_accum (micro-steps per optimizer step; with FSDP, litgpt's `no_sync` keeps unsharded gradients while
   accumulating): the row's own value, else what its text states (lit-gpt 8641822's "minibatch 128 via grad
   accumulation": 128 // micro-batch), else its source's config at the table's commit (_LITGPT_HUB_CONFIGS:
@@ -382,7 +385,28 @@ def _runtime(src: dict[str, Any]) -> Runtime:
     flash = src.get("flash_attn")
     text = str(flash).lower()
     attention: Any = "flash" if flash is True else "sdpa" if ("sdpa" in text or "default" in text) else "eager"
-    return Runtime(name="litgpt" if _is_litgpt(src) else "transformers", attention=attention)
+    return Runtime(name="litgpt" if _is_litgpt(src) else "transformers", attention=attention, torch=torch_of(src))
+
+
+# Sources whose runs used a torch that the rows do not state: (repo, path) -> (version, why). Each mechanism that
+# Runtime.torch switches (settings.TORCH_*) behaves alike for every release before 1.11, so the newest one out
+# on the run's date stands for them all.
+_PINNED_TORCH = {
+    ("huggingface/transformers", "docs/source/en/perf_train_gpu_one.mdx"): (
+        "1.10.1", ("the page's nvidia-smi output is dated Tue Jan 11 2022 (driver 460.91.03, CUDA 11.2); the newest "
+                   "torch then was 1.10.1 (2021-12-15), 1.11.0 came on 2022-03-10")),
+}
+
+
+def torch_of(src: dict[str, Any]) -> str:
+    """The torch release of a row: stated in its text ("torch 2.1.0"), else its source's pin, else "latest"."""
+    text = " ".join(str(src.get(key) or "") for key in ("trust", "notes", "framework", "dtype_quant"))
+    stated = re.search(r"\b(?:py)?torch[ =v]*(\d+\.\d+(?:\.\d+)?)", text, re.IGNORECASE)
+    if stated:
+        return stated.group(1)
+    where = src.get("source")
+    pinned = _PINNED_TORCH.get((str(where.get("repo")), str(where.get("path")))) if isinstance(where, dict) else None
+    return pinned[0] if pinned else "latest"
 
 
 def catalog_gpu(gpu_type: Any) -> str | None:
