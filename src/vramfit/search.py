@@ -376,7 +376,8 @@ def _options(layout: Layout, settings: Settings) -> list[Layout]:
 
     Sharding: ZeRO stages 3 and 2 (FSDP FULL_SHARD and SHARD_GRAD_OP when the user asked for FSDP). Stages 0
     and 1 (and DDP) move the same bytes as stage 2 (ZeRO paper, sec. 7) and hold at least as much, so they
-    can never rank above it and are not enumerated. With one data-parallel rank sharding saves nothing: the
+    can never rank above it and are not enumerated. (DDP of a model under ~0.25B parameters may hold less than
+    ZeRO-2 with DeepSpeed's 0.93 GiB reduce bucket; the planner does not offer it.) With one data-parallel rank sharding saves nothing: the
     split runs unsharded, with stage 2 or 3 only as the carrier of offload, as DeepSpeed allows it (optimizer
     offload from ZeRO-1 on, parameter offload with ZeRO-3). Checkpointing: full, selective, none."""
     from dataclasses import replace
@@ -401,6 +402,11 @@ def _group_of(layout: Layout) -> Layout:
     """The bare split of a candidate: its sizes, no options, micro-batch 1."""
     return Layout(tensor=layout.tensor, pipeline=layout.pipeline, context=layout.context, expert=layout.expert,
                   data=layout.data)
+
+
+def _deepspeed(layout: Layout) -> bool:
+    """A DeepSpeed ZeRO option: its stages 2 and 3 save incomparable amounts (Planner._survives)."""
+    return layout.fsdp == "none" and layout.zero_stage >= 2
 
 
 def _saving(layout: Layout) -> tuple[int, int, int]:
@@ -605,7 +611,9 @@ def plan(model: Model, settings: Settings, gpus: int, *, gpu: str | None = None,
     stops once `top` layouts fit and no unvisited candidate could beat them. Memory only shrinks with more
     saving and grows with the micro-batch (tests/test_monotonic.py), so a split whose most saving options do
     not fit at micro-batch 1 is dropped with one estimate, an option saving no more than one that failed is
-    dropped with none, and the fitting micro-batches are found by bisection.
+    dropped with none, and the fitting micro-batches are found by bisection. One exception: DeepSpeed's ZeRO-3
+    holds a persistent reduce bucket that ZeRO-2 holds during backward only, so for DeepSpeed the two stages are
+    compared apart (one more estimate per split).
     """
     settings = resolve_settings(settings, model).validate()
     network = network or Network()
@@ -694,7 +702,12 @@ class _Planner:
         """One estimate per split, made the first time one of its candidates comes up: the split with its
         most saving options at micro-batch 1 (inference: as asked). If that does not fit, nothing of it does."""
         if group not in self.alive:
-            self.alive[group] = self._fits(self._candidates(group)[0])
+            candidates = self._candidates(group)
+            fits = self._fits(candidates[0])
+            # DeepSpeed: ZeRO-3's persistent reduce bucket can outweigh what it shards beyond ZeRO-2
+            # (training._reduce_buckets), so ZeRO-2's most saving option is tried too before the split is dropped
+            second = next((c for c in candidates if _deepspeed(c) and c.zero_stage == 2), None)
+            self.alive[group] = fits or (_deepspeed(candidates[0]) and second is not None and self._fits(second))
         return self.alive[group]
 
     def _walk(self, candidates: list[tuple[Layout, Layout]], bounds: dict[Layout, float]) -> list[Ranked]:
@@ -748,8 +761,9 @@ class _Planner:
         options = {_saving(o): o for o in self._candidates(_group_of(layout))}
         chain, here = [layout], _saving(layout)
         while True:
-            steps = [(here[0], here[1], here[2] + 1), (here[0], here[1] + 1, here[2]), (here[0] + 1, here[1], here[2]),
-                     (3, here[1], here[2]), (3, here[1] + 1, here[2])]
+            steps = [(here[0], here[1], here[2] + 1), (here[0], here[1] + 1, here[2])]
+            if not _deepspeed(layout):   # DeepSpeed's ZeRO-3 is not ordered after ZeRO-2 (_survives)
+                steps += [(here[0] + 1, here[1], here[2]), (3, here[1], here[2]), (3, here[1] + 1, here[2])]
             here = next((step for step in steps if step in options), here)
             if options.get(here) is None or options[here] == chain[-1]:
                 return chain
@@ -763,7 +777,8 @@ class _Planner:
         """True when an option of the same split that saves at least as much on every axis already failed at
         micro-batch 1: no estimate needed (each saving option never adds memory, tests/test_monotonic.py)."""
         mine = _saving(layout)
-        return any(all(f >= m for f, m in zip(failed, mine)) for failed in self.failed.get(self._split(layout), []))
+        return any(all(f >= m for f, m in zip(failed, mine)) and not (_deepspeed(layout) and failed[0] != mine[0])
+                   for failed in self.failed.get(self._split(layout), []))
 
     def _ranked(self, layout: Layout) -> Ranked:
         check, cost = self.checker.check(self._settings(layout)), self.costs.cost(layout)

@@ -149,6 +149,8 @@ class Training:
     dropout: float | None = None   # None: as config.json says
     framework: str = "transformers"
     bitsandbytes: str = "latest"   # the bitsandbytes release QLoRA runs on: "latest" or a version, e.g. 0.42.0
+    peft: str = "latest"   # the PEFT release LoRA runs on (transformers framework): before 0.12.0 adapters take the
+                           # base weight's dtype (PEFT_ADAPTER_FP32)
     # Full checkpointing's torch.utils.checkpoint mode: True is transformers' default (gradient_checkpointing_enable
     # passes use_reentrant=True); False: gradient_checkpointing_kwargs={"use_reentrant": False}, or a model whose
     # own code asks for it (GLM-4's remote modeling_chatglm.py GLMTransformer.forward calls
@@ -159,6 +161,7 @@ class Training:
     def validate(self) -> None:
         _choice("finetune", self.finetune, ("full", "lora", "qlora", "dora"))
         bitsandbytes_version(self.bitsandbytes)
+        peft_version(self.peft)
         if not self.use_reentrant and self.grad_ckpt != "full":
             raise InvalidSetting(f"use_reentrant: false applies to full checkpointing, not grad_ckpt "
                                  f"{self.grad_ckpt!r}; pass --grad-ckpt full or drop --non-reentrant")
@@ -189,6 +192,20 @@ _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?(?:\.?(?:post|dev|rc|a|b)\d*)?(?
 def bitsandbytes_version(text: str) -> tuple[int, int, int] | None:
     """'0.42.0' -> (0, 42, 0); 'latest' -> None (the current release). A pre-release counts as its release."""
     return _release("bitsandbytes", text, example="0.42.0")
+
+
+def peft_version(text: str) -> tuple[int, int, int] | None:
+    """'0.10.0' -> (0, 10, 0); 'latest' -> None (the current release)."""
+    return _release("peft", text, example="0.10.0")
+
+
+# PEFT 0.12.0 added get_peft_model(autocast_adapter_dtype=True), which upcasts bf16/fp16 adapters to fp32
+# (peft 0.12.0 tuners/tuners_utils.py _cast_adapter_dtype); before it LoraLayer.update_layer moved a new adapter to
+# the base layer's weight dtype when that dtype is floating point, else kept it fp32 (peft 0.11.0
+# tuners/lora/layer.py: `if weight.dtype.is_floating_point ...: self.to(weight.device, dtype=weight.dtype)`).
+# A 4-bit base stores its packed data in bnb_4bit_quant_storage: uint8 by default (adapters stay fp32), the compute
+# dtype where FSDP or ZeRO-3 shard it (adapters in that dtype).
+PEFT_ADAPTER_FP32 = (0, 12, 0)
 
 
 def torch_version(text: str) -> tuple[int, int, int] | None:
@@ -238,8 +255,14 @@ class Parallelism:
     fsdp: Literal["none", "full", "shard-grad-op", "hybrid"] = "none"
     offload: Offload = "none"
     offload_target: Literal["cpu", "nvme"] = "cpu"
+    # DeepSpeed ZeRO-3's reduce_bucket_size in elements (ZERO_REDUCE_BUCKET), or "auto": hidden x hidden, as the HF
+    # Trainer and accelerate fill a DeepSpeed config's "auto" value
+    zero_bucket: int | Literal["auto"] = 500_000_000
 
     def validate(self) -> None:
+        if self.zero_bucket != "auto":
+            _positive("zero_bucket", self.zero_bucket, fix="pass --zero-bucket ELEMENTS (DeepSpeed's default "
+                      "reduce_bucket_size: 500000000) or auto (hidden x hidden)")
         for name in ("gpus", "tensor", "pipeline", "context", "expert"):
             _positive(name, getattr(self, name), fix=f"pass --{name if name != 'gpus' else 'gpus'} 1 or more")
         if self.gpus % (self.tensor * self.pipeline * self.context):

@@ -94,6 +94,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--bitsandbytes", default="latest", metavar="VERSION",
                        help="QLoRA: the bitsandbytes release, e.g. 0.42.0; before 0.43.2 every 4-bit linear kept its "
                             "input until backward (default: latest)")
+    train.add_argument("--peft", default="latest", metavar="VERSION",
+                       help="LoRA with transformers: the PEFT release, e.g. 0.10.0; before 0.12.0 the adapters take the "
+                            "base weight's dtype instead of fp32 (default: latest)")
     train.add_argument("--non-reentrant", action="store_true",
                        help="full checkpointing runs torch.utils.checkpoint with use_reentrant=False "
                             "(gradient_checkpointing_kwargs, or a model's own code such as GLM-4's modeling_chatglm.py); "
@@ -113,6 +116,10 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
                      help="offload optimizer states, or parameters too, to --offload-target (default: none)")
     par.add_argument("--offload-target", choices=("cpu", "nvme"), default="cpu",
                      help="where offloaded state lives (default: cpu)")
+    par.add_argument("--zero-bucket", default="500000000", metavar="ELEMENTS",
+                     help="DeepSpeed ZeRO-3 reduce_bucket_size: a persistent gradient buffer of this many elements "
+                          "(500000000 or 500M); auto = hidden x hidden, as the HF Trainer and accelerate fill "
+                          "\"auto\" (default: 500000000, DeepSpeed's own)")
     par.add_argument("--gpu", help="GPU name from the catalog, e.g. H100-80GB, RTX-4090 (default: none)")
     par.add_argument("--gpu-memory", help="GPU capacity, e.g. 24GiB or 80GB (default: the --gpu's)")
 
@@ -132,6 +139,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
                           "1.11 softmax keeps its input, before 2.0 zero_grad keeps the gradients (default: latest)")
 
 
+def _zero_bucket(text: str) -> int | str:
+    """--zero-bucket: auto, or a count of elements (500000000, 500M)."""
+    return text if text == "auto" else parse_count(text, field="--zero-bucket")
+
+
 def settings_from_args(args: argparse.Namespace, model: Model | None = None) -> Settings:
     """The one mapping from flags to Settings; raises InvalidSetting naming the flag on bad values.
     Without --dtype, the weights take `model.weight_dtype` where a model is given (see
@@ -146,13 +158,13 @@ def settings_from_args(args: argparse.Namespace, model: Model | None = None) -> 
                             quant=args.quant, kv_dtype=args.kv_dtype),
         training=Training(finetune=args.finetune, optimizer=args.optimizer, grad_ckpt=args.grad_ckpt,
                           activation_offload=args.activation_offload, frozen_layers=args.frozen_layers,
-                          framework=args.framework, bitsandbytes=args.bitsandbytes,
+                          framework=args.framework, bitsandbytes=args.bitsandbytes, peft=args.peft,
                           use_reentrant=not args.non_reentrant,
                           lora=LoRA(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                     targets=targets)),
         parallelism=Parallelism(gpus=args.gpus, tensor=args.tp, pipeline=args.pp, context=args.cp,
                                 expert=args.ep, zero_stage=args.zero, fsdp=args.fsdp, offload=args.offload,
-                                offload_target=args.offload_target),
+                                offload_target=args.offload_target, zero_bucket=_zero_bucket(args.zero_bucket)),
         runtime=Runtime(name=args.runtime, attention=args.attention,
                         gpu_memory_utilization=args.gpu_memory_utilization, block_size=args.block_size,
                         n_gpu_layers=args.n_gpu_layers, max_num_seqs=args.max_num_seqs,

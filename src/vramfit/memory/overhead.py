@@ -14,6 +14,14 @@ Each constant names the measurement or source it comes from:
 - vLLM's non-torch memory (context, cuBLAS/NCCL handles, custom all-reduce buffers): 1.79 GiB on one GPU and
   3.58 GiB per GPU at tensor parallel 2, from vLLM's own profiler log (rows vllm-llama3-8b-tp1-profile and
   vllm-llama3-8b-tp2-profile).
+- NCCL's communicator buffers, allocated by NCCL itself (cudaMalloc / cuMem), so nvidia-smi sees them and the
+  torch.cuda counters do not ("device" level): 544 MB per GPU for a 2-GPU communicator and 688 MB for a larger one,
+  measured on 4 x A100 with NVLink after a 4 MB all-reduce (NVIDIA/nccl issue #964, 2023-08-16; nvidia-smi figures,
+  read as MiB). What they are (NVIDIA/nccl v2.18.3 / v2.21.5 src/init.cc, src/include/device.h): per channel and peer
+  a SIMPLE buffer of NCCL_BUFFSIZE (4 MiB) + LL (512 KiB) + LL128 (4.7 MiB), up to 32 channels. Not modelled: NVLS
+  buffers on NVSwitch systems with more than 2 GPUs (0.75-2.25 GiB more by NCCL release: nccl src/transport/nvls.cc;
+  vllm-project/vllm#9699 logs nvlsTotalSize 2415919104 on 8 x H200), communicators that all-to-all widens (nccl #1685),
+  and NCCL >= 2.22's connect-on-first-use (NCCL_RUNTIME_CONNECT), which allocates less for unused algorithms.
 - cuBLAS workspace, allocated through PyTorch's caching allocator (so "allocated"):
   aten/src/ATen/cuda/CublasHandlePool.cpp `parseChosenWorkspaceSize`: ":4096:2:16:8" = 4096 KiB x 2 +
   16 KiB x 8 = 8,519,680 bytes by default, 4096 KiB x 8 = 32 MiB on Hopper (sm90). One per handle/stream.
@@ -71,6 +79,21 @@ def vllm_non_torch(tensor_parallel: int) -> Component:
     return Component(name="cuda_context", bytes=nbytes, level="device",
                      formula="measured non_torch_memory of vLLM's profiler", inputs={"tp": tensor_parallel},
                      source=VLLM_NON_TORCH_SOURCE)
+
+
+NCCL_COMMUNICATOR_BYTES = {2: 544 * MiB, 3: 688 * MiB}   # by ranks: 2, or more (3 stands for "more than 2")
+NCCL_SOURCE = "NVIDIA/nccl issue #964: nvidia-smi after a 4 MB all-reduce, 4 x A100 NVLink (NCCL 2.18)"
+
+
+def nccl_buffers(groups: Iterable[int]) -> Component | None:
+    """One NCCL communicator per process group of more than one rank that this GPU is in (`groups`: their sizes)."""
+    sizes = [size for size in groups if size > 1]
+    if not sizes:
+        return None
+    nbytes = sum(NCCL_COMMUNICATOR_BYTES[min(size, 3)] for size in sizes)
+    return Component(name="nccl", bytes=nbytes, level="device",
+                     formula="544 MiB per 2-rank communicator, 688 MiB per larger one", inputs={"groups": sizes},
+                     source=NCCL_SOURCE)
 
 
 def cublas_workspace(hopper: bool = False) -> Component:

@@ -49,11 +49,13 @@ from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
 from vramfit.settings import (
     DTYPE_BYTES,
+    PEFT_ADAPTER_FP32,
     TORCH_FOREACH_DEFAULT,
     TORCH_LAZY_MODULES,
     TORCH_SOFTMAX_INPUT_FREED,
     TORCH_ZERO_GRAD_TO_NONE,
     Settings,
+    peft_version,
 )
 
 _EMBEDDING_ROLES = ("token_embd", "embedding_other")
@@ -108,6 +110,8 @@ class Step:
     buckets: int
     dequant: int
     accumulating: bool
+    reduce_bucket: int = 0      # DeepSpeed ZeRO-3's persistent reduce bucket (_reduce_buckets)
+    backward_bucket: int = 0    # DeepSpeed ZeRO-1/2's, alive during backward only
     in_flight: int
     host: dict[str, int] = field(default_factory=dict, hash=False)
     fsdp_root: int = 0
@@ -185,9 +189,26 @@ def _bytes(settings: Settings, profile: Framework) -> Bytes:
     precision = settings.precision
     param = 4 if precision.amp else DTYPE_BYTES[precision.dtype]
     compute = DTYPE_BYTES[precision.compute_dtype]
-    adapter = 4 if profile.adapter_fp32 else param
+    adapter = _peft_adapter_bytes(settings, param) if profile.adapter_fp32 else param
     return Bytes(param=param, compute=compute, adapter=adapter, amp=precision.amp is not None,
                  double_quant=precision.quant == "bnb-nf4-dq")
+
+
+def _peft_adapter_bytes(settings: Settings, param: int) -> int:
+    """PEFT upcasts adapters to fp32 from 0.12.0; before it a new adapter takes its base weight's dtype where that is
+    a float, so a QLoRA adapter stays fp32 over uint8-stored 4-bit data (settings.PEFT_ADAPTER_FP32)."""
+    version = peft_version(settings.training.peft)
+    if version is None or version >= PEFT_ADAPTER_FP32:
+        return 4
+    if settings.training.finetune == "qlora":
+        return param if _sharded_4bit(settings) else 4
+    return param
+
+
+def _sharded_4bit(settings: Settings) -> bool:
+    """FSDP and ZeRO-3 QLoRA store the 4-bit data in the compute dtype (bnb_4bit_quant_storage) so it can shard."""
+    p = settings.parallelism
+    return p.fsdp in ("full", "hybrid") or p.zero_stage == 3
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -310,6 +331,22 @@ def _flat_root_grads(held: Held, grad_width: int, lay: Layout, profile: Framewor
             "flat_head_grads": gradient_bytes((t.elements for t in head), grad_width)}
 
 
+def _reduce_buckets(arch: Architecture, settings: Settings, lay: Layout, widths: Bytes) -> dict[str, int]:
+    """DeepSpeed's gradient reduce bucket with contiguous_gradients (its default, runtime/zero/config.py), a flat
+    buffer of reduce_bucket_size elements (default 5e8, config.py 105) in the dtype of the optimizer's 16-bit
+    parameters, however few of them train. ZeRO-3 allocates it when the optimizer is set up and frees it only in
+    destroy() (deepspeed v0.14.0 runtime/zero/stage3.py 489-492, 362, 407): every phase holds it. ZeRO-1/2 allocate
+    it at each backward() and release it after the reduction (stage_1_and_2.py 2033-2044, _release_ipg_buffers
+    at 786): the backward phases hold it (one buffer: the second comes with overlap_comm, off by default for
+    stages 1 and 2). FSDP has no such buffer."""
+    if not lay.name.startswith("ZeRO-"):
+        return {}
+    bucket = settings.parallelism.zero_bucket
+    elements = arch.hidden_size ** 2 if bucket == "auto" else bucket
+    nbytes = allocation_bytes(elements * (widths.adapter if settings.training.finetune != "full" else widths.param))
+    return {"reduce_bucket": nbytes} if lay.name == "ZeRO-3" else {"backward_bucket": nbytes}
+
+
 def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes, stage: int) -> Step:
     """Every term of one stage's step, before the phases combine them: the tensor terms (cached), then each
     distinct block priced once for this batch."""
@@ -335,6 +372,7 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
         saved_head=act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0,
         loss=_loss(arch, shape, profile) if is_last else _NO_LOSS, blocks=block_steps,
         buckets=ddp_bucket_bytes(terms.grads) if lay.ddp_buckets else 0,
+        **_reduce_buckets(arch, settings, lay, widths),
         dequant=terms.dequant, accumulating=settings.workload.grad_accum > 1 or _grads_kept(settings),
         in_flight=lay.in_flight if is_first else 1, host=host, flat_root_grads=terms.flat_root_grads,
         flat_head_grads=terms.flat_head_grads, flat_root_kept=terms.flat_root_grads // lay.grad_shard,
@@ -742,7 +780,7 @@ def _saved(step: Step) -> int:
 def _resident(step: Step) -> dict[str, int]:
     """What every phase holds."""
     return {"weights": step.weights, "gathered_parameters": step.gathered, "optimizer_states": step.states.states,
-            "batch": step.batch, "ddp_gradient_buckets": step.buckets}
+            "batch": step.batch, "ddp_gradient_buckets": step.buckets, "zero_reduce_bucket": step.reduce_bucket}
 
 
 def _outer_phases(step: Step, saved: int) -> dict[str, dict[str, int]]:
@@ -759,7 +797,8 @@ def _outer_phases(step: Step, saved: int) -> dict[str, dict[str, int]]:
     backward_start = {**resident, "gathered_parameters": step.fsdp_root + step.fsdp_block if fsdp else step.gathered,
                       "gradients": grads_before, "amp_weight_copies": step.amp_copies,
                       "activations": saved, "bitsandbytes_saved_inputs": step.held_inputs,
-                      "logits_and_loss": step.loss.backward_transient + step.dequant_head}
+                      "logits_and_loss": step.loss.backward_transient + step.dequant_head,
+                      "zero_reduce_bucket": step.reduce_bucket + step.backward_bucket}
     phases = {"forward": forward, "backward_start": backward_start}
     if step.flat_root_grads:
         phases["backward_end"] = _flat_root_backward_end(step, resident)
@@ -784,7 +823,8 @@ def _block_resident(step: Step) -> dict[str, int]:
     gradient waiting in the root's split backward (the walk counts the head's kept shard when not accumulating)."""
     waiting = step.flat_head_grads - (0 if step.accumulating else step.outside_grads) if step.flat_root_grads else 0
     return {**_resident(step), "gathered_parameters": step.gathered + step.fsdp_root,
-            "bitsandbytes_saved_inputs": step.held_inputs, "fsdp_root_gradients": waiting}
+            "bitsandbytes_saved_inputs": step.held_inputs, "fsdp_root_gradients": waiting,
+            "zero_reduce_bucket": step.reduce_bucket + step.backward_bucket}
 
 
 # Where the walk over the blocks' backward (last block first) stands before a block: the gradients made so
@@ -920,6 +960,8 @@ def _descriptions(step: Step, settings: Settings, widths: Bytes, lay: Layout) ->
                                 ""),
         "ddp_gradient_buckets": ("one bucket copy of the gradients", {"bucket_cap_mb": 25},
                                  "torch/nn/parallel/distributed.py gradient_as_bucket_view=False", ""),
+        "zero_reduce_bucket": ("reduce_bucket_size x gradient bytes", {"zero_bucket": settings.parallelism.zero_bucket},
+                               _BUCKET_SOURCE, "not in the seeds"),
         "batch": ("input_ids + labels: 2 x T x 8", tokens, "int64 token tensors", ""),
         "fsdp_root_gradients": (_ROOT_FORMULA, {"layout": lay.name, "grad_accum": w.grad_accum}, _ROOT_SOURCE,
                                 "not in the seeds"),
@@ -929,6 +971,8 @@ def _descriptions(step: Step, settings: Settings, widths: Bytes, lay: Layout) ->
     }
 
 
+_BUCKET_SOURCE = ("deepspeed v0.14.0 runtime/zero/stage3.py 489-492 (persistent), stage_1_and_2.py 2033-2044 (during "
+                  "backward): contiguous_gradients' flat IPG buffer")
 _ROOT_FORMULA = ("while the blocks run backward: the head's gradient, unsharded; after the embedding's backward: "
                  "head + embedding gradients + their concatenation = 2 x the root's trainable elements x grad bytes")
 _ROOT_SOURCE = ("torch/distributed/fsdp/_flat_param.py: the forward runs on torch.split views of the flat parameter; "
@@ -957,10 +1001,14 @@ def _textbook_activations(step: Step, settings: Settings) -> str:
 
 
 def _overheads(settings: Settings, lay: Layout) -> list[Component]:
-    """CUDA context (device) and the cuBLAS workspace (allocated through the caching allocator, once per
-    stream; training runs forward and backward on one stream); NCCL is not modelled."""
+    """CUDA context (device), the cuBLAS workspace (allocated through the caching allocator, once per
+    stream; training runs forward and backward on one stream) and NCCL's buffers, one communicator for each
+    parallel dimension of more than one GPU (device)."""
     hopper = bool(settings.gpu) and any(name in str(settings.gpu).upper() for name in ("H100", "H200", "H800", "GH200"))
-    return [overhead.cublas_workspace(hopper=hopper), overhead.cuda_context(eager=settings.runtime.torch_before(TORCH_LAZY_MODULES))]
+    found = [overhead.cublas_workspace(hopper=hopper),
+             overhead.cuda_context(eager=settings.runtime.torch_before(TORCH_LAZY_MODULES))]
+    nccl = overhead.nccl_buffers((lay.data, lay.tensor, lay.pipeline, lay.context))
+    return found + [nccl] if nccl is not None else found
 
 
 def _notes(settings: Settings, profile: Framework, lay: Layout, phase: str) -> tuple[str, ...]:
@@ -969,8 +1017,9 @@ def _notes(settings: Settings, profile: Framework, lay: Layout, phase: str) -> t
     if lay.tensor > 1:
         notes.append("tensor parallelism as transformers' tp_plan (no sequence parallelism, gathered logits)"
                      if profile.tp_plan else "tensor parallelism assumes sequence parallelism (Megatron layout)")
-    if settings.parallelism.data > 1:
-        notes.append("NCCL communicator buffers (device level) are not included")
+    if lay.data * lay.tensor * lay.pipeline * lay.context > 1:
+        notes.append("NCCL: one communicator per parallel dimension as measured on A100 NVLink (nccl #964); NVLS "
+                     "buffers on NVSwitch systems (0.75-2.25 GiB more) are not included")
     old = _old_torch(settings)
     if old:
         notes.append(f"torch {settings.runtime.torch}: " + "; ".join(old))

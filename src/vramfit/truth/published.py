@@ -14,6 +14,8 @@ Each source row names what it measured (`what_measured`) and in which unit (`mea
   settings.BNB_4BIT_INPUT_FREED): the version the row's own text states ("bitsandbytes 0.41.1" in the lit-gpt
   resource tables' trust note), else the version its source pinned (_PINNED_BITSANDBYTES), else "latest".
 - framework: lit-gpt / litgpt rows run as the litgpt runtime and framework, the rest as transformers.
+- PEFT release (Training.peft: before 0.12.0 adapters take the base weight's dtype): its source's pin (_PINNED_PEFT:
+  the PEFT docs' FSDP / DeepSpeed pages), else "latest".
 - torch release (Runtime.torch: the CUDA context's module loading, softmax's saved input, zero_grad's in-place
   gradients): the version the row's text states ("torch 2.1.0"), else its source's pin (_PINNED_TORCH: the
   transformers docs' 2022 BERT-large page), else "latest".
@@ -295,7 +297,7 @@ def _training(src: dict[str, Any]) -> Training:
     dropout = 0.05 if _is_litgpt(src) and finetune in ("lora", "qlora") else _stated_lora_dropout(src)
     lora = LoRA(rank=src.get("lora_rank") or 8, targets=_lora_targets(src.get("lora_targets")), dropout=dropout)
     return Training(finetune=finetune, optimizer=matched[0][1], grad_ckpt=grad_ckpt, lora=lora,
-                    framework="litgpt" if _is_litgpt(src) else "transformers", bitsandbytes=bitsandbytes_of(src),
+                    framework="litgpt" if _is_litgpt(src) else "transformers", bitsandbytes=bitsandbytes_of(src), peft=peft_of(src),
                     use_reentrant=grad_ckpt != "full" or str(src.get("model")) not in _NON_REENTRANT_MODELS)
 
 
@@ -396,6 +398,23 @@ _PINNED_TORCH = {
         "1.10.1", ("the page's nvidia-smi output is dated Tue Jan 11 2022 (driver 460.91.03, CUDA 11.2); the newest "
                    "torch then was 1.10.1 (2021-12-15), 1.11.0 came on 2022-03-10")),
 }
+
+
+# Sources whose runs used a PEFT that the rows do not state: (repo, path) -> (version, why).
+_PINNED_PEFT = {
+    ("huggingface/peft", path): (
+        "0.9.0", ("the sections were written at peft aa2ca83ca (2024-02-26, LoRA) and 6008f272a (2024-03-13, QLoRA), "
+                  "between the 0.8.2 and 0.10.0 releases; every release before 0.12.0 gives adapters the base "
+                  "weight's dtype (settings.PEFT_ADAPTER_FP32)"))
+    for path in ("docs/source/accelerate/fsdp.md", "docs/source/accelerate/deepspeed.md")
+}
+
+
+def peft_of(src: dict[str, Any]) -> str:
+    """The PEFT release of a row: its source's pin, else "latest"."""
+    where = src.get("source")
+    pinned = _PINNED_PEFT.get((str(where.get("repo")), str(where.get("path")))) if isinstance(where, dict) else None
+    return pinned[0] if pinned else "latest"
 
 
 def torch_of(src: dict[str, Any]) -> str:
