@@ -128,3 +128,14 @@ def test_peft_bad_version() -> None:
 def test_converter_pins_the_peft_docs_release() -> None:
     assert peft_of({"source": {"repo": "huggingface/peft", "path": "docs/source/accelerate/fsdp.md"}}) == "0.9.0"
     assert peft_of({"source": {"repo": "huggingface/transformers", "path": "x"}}) == "latest"
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"mode": "training", "finetune": "full", "peft": "0.10.0"}, "peft: full fine-tuning adds no adapters"),
+    ({"mode": "training", "finetune": "lora", "framework": "litgpt", "peft": "0.10.0"}, "peft: framework litgpt"),
+    ({"mode": "training", "zero_bucket": "auto"}, "zero_bucket: .* --zero 1, 2 or 3"),
+    ({"mode": "inference", "zero_bucket": 1000}, "zero_bucket: "),
+])
+def test_settings_that_change_nothing_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidSetting, match=message):
+        Settings().replace(**changes).validate()

@@ -483,6 +483,14 @@ def _consistent(s: Settings) -> None:
             and s.training.bnb_saves_4bit_input):
         raise InvalidSetting(f"bitsandbytes: torchtune's QLoRA quantizes with torchao NF4 (linear_nf4), not "
                              f"bitsandbytes, so --bitsandbytes {s.training.bitsandbytes} changes nothing; drop it")
+    if mode == "training" and s.training.peft != "latest" and (s.training.finetune == "full"
+                                                            or s.training.framework != "transformers"):
+        why = ("full fine-tuning adds no adapters" if s.training.finetune == "full"
+               else f"framework {s.training.framework} builds its own LoRA layers, not PEFT's")
+        raise InvalidSetting(f"peft: {why}, so --peft {s.training.peft} changes nothing; drop it")
+    if s.parallelism.zero_bucket != 500_000_000 and (mode != "training" or s.parallelism.zero_stage == 0):
+        raise InvalidSetting(f"zero_bucket: DeepSpeed's reduce bucket exists only with ZeRO in training, so "
+                             f"--zero-bucket {s.parallelism.zero_bucket} changes nothing; pass --zero 1, 2 or 3, or drop it")
     if s.parallelism.context > s.workload.seq_len:
         raise InvalidSetting(f"cp: {s.parallelism.context} context-parallel ranks exceed seq_len "
                              f"{s.workload.seq_len} tokens; lower --cp")
