@@ -44,6 +44,7 @@ from vramfit.memory.lora import (
 from vramfit.memory.optimizer import OptimizerMemory, optimizer_memory
 from vramfit.memory.parallel import Layout, ddp_bucket_bytes, layout
 from vramfit.memory.sharding import rank_tensors, stage_layer_counts, validate_tensor_parallel
+from vramfit.memory.symbolic import compile_sizes
 from vramfit.model.architecture import Architecture, GatedMLP, Layer, MixtureOfExperts
 from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
@@ -304,52 +305,96 @@ def _flat_root_grads(held: Held, grad_width: int, lay: Layout, profile: Framewor
 
 
 def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes, stage: int) -> Step:
-    """Every term of one stage's step, before the phases combine them: the tensor terms (cached), then each
-    distinct block priced once for this batch."""
-    arch, training = model.architecture, settings.training
+    """Every term of one stage's step, before the phases combine them: the tensor terms (cached), then what the
+    batch and the length change (_sizes: each distinct block priced once, the loss, ...)."""
+    arch, training, workload = model.architecture, settings.training, settings.workload
     terms = _terms(arch, training, lay, widths, stage, profile)
-    states = terms.states
-    shape = _shape(model, settings, profile, lay, widths)
-    priced = [_block_step(layer, index, tensors, shape, settings, lay)
-              for (layer, index, _, _), tensors in zip(terms.groups, terms.group_tensors)]
+    sizes = _sizes(model, training, settings.runtime.attention, profile, lay, widths, stage, terms,
+                   workload.batch_size, -(-workload.seq_len // lay.context))
+    priced = [_block_step(sizes, group, tensors, training, lay) for group, tensors in enumerate(terms.group_tensors)]
     block_steps = tuple(priced[g] for g in terms.block_group)
     is_first, is_last = stage == 0, stage == lay.pipeline - 1
     host = dict(terms.host)
     offload_tail = 0
     if training.activation_offload:
         block_steps, offload_tail, host["activations"] = _offload_activations(block_steps)
+    loss = _NO_LOSS if not is_last else act.LossMemory(
+        saved=sizes["loss_saved"], forward_transient=sizes["loss_forward_transient"],
+        backward_transient=sizes["loss_backward_transient"], kept=sizes["loss_kept"], formula=sizes["loss_formula"])
     return Step(
         weights=terms.weights, gathered=terms.gathered, fsdp_root=terms.fsdp_root, fsdp_block=terms.fsdp_block,
         amp_copies=terms.amp_copies, gradients=terms.grads, outside_grads=terms.outside_grads,
-        states=_offloaded(states) if lay.offload_states else _sharded(states, lay.state_shard),
-        batch=2 * allocation_bytes(settings.workload.batch_size * settings.workload.seq_len * act.INDEX),
-        saved_outside=_saved_outside(arch, shape, training, is_first) + offload_tail,
-        saved_head=act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0,
-        loss=_loss(arch, shape, profile) if is_last else _NO_LOSS, blocks=block_steps,
-        buckets=ddp_bucket_bytes(terms.grads) if lay.ddp_buckets else 0,
-        dequant=terms.dequant, accumulating=settings.workload.grad_accum > 1,
+        states=_offloaded(terms.states) if lay.offload_states else _sharded(terms.states, lay.state_shard),
+        batch=2 * allocation_bytes(workload.batch_size * workload.seq_len * act.INDEX),
+        saved_outside=sizes["saved_outside"] + offload_tail, saved_head=sizes["saved_head"], loss=loss,
+        blocks=block_steps, buckets=ddp_bucket_bytes(terms.grads) if lay.ddp_buckets else 0,
+        dequant=terms.dequant, accumulating=workload.grad_accum > 1,
         in_flight=lay.in_flight if is_first else 1, host=host, flat_root_grads=terms.flat_root_grads,
         flat_head_grads=terms.flat_head_grads, flat_root_kept=terms.flat_root_grads // lay.grad_shard,
-        **_held_terms(arch, shape, settings, profile, terms, block_steps, lay, is_first, is_last))
+        **_held_terms(sizes["head_held"], profile, terms, block_steps, lay, is_first, is_last))
 
 
-def _held_terms(arch: Architecture, shape: act.Shape, settings: Settings, profile: Framework, terms: TensorTerms,
-                blocks: tuple[BlockStep, ...], lay: Layout, is_first: bool, is_last: bool) -> dict[str, Any]:
-    """bitsandbytes < 0.43.2 (lora.held_4bit_inputs): the blocks' kept inputs and a 4-bit head's, for every
-    micro-batch in flight; they live until the graph goes, i.e. through the whole backward, and under a
+def _sizes(model: Model, training: Any, attention: str, profile: Framework, lay: Layout, widths: Bytes, stage: int,
+           terms: TensorTerms, batch: int, seq: int) -> dict[str, Any]:
+    """_shape_sizes at (batch, seq): evaluated directly at the first estimate of its key, compiled at the second
+    (symbolic.compile_sizes: the same functions traced once with batch and seq as symbols, then one arithmetic
+    function of the two), so a search that tries each layout once never pays for compiling. The key is
+    everything _shape_sizes reads besides batch and seq; a stage the symbols cannot trace stays direct."""
+    def direct(b: Any, s: Any) -> dict[str, Any]:
+        return _shape_sizes(model, training, attention, profile, lay, widths, stage, terms, b, s)
+
+    key = (id(model), training, attention, profile, lay, widths, stage)
+    hit = _COMPILED.get(key)
+    if hit is None or hit[0] is not model:
+        _memo(_COMPILED, key, model, lambda: _NOT_YET)
+        return direct(batch, seq)
+    if hit[1] is _NOT_YET:
+        hit = (model, compile_sizes(direct))
+        _COMPILED[key] = hit
+    return direct(batch, seq) if hit[1] is None else hit[1](batch, seq)
+
+
+# (id(model), training, attention, framework, layout, widths, stage) -> (model, Compiled | None | _NOT_YET)
+_COMPILED: dict[tuple[Any, ...], tuple[object, Any]] = {}
+_NOT_YET = object()
+
+
+def _shape_sizes(model: Model, training: Any, attention: str, profile: Framework, lay: Layout, widths: Bytes,
+                 stage: int, terms: TensorTerms, batch: Any, seq: Any) -> dict[Any, Any]:
+    """Every term of one stage's step that the batch and the length change, by name: each distinct block's
+    (_block_sizes, keyed (group, name)), the embedding's and rotary tables' saved tensors, the final norm's, the
+    loss (and its formula) and a 4-bit head's kept input. Reads nothing but its arguments, so _sizes can key a
+    compiled form by them."""
+    arch = model.architecture
+    shape = _shape(model, training, attention, profile, lay, widths, batch, seq)
+    is_first, is_last = stage == 0, stage == lay.pipeline - 1
+    out: dict[Any, Any] = {}
+    for group, (layer, index, _, _) in enumerate(terms.groups):
+        out.update(((group, name), value) for name, value in _block_sizes(layer, index, shape, training).items())
+    out["saved_outside"] = _saved_outside(arch, shape, training, is_first)
+    out["saved_head"] = act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0
+    loss = _loss(arch, shape, profile) if is_last else _NO_LOSS
+    out.update(loss_saved=loss.saved, loss_forward_transient=loss.forward_transient,
+               loss_backward_transient=loss.backward_transient, loss_kept=loss.kept, loss_formula=loss.formula)
+    head = any(t.quantized for t in terms.held.by_layer.get(None, []))
+    out["head_held"] = head_held_input(arch, shape) if is_last and head and _holds_4bit_inputs(training) else 0
+    return out
+
+
+def _held_terms(head_held: int, profile: Framework, terms: TensorTerms, blocks: tuple[BlockStep, ...], lay: Layout,
+                is_first: bool, is_last: bool) -> dict[str, Any]:
+    """bitsandbytes < 0.43.2 (lora.held_4bit_inputs): the blocks' kept inputs and a 4-bit head's (`head_held`), for
+    every micro-batch in flight; they live until the graph goes, i.e. through the whole backward, and under a
     framework that keeps the graph referenced (Framework.graph_kept) through the optimizer step into the next
     forward, where the previous step's coexist with the new ones (steady state: the same shapes each step)."""
-    head = any(t.quantized for t in terms.held.by_layer.get(None, []))
-    held = sum(b.held for b in blocks)
-    if is_last and head and _holds_4bit_inputs(settings):
-        held += head_held_input(arch, shape)
+    held = sum(b.held for b in blocks) + head_held
     held *= lay.in_flight if is_first else 1
     return {"held_inputs": held, "held_previous": held if profile.graph_kept else 0,
             "held_in_optimizer": profile.graph_kept, "dequant_head": terms.dequant_head if is_last else 0}
 
 
-def _holds_4bit_inputs(settings: Settings) -> bool:
-    return settings.training.finetune == "qlora" and settings.training.bnb_saves_4bit_input
+def _holds_4bit_inputs(training: Any) -> bool:
+    return training.finetune == "qlora" and training.bnb_saves_4bit_input
 
 
 _NO_LOSS = act.LossMemory(saved=0, forward_transient=0, backward_transient=0, formula="not on this stage")
@@ -403,16 +448,17 @@ def _head_gradients(held: Held, grad_width: int) -> int:
                           grad_width)
 
 
-def _shape(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes) -> act.Shape:
-    training, workload = settings.training, settings.workload
+def _shape(model: Model, training: Any, attention: str, profile: Framework, lay: Layout, widths: Bytes, batch: Any,
+           seq: Any) -> act.Shape:
+    """One micro-batch on one GPU: `seq` is the length on this GPU (the sequence over context parallelism)."""
     lora: dict[str, tuple[int, int, bool]] = {}
     if training.finetune != "full":
         arch = model.architecture
         names = _cached(("targets", training.lora.targets), arch, lambda: frozenset(
             linear.name for _, linear in targeted_linears(arch, training.lora.targets)))
         lora = {name: (training.lora.rank, widths.adapter, training.lora.dropout > 0) for name in names}
-    return act.Shape(batch=workload.batch_size, seq=-(-workload.seq_len // lay.context),
-                     compute_bytes=widths.compute, attention=settings.runtime.attention,
+    return act.Shape(batch=batch, seq=seq,
+                     compute_bytes=widths.compute, attention=attention,
                      hidden_dropout=_dropout(model, training.dropout, _HIDDEN_DROPOUT_KEYS),
                      attention_dropout=_dropout(model, training.dropout, _ATTENTION_DROPOUT_KEYS),
                      shard=lay.tensor,
@@ -481,37 +527,46 @@ def _block_tensors(mine: list[ParamTensor], with_grads: list[ParamTensor], grad_
         amp_copies=_amp_copies(mine, widths) if amp else 0)
 
 
-def _block_step(layer: Layer, index: int, tensors: BlockTensors, shape: act.Shape, settings: Settings,
-                lay: Layout) -> BlockStep:
-    """One block's step for this batch, on top of its tensor-only terms."""
-    training = settings.training
+def _block_sizes(layer: Layer, index: int, shape: act.Shape, training: Any) -> dict[str, Any]:
+    """What one block's step takes from the batch and the length: its saved tensors (all of them, and the MLP's
+    part freed by the MLP's backward), the residual stream, torchtitan's selective set, the MLP product its
+    backward frees, its kept 4-bit inputs and its MLP's gradient temporaries."""
     trains = training.finetune == "full" and index >= training.frozen_layers
     block_shape = _with_trains(shape, trains)
     full = act.layer_saved(layer, block_shape)
-    stream = allocation_bytes(shape.tokens * layer.attention.hidden_size // shape.replicated * shape.compute_bytes)
-    selective = act.selective_saved(layer, block_shape) if training.grad_ckpt == "selective" else 0
-    saved = _checkpointed(full, training.grad_ckpt, stream, selective)
-    mlp_part = full.parts["mlp"] + full.parts["norms"] // 2 + full.parts["residual"] // 2
-    product = _intermediate(layer, block_shape) if trains or _down_adapted(layer, shape) else 0
+    return {
+        "full": full.total,
+        "mlp_saved": full.parts["mlp"] + full.parts["norms"] // 2 + full.parts["residual"] // 2,
+        "stream": allocation_bytes(shape.tokens * layer.attention.hidden_size // shape.replicated * shape.compute_bytes),
+        "selective": act.selective_saved(layer, block_shape) if training.grad_ckpt == "selective" else 0,
+        "product": _intermediate(layer, block_shape) if trains or _down_adapted(layer, shape) else 0,
+        "held": _block_held(layer, block_shape, training),
+        "mlp_temporaries": _mlp_temporaries(layer, shape)}
+
+
+def _block_step(sizes: dict[Any, Any], group: int, tensors: BlockTensors, training: Any, lay: Layout) -> BlockStep:
+    """One distinct block's step for this batch (its _block_sizes, keyed (group, name) in `sizes`), on top of its
+    tensor-only terms."""
+    full, stream, held = sizes[group, "full"], sizes[group, "stream"], sizes[group, "held"]
+    saved = _checkpointed(full, training.grad_ckpt, stream, sizes[group, "selective"])
     # Kept 4-bit inputs: under full reentrant checkpointing the forward runs without grad and keeps none; the
     # recomputation keeps this block's until its backward is done. Otherwise they stay with the graph.
-    held = _block_held(layer, block_shape, settings)
     reentrant = training.grad_ckpt == "full" and training.use_reentrant
-    recomputed = (full.total + (held if reentrant else 0)) if training.grad_ckpt != "none" else saved
+    recomputed = (full + (held if reentrant else 0)) if training.grad_ckpt != "none" else saved
     return BlockStep(saved=saved, recomputed=recomputed, held=0 if reentrant else held,
-                     mlp_saved=mlp_part, product=product, grads=tensors.grads,
+                     mlp_saved=sizes[group, "mlp_saved"], product=sizes[group, "product"], grads=tensors.grads,
                      grads_kept=tensors.grads // lay.grad_shard,
                      mlp_grads=tensors.mlp_grads, amp_copies=tensors.amp_copies,
-                     mlp_temporaries=_mlp_temporaries(layer, shape), attention_temporaries=2 * stream)
+                     mlp_temporaries=sizes[group, "mlp_temporaries"], attention_temporaries=2 * stream)
 
 
-def _block_held(layer: Layer, shape: act.Shape, settings: Settings) -> int:
+def _block_held(layer: Layer, shape: act.Shape, training: Any) -> int:
     """bitsandbytes < 0.43.2's kept 4-bit inputs: under non-reentrant full checkpointing every distinct input of the
     block's 4-bit linears (lora.checkpointed_4bit_inputs; the checkpoint dropped what saves them otherwise), else
     those that nothing else saves (lora.held_4bit_inputs)."""
-    if not _holds_4bit_inputs(settings):
+    if not _holds_4bit_inputs(training):
         return 0
-    if settings.training.grad_ckpt == "full" and not settings.training.use_reentrant:
+    if training.grad_ckpt == "full" and not training.use_reentrant:
         return checkpointed_4bit_inputs(layer, shape)
     return held_4bit_inputs(layer, shape)
 
@@ -530,15 +585,15 @@ def _with_trains(shape: act.Shape, trains: bool) -> act.Shape:
     return shape if shape.trains == trains else replace(shape, trains=trains)
 
 
-def _checkpointed(full: act.Saved, mode: str, stream: int, selective: int) -> int:
-    """none: everything; full: the block's output only (the next block's checkpointed input, HF reentrant
-    checkpointing saves nothing else); selective: torchtitan's per-op policy (activations.selective_saved).
-    Under both, backward recomputes the whole block before differentiating it."""
+def _checkpointed(full: int, mode: str, stream: int, selective: int) -> int:
+    """`full`: every tensor the block saves. none: all of them; full: the block's output only (the next block's
+    checkpointed input, HF reentrant checkpointing saves nothing else); selective: torchtitan's per-op policy
+    (activations.selective_saved). Under both, backward recomputes the whole block before differentiating it."""
     if mode == "full":
         return stream
     if mode == "selective":
-        return min(selective, full.total)
-    return full.total
+        return min(selective, full)
+    return full
 
 
 def _intermediate(layer: Layer, shape: act.Shape) -> int:

@@ -1,0 +1,91 @@
+"""The compiled byte formulas (memory/symbolic.py) equal the direct evaluation for every batch and length.
+
+The training planner traces its per-operator functions once with the batch and the per-GPU length as symbols
+and evaluates the compiled arithmetic afterwards; these tests check that the symbols follow Python's integer
+arithmetic exactly (the caching allocator's per-tensor rounding included) and that a value-dependent branch
+refuses to compile instead of picking one side.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from vramfit import Settings, load_model
+from vramfit.estimate import resolve_settings
+from vramfit.memory import training as T
+from vramfit.memory.gradients import allocation_bytes
+from vramfit.memory.parallel import layout
+from vramfit.memory.symbolic import SEQ, NotTraceable, compile_sizes
+
+POINTS = list(itertools.product((1, 2, 3, 7, 64), (1, 5, 511, 512, 2048, 4097, 32768)))
+
+
+def test_rounding_and_floors_are_exact_at_every_point() -> None:
+    def trace(b: Any, s: Any) -> dict[str, Any]:
+        t = b * s
+        return {"rsqrt": allocation_bytes(t * 4), "hidden": allocation_bytes(t * 4096 * 2),
+                "rows": allocation_bytes((t // 3) * 10 * 2), "scores": allocation_bytes(b * 32 * s * s * 4),
+                "piece": -(-t // 7) * 5 - 3, "constant": 17, "label": "T x 4"}
+
+    compiled = compile_sizes(trace)
+    assert compiled is not None
+    for b, s in POINTS:
+        assert compiled(b, s) == trace(b, s)
+
+
+def test_a_multiple_of_the_granule_needs_no_rounding_in_the_compiled_form() -> None:
+    compiled = compile_sizes(lambda b, s: {"hidden": allocation_bytes(b * s * 4096 * 2)})
+    assert compiled is not None
+    assert "//" not in compiled.source   # 8192 x T is always a multiple of 512
+
+
+@pytest.mark.parametrize("branch", [lambda s: 1 if s < 4096 else 2, lambda s: max(s, 3), lambda s: float(s),
+                                    lambda s: f"{s}", lambda s: s / 2])
+def test_a_value_dependent_operation_does_not_compile(branch: Any) -> None:
+    with pytest.raises(NotTraceable):
+        branch(SEQ)
+    assert compile_sizes(lambda b, s: {"x": branch(s)}) is None
+
+
+@pytest.mark.parametrize(("model_id", "changes"), [
+    ("meta-llama/Llama-3.1-8B", {}),
+    ("meta-llama/Llama-3.1-8B", {"finetune": "lora", "grad_ckpt": "full"}),
+    ("Qwen/Qwen3-0.6B", {"amp": "bf16", "dtype": "fp32", "grad_ckpt": "selective", "frozen_layers": 3}),
+    ("Qwen/Qwen3-0.6B", {"finetune": "qlora", "quant": "bnb-nf4", "bitsandbytes": "0.42.0"}),
+    ("Qwen/Qwen3-0.6B", {"framework": "litgpt", "finetune": "lora", "gpus": 4, "tensor": 2, "pipeline": 2}),
+    ("deepseek-ai/DeepSeek-V2-Lite", {"gpus": 8, "zero_stage": 3, "attention": "eager", "dropout": 0.1}),
+    ("openai-community/gpt2", {"framework": "torchtune", "gpus": 2, "context": 2}),
+])
+def test_the_compiled_step_sizes_equal_the_direct_ones(model_id: str, changes: dict[str, Any]) -> None:
+    model = load_model(model_id)
+    settings = resolve_settings(Settings().replace(mode="training", **changes), model).validate()
+    profile = T.framework(settings.training.framework)
+    lay = layout(settings.parallelism, settings.workload)
+    widths = T._bytes(settings, profile)
+    for stage in T._candidate_stages(lay.pipeline):
+        terms = T._terms(model.architecture, settings.training, lay, widths, stage, profile)
+
+        def direct(b: Any, s: Any, stage: int = stage, terms: Any = terms) -> dict[Any, Any]:
+            return T._shape_sizes(model, settings.training, settings.runtime.attention, profile, lay, widths,
+                                  stage, terms, b, s)
+
+        compiled = compile_sizes(direct)
+        assert compiled is not None
+        for b, s in POINTS:
+            assert compiled(b, s) == direct(b, s)
+
+
+def test_a_sliding_window_stage_stays_direct() -> None:
+    """gemma-2's sliding-window mask exists only from `seq >= window` on: a branch on the length, so no
+    compiled form; the planner evaluates its sizes directly."""
+    model = load_model("google/gemma-2-2b")
+    settings = resolve_settings(Settings().replace(mode="training"), model).validate()
+    profile = T.framework(settings.training.framework)
+    lay = layout(settings.parallelism, settings.workload)
+    widths = T._bytes(settings, profile)
+    terms = T._terms(model.architecture, settings.training, lay, widths, 0, profile)
+    assert compile_sizes(lambda b, s: T._shape_sizes(model, settings.training, "sdpa", profile, lay, widths, 0,
+                                                     terms, b, s)) is None
