@@ -21,10 +21,9 @@ planned and the larger taken.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import chain, groupby, repeat
-from operator import itemgetter
+from itertools import groupby
 from typing import Any, TypeVar, cast
 
 from vramfit.memory import activations as act
@@ -113,6 +112,7 @@ class Step:
     flat_root_grads: int = 0    # FSDP1 flat root: unsharded gradient of its trainable tensors (_flat_root_grads)
     flat_head_grads: int = 0
     flat_root_kept: int = 0     # its gradient as kept after the step (sharded unless accumulating)
+    runs: tuple[tuple[BlockStep, int], ...] = ()   # the blocks in walk order (last first) as (block, how many in a row)
 
 
 def plan(model: Model, settings: Settings) -> Plan:
@@ -126,18 +126,19 @@ def plan(model: Model, settings: Settings) -> Plan:
     validate_tensor_parallel(arch, lay.tensor)
     widths = _bytes(settings, profile)
     steps = [_step(model, settings, profile, lay, widths, stage) for stage in _candidate_stages(lay.pipeline)]
-    totals = [_phase_totals(step) for step in steps]
+    tables = [_phase_table(step) for step in steps]
     # the largest phase of each candidate stage, then the larger stage; the first one on a tie
-    peaks = [max(each.items(), key=itemgetter(1)) for each in totals]
-    chosen = max(range(len(steps)), key=lambda i: peaks[i][1])
-    name, step = peaks[chosen][0], steps[chosen]
+    peaks = [max(values) for _, values in tables]
+    chosen = max(range(len(steps)), key=peaks.__getitem__)
+    names, values = tables[chosen]
+    name, step = names[values.index(peaks[chosen])], steps[chosen]
     components = _components(_phase(step, name), step, settings, widths, lay) + _overheads(settings, lay)
     count = arch.parameter_count()
     adapters, trainable = _cached(("counts", settings.training), arch, lambda: _counts(arch, settings.training))
     parameters = Parameters(total=count.total + adapters, trainable=trainable, active=count.active,
                             by_part=count.by_part)
     notes = _notes(settings, profile, lay, name)
-    extra = {"peak_phase": name, "phases": totals[chosen],
+    extra = {"peak_phase": name, "phases": dict(zip(names, values)),
              "framework": {"name": profile.name, "behaviours": list(profile.behaviours)}, "layout": lay.name}
     if step.host:
         extra["host_memory"] = dict(step.host)
@@ -223,6 +224,7 @@ class TensorTerms:
     groups: tuple[tuple[Layer, int, list[ParamTensor], list[ParamTensor]], ...]
     group_tensors: tuple[BlockTensors, ...]   # each distinct block's tensor-only terms, as groups
     block_group: tuple[int, ...]
+    runs: tuple[tuple[int, int], ...]   # block_group in walk order (last block first) as (group, how many in a row)
     states: OptimizerMemory
     grads: int
     weights: int
@@ -276,6 +278,7 @@ def _tensor_terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes,
     grad_amp = widths.amp and lay.param_shard == 1
     return TensorTerms(
         held=held, groups=groups, block_group=block_group, states=states,
+        runs=tuple((group, len(tuple(run))) for group, run in groupby(reversed(block_group))),
         group_tensors=tuple(_block_tensors(mine, with_grads, grad_width, widths, lay, grad_amp)
                             for _, _, mine, with_grads in groups),
         grads=gradient_bytes((t.elements for t in holders), grad_width) // lay.grad_shard,
@@ -312,12 +315,12 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
     sizes = _sizes(model, training, settings.runtime.attention, profile, lay, widths, stage, terms,
                    workload.batch_size, -(-workload.seq_len // lay.context))
     priced = [_block_step(sizes, group, tensors, training, lay) for group, tensors in enumerate(terms.group_tensors)]
-    block_steps = tuple(priced[g] for g in terms.block_group)
     is_first, is_last = stage == 0, stage == lay.pipeline - 1
     host = dict(terms.host)
     offload_tail = 0
     if training.activation_offload:
-        block_steps, offload_tail, host["activations"] = _offload_activations(block_steps)
+        priced, offload_tail, host["activations"] = _offload_activations(priced, terms.block_group)
+    runs = tuple((priced[group], count) for group, count in terms.runs)
     loss = _NO_LOSS if not is_last else act.LossMemory(
         saved=sizes["loss_saved"], forward_transient=sizes["loss_forward_transient"],
         backward_transient=sizes["loss_backward_transient"], kept=sizes["loss_kept"], formula=sizes["loss_formula"])
@@ -327,11 +330,12 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
         states=_offloaded(terms.states) if lay.offload_states else _sharded(terms.states, lay.state_shard),
         batch=2 * allocation_bytes(workload.batch_size * workload.seq_len * act.INDEX),
         saved_outside=sizes["saved_outside"] + offload_tail, saved_head=sizes["saved_head"], loss=loss,
-        blocks=block_steps, buckets=ddp_bucket_bytes(terms.grads) if lay.ddp_buckets else 0,
+        blocks=tuple(map(priced.__getitem__, terms.block_group)), runs=runs,
+        buckets=ddp_bucket_bytes(terms.grads) if lay.ddp_buckets else 0,
         dequant=terms.dequant, accumulating=workload.grad_accum > 1,
         in_flight=lay.in_flight if is_first else 1, host=host, flat_root_grads=terms.flat_root_grads,
         flat_head_grads=terms.flat_head_grads, flat_root_kept=terms.flat_root_grads // lay.grad_shard,
-        **_held_terms(sizes["head_held"], profile, terms, block_steps, lay, is_first, is_last))
+        **_held_terms(sizes["head_held"], profile, terms, runs, lay, is_first, is_last))
 
 
 def _sizes(model: Model, training: Any, attention: str, profile: Framework, lay: Layout, widths: Bytes, stage: int,
@@ -381,13 +385,13 @@ def _shape_sizes(model: Model, training: Any, attention: str, profile: Framework
     return out
 
 
-def _held_terms(head_held: int, profile: Framework, terms: TensorTerms, blocks: tuple[BlockStep, ...], lay: Layout,
-                is_first: bool, is_last: bool) -> dict[str, Any]:
+def _held_terms(head_held: int, profile: Framework, terms: TensorTerms, runs: tuple[tuple[BlockStep, int], ...],
+                lay: Layout, is_first: bool, is_last: bool) -> dict[str, Any]:
     """bitsandbytes < 0.43.2 (lora.held_4bit_inputs): the blocks' kept inputs and a 4-bit head's (`head_held`), for
     every micro-batch in flight; they live until the graph goes, i.e. through the whole backward, and under a
     framework that keeps the graph referenced (Framework.graph_kept) through the optimizer step into the next
     forward, where the previous step's coexist with the new ones (steady state: the same shapes each step)."""
-    held = sum(b.held for b in blocks) + head_held
+    held = sum(block.held * count for block, count in runs) + head_held
     held *= lay.in_flight if is_first else 1
     return {"held_inputs": held, "held_previous": held if profile.graph_kept else 0,
             "held_in_optimizer": profile.graph_kept, "dequant_head": terms.dequant_head if is_last else 0}
@@ -722,15 +726,14 @@ def _offloaded(states: OptimizerMemory) -> OptimizerMemory:
     return replace(states, states=0, paged=0, step_temporaries=0)
 
 
-def _offload_activations(blocks: tuple[BlockStep, ...]) -> tuple[tuple[BlockStep, ...], int, int]:
+def _offload_activations(distinct: list[BlockStep], block_group: tuple[int, ...]) -> tuple[list[BlockStep], int, int]:
     """Activation offloading (torchtune training/_activation_offloading.py): every block's saved tensors go
     to pinned host memory as they are made; the GPU keeps the block still being copied out at the end of the
-    forward, and in backward the block being differentiated plus the one prefetched behind it."""
-    from dataclasses import replace
-
-    largest = max((b.saved for b in blocks), default=0)
-    moved = {id(b): replace(b, saved=0, recomputed=b.recomputed + largest) for b in blocks}   # one per distinct
-    return tuple(moved[id(b)] for b in blocks), largest, sum(b.saved for b in blocks)
+    forward, and in backward the block being differentiated plus the one prefetched behind it. `distinct`:
+    each distinct block's step; `block_group`: which one each block is."""
+    largest = max((b.saved for b in distinct), default=0)
+    moved = [replace(b, saved=0, recomputed=b.recomputed + largest) for b in distinct]
+    return moved, largest, sum(distinct[group].saved for group in block_group)
 
 
 def _host(states: OptimizerMemory, tensors: tuple[ParamTensor, ...], widths: Bytes, lay: Layout) -> dict[str, int]:
@@ -754,16 +757,28 @@ def _offloaded_parameters_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes)
 
 def _phase_totals(step: Step) -> dict[str, int]:
     """The total live bytes of every phase, in the step's order: forward, start of backward, each block's MLP
-    and attention halves (last block first), optimizer step. The block phases are summed without building
-    their live sets (_block_totals): only the peak phase's is built (_phase)."""
+    and attention halves (last block first), optimizer step (_phase_table)."""
+    names, values = _phase_table(step)
+    return dict(zip(names, values))
+
+
+def _phase_table(step: Step) -> tuple[tuple[str, ...], list[int]]:
+    """The phases' names and totals, in the step's order (_phase_totals). The block phases are summed a run of
+    equal blocks at a time without building their live sets (_block_totals): only the peak phase's is built
+    (_phase)."""
     saved = _saved(step)
     outer = _outer_phases(step, saved)
-    totals = {name: sum(outer[name].values()) for name in ("forward", "backward_start")}
-    totals.update(_block_totals(step, saved))
+    values = [sum(outer["forward"].values()), sum(outer["backward_start"].values()), *_block_totals(step, saved)]
     if "backward_end" in outer:
-        totals["backward_end"] = sum(outer["backward_end"].values())
-    totals["optimizer_step"] = sum(outer["optimizer_step"].values())
-    return totals
+        values.append(sum(outer["backward_end"].values()))
+    values.append(sum(outer["optimizer_step"].values()))
+    return _phase_names(len(step.blocks), "backward_end" in outer), values
+
+
+@functools.cache
+def _phase_names(blocks: int, backward_end: bool) -> tuple[str, ...]:
+    return ("forward", "backward_start", *_block_phase_names(blocks), *(("backward_end",) if backward_end else ()),
+            "optimizer_step")
 
 
 def _phase(step: Step, name: str) -> dict[str, int]:
@@ -774,7 +789,7 @@ def _phase(step: Step, name: str) -> dict[str, int]:
 
 def _saved(step: Step) -> int:
     """Every saved activation of the micro-batches in flight, at the loss."""
-    return (sum(b.saved for b in step.blocks) + step.saved_outside + step.saved_head
+    return (sum(block.saved * count for block, count in step.runs) + step.saved_outside + step.saved_head
             + step.loss.saved) * step.in_flight
 
 
@@ -863,35 +878,32 @@ def _walk_past(step: Step, block: BlockStep, walk: Walk, count: int) -> Walk:
     return grads + count * kept, remaining - count * block.saved, amp - count * block.amp_copies
 
 
-def _runs(step: Step) -> list[tuple[BlockStep, int]]:
+def _runs(step: Step) -> tuple[tuple[BlockStep, int], ...]:
     """The blocks in walk order (last first) as (block, how many in a row): equal blocks share one BlockStep
-    object (_step prices each distinct block once), so a model's 32 equal blocks are one run."""
-    runs = []
-    for _, group in groupby(reversed(step.blocks), key=id):
-        run = tuple(group)
-        runs.append((run[0], len(run)))
-    return runs
+    object (_step prices each distinct block once, TensorTerms.runs), so a model's 32 equal blocks are one run."""
+    return step.runs
 
 
-def _block_totals(step: Step, saved: int) -> dict[str, int]:
-    """The total of every block phase, a run of equal blocks at a time. Each phase's total is the resident
-    bytes plus its half's terms, where the walk's three terms each count once; so from one block of a run to
-    the next, both halves' totals change by what the walk changes: sum(walk after) - sum(walk before)."""
-    names, resident = _block_phase_names(len(step.blocks)), sum(_block_resident(step).values())
-    walk, position = _walk_start(step, saved), 0
-    out: dict[str, int] = {}
+def _block_totals(step: Step, saved: int) -> list[int]:
+    """The total of every block phase in walk order, a run of equal blocks at a time. Each phase's total is the
+    resident bytes plus its half's terms, where the walk's three terms each count once; so from one block of a
+    run to the next, both halves' totals change by what the walk changes: sum(walk after) - sum(walk before)."""
+    resident = sum(_block_resident(step).values())
+    walk = _walk_start(step, saved)
+    out: list[int] = []
     for block, count in _runs(step):
         mlp, attention = (resident + sum(half.values()) for half in _halves(step, block, walk))
         change = sum(_walk_past(step, block, walk, 1)) - sum(walk)
-        halves = zip(_progression(mlp, change, count), _progression(attention, change, count))
-        out.update(zip(names[position:position + 2 * count], chain.from_iterable(halves)))
-        walk, position = _walk_past(step, block, walk, count), position + 2 * count
+        halves = [0] * (2 * count)   # MLP half, attention half, for each block of the run
+        halves[0::2], halves[1::2] = _progression(mlp, change, count), _progression(attention, change, count)
+        out += halves
+        walk = _walk_past(step, block, walk, count)
     return out
 
 
-def _progression(first: int, change: int, count: int) -> Iterable[int]:
+def _progression(first: int, change: int, count: int) -> Sequence[int]:
     """first, first + change, first + 2 x change, ...: `count` values."""
-    return range(first, first + count * change, change) if change else repeat(first, count)
+    return range(first, first + count * change, change) if change else [first] * count
 
 
 def _block_phase(step: Step, name: str) -> dict[str, int]:
