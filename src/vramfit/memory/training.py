@@ -47,7 +47,7 @@ from vramfit.memory.symbolic import compile_sizes
 from vramfit.model.architecture import Architecture, GatedMLP, Layer, MixtureOfExperts
 from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
-from vramfit.settings import DTYPE_BYTES, Settings
+from vramfit.settings import DTYPE_BYTES, Precision, Settings
 
 _EMBEDDING_ROLES = ("token_embd", "embedding_other")
 _HIDDEN_DROPOUT_KEYS = ("resid_pdrop", "hidden_dropout_prob", "hidden_dropout", "dropout")
@@ -128,21 +128,18 @@ def plan(model: Model, settings: Settings) -> Plan:
     steps = [_step(model, settings, profile, lay, widths, stage) for stage in _candidate_stages(lay.pipeline)]
     tables = [_phase_table(step) for step in steps]
     # the largest phase of each candidate stage, then the larger stage; the first one on a tie
-    peaks = [max(values) for _, values in tables]
+    peaks = [max(values) for _, values, _ in tables]
     chosen = max(range(len(steps)), key=peaks.__getitem__)
-    names, values = tables[chosen]
+    names, values, outer = tables[chosen]
     name, step = names[values.index(peaks[chosen])], steps[chosen]
-    components = _components(_phase(step, name), step, settings, widths, lay) + _overheads(settings, lay)
-    count = arch.parameter_count()
-    adapters, trainable = _cached(("counts", settings.training), arch, lambda: _counts(arch, settings.training))
-    parameters = Parameters(total=count.total + adapters, trainable=trainable, active=count.active,
-                            by_part=count.by_part)
+    components = (*_components(_phase(step, name, outer), step, settings, widths, lay), *_overheads(settings, lay))
+    parameters = _cached(("parameters", settings.training), arch, lambda: _parameters(arch, settings.training))
     notes = _notes(settings, profile, lay, name)
     extra = {"peak_phase": name, "phases": dict(zip(names, values)),
              "framework": {"name": profile.name, "behaviours": list(profile.behaviours)}, "layout": lay.name}
     if step.host:
         extra["host_memory"] = dict(step.host)
-    return Plan(components=tuple(components), parameters=parameters, notes=notes, extra=extra)
+    return Plan(components=components, parameters=parameters, notes=notes, extra=extra)
 
 
 def _untied(model: Model) -> Model:
@@ -156,10 +153,12 @@ def _untied(model: Model) -> Model:
 _UNTIED: dict[int, tuple[object, Any]] = {}
 
 
-def _counts(arch: Architecture, training: Any) -> tuple[int, int]:
-    """The adapters' elements and the trainable elements of the whole model under `training`."""
+def _parameters(arch: Architecture, training: Any) -> Parameters:
+    """The model's parameters under `training`: the architecture's, its adapters, and what trains."""
     tensors = parameter_tensors(arch, training)
-    return sum(t.elements for t in tensors if t.adapter), trainable_parameters(tensors)
+    count = arch.parameter_count()
+    return Parameters(total=count.total + sum(t.elements for t in tensors if t.adapter),
+                      trainable=trainable_parameters(tensors), active=count.active, by_part=count.by_part)
 
 
 def _cached(key: tuple[Any, ...], arch: Architecture, make: Any) -> Any:
@@ -175,12 +174,16 @@ def _candidate_stages(pipeline: int) -> list[int]:
 
 
 def _bytes(settings: Settings, profile: Framework) -> Bytes:
+    return _widths(settings.precision, profile.adapter_fp32)
+
+
+@functools.lru_cache(maxsize=256)
+def _widths(precision: Precision, adapter_fp32: bool) -> Bytes:
     """AMP keeps fp32 parameters and computes in the amp dtype; otherwise both are --dtype. LoRA adapters are
     fp32 where the framework upcasts them (PEFT), else in the parameter dtype."""
-    precision = settings.precision
     param = 4 if precision.amp else DTYPE_BYTES[precision.dtype]
     compute = DTYPE_BYTES[precision.compute_dtype]
-    adapter = 4 if profile.adapter_fp32 else param
+    adapter = 4 if adapter_fp32 else param
     return Bytes(param=param, compute=compute, adapter=adapter, amp=precision.amp is not None,
                  double_quant=precision.quant == "bnb-nf4-dq")
 
@@ -226,6 +229,7 @@ class TensorTerms:
     block_group: tuple[int, ...]
     runs: tuple[tuple[int, int], ...]   # block_group in walk order (last block first) as (group, how many in a row)
     states: OptimizerMemory
+    held_states: OptimizerMemory        # as this GPU holds them: sharded over state_shard, or offloaded
     grads: int
     weights: int
     gathered: int
@@ -278,6 +282,7 @@ def _tensor_terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes,
     grad_amp = widths.amp and lay.param_shard == 1
     return TensorTerms(
         held=held, groups=groups, block_group=block_group, states=states,
+        held_states=_offloaded(states) if lay.offload_states else _sharded(states, lay.state_shard),
         runs=tuple((group, len(tuple(run))) for group, run in groupby(reversed(block_group))),
         group_tensors=tuple(_block_tensors(mine, with_grads, grad_width, widths, lay, grad_amp)
                             for _, _, mine, with_grads in groups),
@@ -310,10 +315,9 @@ def _flat_root_grads(held: Held, grad_width: int, lay: Layout, profile: Framewor
 def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes, stage: int) -> Step:
     """Every term of one stage's step, before the phases combine them: the tensor terms (cached), then what the
     batch and the length change (_sizes: each distinct block priced once, the loss, ...)."""
-    arch, training, workload = model.architecture, settings.training, settings.workload
-    terms = _terms(arch, training, lay, widths, stage, profile)
-    sizes = _sizes(model, training, settings.runtime.attention, profile, lay, widths, stage, terms,
-                   workload.batch_size, -(-workload.seq_len // lay.context))
+    training, workload = settings.training, settings.workload
+    terms, sizes = _sizes(model, training, settings.runtime.attention, profile, lay, widths, stage,
+                          workload.batch_size, -(-workload.seq_len // lay.context))
     priced = [_block_step(sizes, group, tensors, training, lay) for group, tensors in enumerate(terms.group_tensors)]
     is_first, is_last = stage == 0, stage == lay.pipeline - 1
     host = dict(terms.host)
@@ -327,7 +331,7 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
     return Step(
         weights=terms.weights, gathered=terms.gathered, fsdp_root=terms.fsdp_root, fsdp_block=terms.fsdp_block,
         amp_copies=terms.amp_copies, gradients=terms.grads, outside_grads=terms.outside_grads,
-        states=_offloaded(terms.states) if lay.offload_states else _sharded(terms.states, lay.state_shard),
+        states=terms.held_states,
         batch=2 * allocation_bytes(workload.batch_size * workload.seq_len * act.INDEX),
         saved_outside=sizes["saved_outside"] + offload_tail, saved_head=sizes["saved_head"], loss=loss,
         blocks=tuple(map(priced.__getitem__, terms.block_group)), runs=runs,
@@ -339,28 +343,39 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
 
 
 def _sizes(model: Model, training: Any, attention: str, profile: Framework, lay: Layout, widths: Bytes, stage: int,
-           terms: TensorTerms, batch: int, seq: int) -> dict[str, Any]:
-    """_shape_sizes at (batch, seq): evaluated directly at the first estimate of its key, compiled at the second
-    (symbolic.compile_sizes: the same functions traced once with batch and seq as symbols, then one arithmetic
-    function of the two), so a search that tries each layout once never pays for compiling. The key is
-    everything _shape_sizes reads besides batch and seq; a stage the symbols cannot trace stays direct."""
-    def direct(b: Any, s: Any) -> dict[str, Any]:
-        return _shape_sizes(model, training, attention, profile, lay, widths, stage, terms, b, s)
-
+           batch: int, seq: int) -> tuple[TensorTerms, dict[Any, Any]]:
+    """The stage's tensor terms (_terms), and _shape_sizes at (batch, seq): evaluated directly at the first
+    estimate of its key, compiled at the second (symbolic.compile_sizes: the same functions traced once with
+    batch and seq as symbols, then one arithmetic function of the two), so a search that tries each layout
+    once never pays for compiling. The key is everything _shape_sizes reads besides batch and seq; a stage the
+    symbols cannot trace stays direct."""
     key = (id(model), training, attention, profile, lay, widths, stage)
     hit = _COMPILED.get(key)
     if hit is None or hit[0] is not model:
-        _memo(_COMPILED, key, model, lambda: _NOT_YET)
-        return direct(batch, seq)
-    if hit[1] is _NOT_YET:
-        hit = (model, compile_sizes(direct))
-        _COMPILED[key] = hit
-    return direct(batch, seq) if hit[1] is None else hit[1](batch, seq)
+        hit = (model, _terms(model.architecture, training, lay, widths, stage, profile), _NOT_YET)
+        _store(_COMPILED, key, hit)
+        return hit[1], _shape_sizes(model, training, attention, profile, lay, widths, stage, hit[1], batch, seq)
+    terms, compiled = hit[1], hit[2]
+    if compiled is _NOT_YET:
+        compiled = compile_sizes(lambda b, s: _shape_sizes(model, training, attention, profile, lay, widths, stage,
+                                                           terms, b, s))
+        _COMPILED[key] = (model, terms, compiled)
+    if compiled is None:
+        return terms, _shape_sizes(model, training, attention, profile, lay, widths, stage, terms, batch, seq)
+    return terms, compiled(batch, seq)
 
 
-# (id(model), training, attention, framework, layout, widths, stage) -> (model, Compiled | None | _NOT_YET)
-_COMPILED: dict[tuple[Any, ...], tuple[object, Any]] = {}
+# (id(model), training, attention, framework, layout, widths, stage) -> (model, its stage's TensorTerms, the
+# compiled _shape_sizes: symbolic.Compiled, None where it cannot be traced, _NOT_YET before the second estimate)
+_COMPILED: dict[tuple[Any, ...], tuple[object, TensorTerms, Any]] = {}
 _NOT_YET = object()
+
+
+def _store(store: dict[Any, Any], key: Any, value: Any) -> None:
+    """store[key] = value; the store starts afresh beyond _TERMS_SIZE entries."""
+    if len(store) >= _TERMS_SIZE:
+        store.clear()
+    store[key] = value
 
 
 def _shape_sizes(model: Model, training: Any, attention: str, profile: Framework, lay: Layout, widths: Bytes,
@@ -758,21 +773,21 @@ def _offloaded_parameters_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes)
 def _phase_totals(step: Step) -> dict[str, int]:
     """The total live bytes of every phase, in the step's order: forward, start of backward, each block's MLP
     and attention halves (last block first), optimizer step (_phase_table)."""
-    names, values = _phase_table(step)
+    names, values, _ = _phase_table(step)
     return dict(zip(names, values))
 
 
-def _phase_table(step: Step) -> tuple[tuple[str, ...], list[int]]:
-    """The phases' names and totals, in the step's order (_phase_totals). The block phases are summed a run of
-    equal blocks at a time without building their live sets (_block_totals): only the peak phase's is built
-    (_phase)."""
+def _phase_table(step: Step) -> tuple[tuple[str, ...], list[int], dict[str, dict[str, int]]]:
+    """The phases' names and totals, in the step's order (_phase_totals), and the live sets of the phases outside
+    the blocks' backward (_outer_phases). The block phases are summed a run of equal blocks at a time without
+    building their live sets (_block_totals): only the peak phase's is built (_phase)."""
     saved = _saved(step)
     outer = _outer_phases(step, saved)
     values = [sum(outer["forward"].values()), sum(outer["backward_start"].values()), *_block_totals(step, saved)]
     if "backward_end" in outer:
         values.append(sum(outer["backward_end"].values()))
     values.append(sum(outer["optimizer_step"].values()))
-    return _phase_names(len(step.blocks), "backward_end" in outer), values
+    return _phase_names(len(step.blocks), "backward_end" in outer), values, outer
 
 
 @functools.cache
@@ -781,9 +796,10 @@ def _phase_names(blocks: int, backward_end: bool) -> tuple[str, ...]:
             "optimizer_step")
 
 
-def _phase(step: Step, name: str) -> dict[str, int]:
-    """Live bytes by component in one phase (the keys become the breakdown's component names)."""
-    outer = _outer_phases(step, _saved(step))
+def _phase(step: Step, name: str, outer: dict[str, dict[str, int]] | None = None) -> dict[str, int]:
+    """Live bytes by component in one phase (the keys become the breakdown's component names); `outer`: the
+    step's _outer_phases where the caller has them."""
+    outer = _outer_phases(step, _saved(step)) if outer is None else outer
     return outer[name] if name in outer else _block_phase(step, name)
 
 
@@ -931,7 +947,7 @@ def _components(live: dict[str, int], step: Step, settings: Settings, widths: By
     for name, nbytes in live.items():
         if nbytes <= 0:
             continue
-        formula, inputs, source, textbook = described.get(name, ("", {}, "", ""))
+        formula, inputs, source, textbook = described[name]() if name in described else ("", {}, "", "")
         out.append(Component(name=name, bytes=nbytes, formula=formula, inputs=inputs, source=source,
                              textbook=textbook))
     if step.states.paged:
@@ -940,41 +956,45 @@ def _components(live: dict[str, int], step: Step, settings: Settings, widths: By
     return out
 
 
-def _descriptions(step: Step, settings: Settings, widths: Bytes, lay: Layout) -> dict[str, tuple[str, dict[str, Any],
-                                                                                              str, str]]:
+# A component's (formula, inputs, source, textbook).
+Description = tuple[str, dict[str, Any], str, str]
+
+
+def _descriptions(step: Step, settings: Settings, widths: Bytes, lay: Layout) -> dict[str, Callable[[], Description]]:
+    """Each component's description, made when asked: only the peak phase's components are described."""
     w, tr = settings.workload, settings.training
     tokens = {"batch": w.batch_size, "seq_len": w.seq_len, "compute_bytes": widths.compute}
     return {
-        "weights": (("sum over tensors round512(elements x bytes); QLoRA base: nf4 packed + absmax; / ZeRO-3 shards "
+        "weights": lambda: (("sum over tensors round512(elements x bytes); QLoRA base: nf4 packed + absmax; / ZeRO-3 shards "
                      "(4-bit quant_state whole on every rank, not offloaded)"),
                     {"param_bytes": widths.param, "finetune": tr.finetune, "param_shard": lay.param_shard},
                     "memory/lora.py parameter_tensors; bitsandbytes functional.quantize_4bit", _TEXTBOOK_WEIGHTS),
-        "gradients": ("sum over trainable tensors round512(elements x bytes) / grad shards",
+        "gradients": lambda: ("sum over trainable tensors round512(elements x bytes) / grad shards",
                       {"grad_bytes": widths.adapter if tr.finetune != "full" else widths.param,
                        "grad_shard": lay.grad_shard, "grad_accum": w.grad_accum},
                       "torch autograd AccumulateGrad: .grad in the parameter dtype", "[S0]/[S4] 4 bytes x parameters"),
-        "optimizer_states": (step.states.formula, {"optimizer": tr.optimizer, "state_shard": lay.state_shard},
+        "optimizer_states": lambda: (step.states.formula, {"optimizer": tr.optimizer, "state_shard": lay.state_shard},
                              step.states.source, _TEXTBOOK_STATES),
-        "optimizer_step_temporaries": (step.states.temporaries_formula, {"optimizer": tr.optimizer},
+        "optimizer_step_temporaries": lambda: (step.states.temporaries_formula, {"optimizer": tr.optimizer},
                                        step.states.source, "not in the seeds"),
-        "activations": (_ACTIVATIONS_FORMULA, {**tokens, "attention": settings.runtime.attention, "grad_ckpt": tr.grad_ckpt,
+        "activations": lambda: (_ACTIVATIONS_FORMULA, {**tokens, "attention": settings.runtime.attention, "grad_ckpt": tr.grad_ckpt,
                                       "in_flight": step.in_flight},
                         "autograd saved tensors of transformers 5.23 modeling_llama / modeling_gpt2",
                         _textbook_activations(step, settings)),
-        "logits_and_loss": (step.loss.formula, tokens, "transformers/loss/loss_utils.py ForCausalLMLoss", ""),
-        "backward_transient": ("incoming gradient T x h + MLP gradient temporaries (2 x T x I gated)", tokens,
+        "logits_and_loss": lambda: (step.loss.formula, tokens, "transformers/loss/loss_utils.py ForCausalLMLoss", ""),
+        "backward_transient": lambda: ("incoming gradient T x h + MLP gradient temporaries (2 x T x I gated)", tokens,
                                "autograd: gradients of mul/down_proj inputs", ""),
-        "amp_weight_copies": ("sum over linear weights round512(elements x amp bytes)", {"amp": settings.precision.amp},
+        "amp_weight_copies": lambda: ("sum over linear weights round512(elements x amp bytes)", {"amp": settings.precision.amp},
                               "aten/src/ATen/autocast_mode.cpp cached casts", ""),
-        "gathered_parameters": ("2 blocks unsharded in the compute dtype (current + prefetch)",
+        "gathered_parameters": lambda: ("2 blocks unsharded in the compute dtype (current + prefetch)",
                                 {"layout": lay.name}, "FSDP backward_prefetch=BACKWARD_PRE; DeepSpeed ZeRO-3 prefetch",
                                 ""),
-        "ddp_gradient_buckets": ("one bucket copy of the gradients", {"bucket_cap_mb": 25},
+        "ddp_gradient_buckets": lambda: ("one bucket copy of the gradients", {"bucket_cap_mb": 25},
                                  "torch/nn/parallel/distributed.py gradient_as_bucket_view=False", ""),
-        "batch": ("input_ids + labels: 2 x T x 8", tokens, "int64 token tensors", ""),
-        "fsdp_root_gradients": (_ROOT_FORMULA, {"layout": lay.name, "grad_accum": w.grad_accum}, _ROOT_SOURCE,
+        "batch": lambda: ("input_ids + labels: 2 x T x 8", tokens, "int64 token tensors", ""),
+        "fsdp_root_gradients": lambda: (_ROOT_FORMULA, {"layout": lay.name, "grad_accum": w.grad_accum}, _ROOT_SOURCE,
                                 "not in the seeds"),
-        "bitsandbytes_saved_inputs": (_HELD_FORMULA,
+        "bitsandbytes_saved_inputs": lambda: (_HELD_FORMULA,
                                       {**tokens, "bitsandbytes": tr.bitsandbytes, "micro_batches_in_flight": step.in_flight},
                                       _HELD_SOURCE, "not in the seeds"),
     }
@@ -1007,11 +1027,22 @@ def _textbook_activations(step: Step, settings: Settings) -> str:
             "is off, and the logits and loss apart")
 
 
-def _overheads(settings: Settings, lay: Layout) -> list[Component]:
+def _overheads(settings: Settings, lay: Layout) -> tuple[Component, ...]:
     """CUDA context (device) and the cuBLAS workspace (allocated through the caching allocator, once per
     stream; training runs forward and backward on one stream); NCCL is not modelled."""
-    hopper = bool(settings.gpu) and any(name in str(settings.gpu).upper() for name in ("H100", "H200", "H800", "GH200"))
-    return [overhead.cublas_workspace(hopper=hopper), overhead.cuda_context()]
+    return _constant_overheads(_hopper(settings.gpu))
+
+
+@functools.lru_cache(maxsize=256)
+def _hopper(gpu: str | None) -> bool:
+    """A Hopper GPU (sm90), by the name the settings give."""
+    return bool(gpu) and any(name in str(gpu).upper() for name in ("H100", "H200", "H800", "GH200"))
+
+
+@functools.cache
+def _constant_overheads(hopper: bool) -> tuple[Component, ...]:
+    """The workspace and the context depend on nothing else: the same two frozen Components for every estimate."""
+    return overhead.cublas_workspace(hopper=hopper), overhead.cuda_context()
 
 
 def _notes(settings: Settings, profile: Framework, lay: Layout, phase: str) -> tuple[str, ...]:
