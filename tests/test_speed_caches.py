@@ -120,8 +120,8 @@ def _steps(model_id: str, changes: dict[str, object]) -> list[object]:
     settings = resolve_settings(Settings().replace(mode="training", **changes), model).validate()
     profile = T.framework(settings.training.framework)
     lay = layout(settings.parallelism, settings.workload)
-    widths = T._bytes(settings, profile)
-    return [T._step(model, settings, profile, lay, widths, stage) for stage in T._candidate_stages(lay.pipeline)]
+    setup = T._setup(model, settings, profile, lay)
+    return [T._step(setup, settings, stage) for stage in T._candidate_stages(lay.pipeline)]
 
 
 @pytest.mark.parametrize(("model_id", "changes"), [

@@ -97,7 +97,6 @@ class Step:
     saved_outside: int
     saved_head: int
     loss: act.LossMemory
-    blocks: tuple[BlockStep, ...]
     buckets: int
     dequant: int
     accumulating: bool
@@ -114,32 +113,88 @@ class Step:
     flat_root_kept: int = 0     # its gradient as kept after the step (sharded unless accumulating)
     runs: tuple[tuple[BlockStep, int], ...] = ()   # the blocks in walk order (last first) as (block, how many in a row)
 
+    @property
+    def blocks(self) -> tuple[BlockStep, ...]:
+        """Every block's step, in block order."""
+        return tuple(block for block, count in reversed(self.runs) for _ in range(count))
+
+    @property
+    def block_count(self) -> int:
+        return sum(count for _, count in self.runs)
+
 
 def plan(model: Model, settings: Settings) -> Plan:
     profile = framework(settings.training.framework)
-    if profile.untied_head and model.architecture.head.tied and model.architecture.head.output is not None:
-        model = _untied(model)   # litgpt: lm_head.weight is a copy of the token table
-    arch = model.architecture
     lay = layout(settings.parallelism, settings.workload)
     if profile.fsdp_no_sync and settings.parallelism.fsdp != "none" and settings.workload.grad_accum > 1:
-        lay = replace(lay, grad_shard=1)   # FSDP.no_sync(): full gradients until the sync step
-    validate_tensor_parallel(arch, lay.tensor)
-    widths = _bytes(settings, profile)
-    steps = [_step(model, settings, profile, lay, widths, stage) for stage in _candidate_stages(lay.pipeline)]
+        lay = _no_sync(lay)   # FSDP.no_sync(): full gradients until the sync step
+    setup = _setup(model, settings, profile, lay)
+    steps = [_step(setup, settings, stage) for stage in _candidate_stages(lay.pipeline)]
     tables = [_phase_table(step) for step in steps]
     # the largest phase of each candidate stage, then the larger stage; the first one on a tie
     peaks = [max(values) for _, values, _ in tables]
     chosen = max(range(len(steps)), key=peaks.__getitem__)
     names, values, outer = tables[chosen]
     name, step = names[values.index(peaks[chosen])], steps[chosen]
-    components = (*_components(_phase(step, name, outer), step, settings, widths, lay), *_overheads(settings, lay))
-    parameters = _cached(("parameters", settings.training), arch, lambda: _parameters(arch, settings.training))
-    notes = _notes(settings, profile, lay, name)
+    components = (*_components(_phase(step, name, outer), step, settings, setup.widths, lay),
+                  *_overheads(settings, lay))
+    notes = (f"peak phase: {name}; steady-state step (optimizer states already allocated)", *setup.notes)
     extra = {"peak_phase": name, "phases": dict(zip(names, values)),
              "framework": {"name": profile.name, "behaviours": list(profile.behaviours)}, "layout": lay.name}
     if step.host:
         extra["host_memory"] = dict(step.host)
-    return Plan(components=components, parameters=parameters, notes=notes, extra=extra)
+    return Plan(components=components, parameters=setup.parameters, notes=notes, extra=extra)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Setup:
+    """What a training estimate takes from the model and the settings no workload changes, made once per their
+    objects (_setup): the framework profile, the model as the framework builds it, the layout, the byte widths,
+    the parameter counts, the notes after the peak phase's, and each candidate stage's StageTerms."""
+
+    model: Model
+    profile: Framework
+    layout: Layout
+    widths: Bytes
+    parameters: Parameters
+    notes: tuple[str, ...]
+    stages: dict[int, StageTerms] = field(hash=False)
+
+
+def _setup(model: Model, settings: Settings, profile: Framework, lay: Layout) -> Setup:
+    """The Setup of (model, training, precision, runtime, layout, framework profile), by the objects' identities:
+    a sweep's Settings.replace keeps every part but the Workload, so each point finds it with six `is` tests
+    instead of hashing the settings. New objects equal to earlier ones make a new Setup from the value-keyed
+    caches."""
+    held = (model, settings.training, settings.precision, settings.runtime, lay, profile)
+    key = tuple(map(id, held))
+    hit = _SETUPS.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit[0], held)):
+        hit = (held, _make_setup(model, settings, profile, lay))
+        _store(_SETUPS, key, hit)
+    return hit[1]
+
+
+# (ids of model, training, precision, runtime, layout, profile) -> (those objects, their Setup)
+_SETUPS: dict[tuple[int, ...], tuple[tuple[object, ...], Setup]] = {}
+
+
+def _make_setup(model: Model, settings: Settings, profile: Framework, lay: Layout) -> Setup:
+    if profile.untied_head and model.architecture.head.tied and model.architecture.head.output is not None:
+        model = _untied(model)   # litgpt: lm_head.weight is a copy of the token table
+    arch, training = model.architecture, settings.training
+    validate_tensor_parallel(arch, lay.tensor)
+    return Setup(model=model, profile=profile, layout=lay, widths=_bytes(settings, profile),
+                 parameters=_cached(("parameters", training), arch, lambda: _parameters(arch, training)),
+                 notes=_notes(profile, lay), stages={})
+
+
+def _no_sync(lay: Layout) -> Layout:
+    """`lay` with unsharded gradients (FSDP.no_sync() while accumulating), one object per layout object."""
+    return _memo(_NO_SYNC, id(lay), lay, lambda: replace(lay, grad_shard=1))
+
+
+_NO_SYNC: dict[int, tuple[object, Any]] = {}
 
 
 def _untied(model: Model) -> Model:
@@ -312,12 +367,11 @@ def _flat_root_grads(held: Held, grad_width: int, lay: Layout, profile: Framewor
             "flat_head_grads": gradient_bytes((t.elements for t in head), grad_width)}
 
 
-def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes, stage: int) -> Step:
+def _step(setup: Setup, settings: Settings, stage: int) -> Step:
     """Every term of one stage's step, before the phases combine them: the tensor terms (cached), then what the
     batch and the length change (_sizes: each distinct block priced once, the loss, ...)."""
-    training, workload = settings.training, settings.workload
-    terms, sizes = _sizes(model, training, settings.runtime.attention, profile, lay, widths, stage,
-                          workload.batch_size, -(-workload.seq_len // lay.context))
+    training, workload, profile, lay = settings.training, settings.workload, setup.profile, setup.layout
+    terms, sizes = _sizes(setup, settings, stage, workload.batch_size, -(-workload.seq_len // lay.context))
     priced = [_block_step(sizes, group, tensors, training, lay) for group, tensors in enumerate(terms.group_tensors)]
     is_first, is_last = stage == 0, stage == lay.pipeline - 1
     host = dict(terms.host)
@@ -334,7 +388,7 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
         states=terms.held_states,
         batch=2 * allocation_bytes(workload.batch_size * workload.seq_len * act.INDEX),
         saved_outside=sizes["saved_outside"] + offload_tail, saved_head=sizes["saved_head"], loss=loss,
-        blocks=tuple(map(priced.__getitem__, terms.block_group)), runs=runs,
+        runs=runs,
         buckets=ddp_bucket_bytes(terms.grads) if lay.ddp_buckets else 0,
         dequant=terms.dequant, accumulating=workload.grad_accum > 1,
         in_flight=lay.in_flight if is_first else 1, host=host, flat_root_grads=terms.flat_root_grads,
@@ -342,33 +396,55 @@ def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, wid
         **_held_terms(sizes["head_held"], profile, terms, runs, lay, is_first, is_last))
 
 
-def _sizes(model: Model, training: Any, attention: str, profile: Framework, lay: Layout, widths: Bytes, stage: int,
-           batch: int, seq: int) -> tuple[TensorTerms, dict[Any, Any]]:
+@dataclass(kw_only=True, slots=True)
+class StageTerms:
+    """One stage's tensor terms and its _shape_sizes compiled (symbolic.Compiled; None where the symbols cannot
+    trace it; _NOT_YET before the key's second estimate). Mutable: the compiled form is filled in later."""
+
+    terms: TensorTerms
+    compiled: Any = None
+
+
+def _sizes(setup: Setup, settings: Settings, stage: int, batch: int, seq: int) -> tuple[TensorTerms, dict[Any, Any]]:
     """The stage's tensor terms (_terms), and _shape_sizes at (batch, seq): evaluated directly at the first
     estimate of its key, compiled at the second (symbolic.compile_sizes: the same functions traced once with
     batch and seq as symbols, then one arithmetic function of the two), so a search that tries each layout
     once never pays for compiling. The key is everything _shape_sizes reads besides batch and seq; a stage the
     symbols cannot trace stays direct."""
-    key = (id(model), training, attention, profile, lay, widths, stage)
+    model, training, attention = setup.model, settings.training, settings.runtime.attention
+    profile, lay, widths = setup.profile, setup.layout, setup.widths
+
+    def direct(b: Any, s: Any) -> dict[Any, Any]:
+        return _shape_sizes(model, training, attention, profile, lay, widths, stage, entry.terms, b, s)
+
+    entry = setup.stages.get(stage)
+    if entry is None:
+        entry = _stage_terms(setup, training, attention, stage)
+        setup.stages[stage] = entry
+    if entry.compiled is _FIRST:
+        entry.compiled = _NOT_YET
+        return entry.terms, direct(batch, seq)
+    if entry.compiled is _NOT_YET:
+        entry.compiled = compile_sizes(direct)
+    return entry.terms, direct(batch, seq) if entry.compiled is None else entry.compiled(batch, seq)
+
+
+def _stage_terms(setup: Setup, training: Any, attention: str, stage: int) -> StageTerms:
+    """The StageTerms of (model, training, attention, framework, layout, widths, stage), by value: equal
+    settings in new objects (a new Setup) share them."""
+    key = (id(setup.model), training, attention, setup.profile, setup.layout, setup.widths, stage)
     hit = _COMPILED.get(key)
-    if hit is None or hit[0] is not model:
-        hit = (model, _terms(model.architecture, training, lay, widths, stage, profile), _NOT_YET)
+    if hit is None or hit[0] is not setup.model:
+        arch = setup.model.architecture
+        hit = (setup.model, StageTerms(terms=_terms(arch, training, setup.layout, setup.widths, stage, setup.profile),
+                                       compiled=_FIRST))
         _store(_COMPILED, key, hit)
-        return hit[1], _shape_sizes(model, training, attention, profile, lay, widths, stage, hit[1], batch, seq)
-    terms, compiled = hit[1], hit[2]
-    if compiled is _NOT_YET:
-        compiled = compile_sizes(lambda b, s: _shape_sizes(model, training, attention, profile, lay, widths, stage,
-                                                           terms, b, s))
-        _COMPILED[key] = (model, terms, compiled)
-    if compiled is None:
-        return terms, _shape_sizes(model, training, attention, profile, lay, widths, stage, terms, batch, seq)
-    return terms, compiled(batch, seq)
+    return hit[1]
 
 
-# (id(model), training, attention, framework, layout, widths, stage) -> (model, its stage's TensorTerms, the
-# compiled _shape_sizes: symbolic.Compiled, None where it cannot be traced, _NOT_YET before the second estimate)
-_COMPILED: dict[tuple[Any, ...], tuple[object, TensorTerms, Any]] = {}
-_NOT_YET = object()
+# (id(model), training, attention, framework, layout, widths, stage) -> (model, StageTerms)
+_COMPILED: dict[tuple[Any, ...], tuple[object, StageTerms]] = {}
+_FIRST, _NOT_YET = object(), object()   # StageTerms.compiled before the first estimate, and before the second
 
 
 def _store(store: dict[Any, Any], key: Any, value: Any) -> None:
@@ -787,7 +863,7 @@ def _phase_table(step: Step) -> tuple[tuple[str, ...], list[int], dict[str, dict
     if "backward_end" in outer:
         values.append(sum(outer["backward_end"].values()))
     values.append(sum(outer["optimizer_step"].values()))
-    return _phase_names(len(step.blocks), "backward_end" in outer), values, outer
+    return _phase_names(step.block_count, "backward_end" in outer), values, outer
 
 
 @functools.cache
@@ -924,7 +1000,7 @@ def _progression(first: int, change: int, count: int) -> Sequence[int]:
 
 def _block_phase(step: Step, name: str) -> dict[str, int]:
     """The live set of one block phase: walk the runs to its block, then take its half."""
-    position = _block_phase_names(len(step.blocks)).index(name)
+    position = _block_phase_names(step.block_count).index(name)
     before, walk = position // 2, _walk_start(step, _saved(step))
     for block, count in _runs(step):
         if before < count:
@@ -1045,12 +1121,12 @@ def _constant_overheads(hopper: bool) -> tuple[Component, ...]:
     return overhead.cublas_workspace(hopper=hopper), overhead.cuda_context()
 
 
-def _notes(settings: Settings, profile: Framework, lay: Layout, phase: str) -> tuple[str, ...]:
-    notes = [f"peak phase: {phase}; steady-state step (optimizer states already allocated)",
-             f"framework {profile.name}: " + "; ".join(profile.behaviours)]
+def _notes(profile: Framework, lay: Layout) -> tuple[str, ...]:
+    """The notes after the peak phase's (plan): the framework's behaviours, tensor parallelism, NCCL."""
+    notes = [f"framework {profile.name}: " + "; ".join(profile.behaviours)]
     if lay.tensor > 1:
         notes.append("tensor parallelism as transformers' tp_plan (no sequence parallelism, gathered logits)"
                      if profile.tp_plan else "tensor parallelism assumes sequence parallelism (Megatron layout)")
-    if settings.parallelism.data > 1:
+    if lay.data > 1:
         notes.append("NCCL communicator buffers (device level) are not included")
     return tuple(notes)
