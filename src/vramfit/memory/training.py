@@ -379,6 +379,7 @@ def _step(setup: Setup, settings: Settings, stage: int) -> Step:
     if training.activation_offload:
         priced, offload_tail, host["activations"] = _offload_activations(priced, terms.block_group)
     runs = tuple((priced[group], count) for group, count in terms.runs)
+    held = _held_inputs(sizes["head_held"], runs, lay.in_flight if is_first else 1)
     loss = _NO_LOSS if not is_last else act.LossMemory(
         saved=sizes["loss_saved"], forward_transient=sizes["loss_forward_transient"],
         backward_transient=sizes["loss_backward_transient"], kept=sizes["loss_kept"], formula=sizes["loss_formula"])
@@ -393,7 +394,8 @@ def _step(setup: Setup, settings: Settings, stage: int) -> Step:
         dequant=terms.dequant, accumulating=workload.grad_accum > 1,
         in_flight=lay.in_flight if is_first else 1, host=host, flat_root_grads=terms.flat_root_grads,
         flat_head_grads=terms.flat_head_grads, flat_root_kept=terms.flat_root_grads // lay.grad_shard,
-        **_held_terms(sizes["head_held"], profile, terms, runs, lay, is_first, is_last))
+        held_inputs=held, held_previous=held if profile.graph_kept else 0, held_in_optimizer=profile.graph_kept,
+        dequant_head=terms.dequant_head if is_last else 0)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -476,16 +478,12 @@ def _shape_sizes(model: Model, training: Any, attention: str, profile: Framework
     return out
 
 
-def _held_terms(head_held: int, profile: Framework, terms: TensorTerms, runs: tuple[tuple[BlockStep, int], ...],
-                lay: Layout, is_first: bool, is_last: bool) -> dict[str, Any]:
+def _held_inputs(head_held: int, runs: tuple[tuple[BlockStep, int], ...], in_flight: int) -> int:
     """bitsandbytes < 0.43.2 (lora.held_4bit_inputs): the blocks' kept inputs and a 4-bit head's (`head_held`), for
-    every micro-batch in flight; they live until the graph goes, i.e. through the whole backward, and under a
+    every micro-batch in flight. They live until the graph goes, i.e. through the whole backward, and under a
     framework that keeps the graph referenced (Framework.graph_kept) through the optimizer step into the next
     forward, where the previous step's coexist with the new ones (steady state: the same shapes each step)."""
-    held = sum(block.held * count for block, count in runs) + head_held
-    held *= lay.in_flight if is_first else 1
-    return {"held_inputs": held, "held_previous": held if profile.graph_kept else 0,
-            "held_in_optimizer": profile.graph_kept, "dequant_head": terms.dequant_head if is_last else 0}
+    return (sum(block.held * count for block, count in runs) + head_held) * in_flight
 
 
 def _holds_4bit_inputs(training: Any) -> bool:
@@ -1017,13 +1015,13 @@ def _block_phase_names(blocks: int) -> tuple[str, ...]:
 
 def _components(live: dict[str, int], step: Step, settings: Settings, widths: Bytes,
                 lay: Layout) -> list[Component]:
-    """The live set of the peak phase as Components with formula, inputs and source."""
-    described = _descriptions(step, settings, widths, lay)
+    """The live set of the peak phase as Components with formula, inputs and source (_DESCRIBE)."""
     out = []
     for name, nbytes in live.items():
         if nbytes <= 0:
             continue
-        formula, inputs, source, textbook = described[name]() if name in described else ("", {}, "", "")
+        describe = _DESCRIBE.get(name)
+        formula, inputs, source, textbook = describe(step, settings, widths, lay) if describe else ("", {}, "", "")
         out.append(Component(name=name, bytes=nbytes, formula=formula, inputs=inputs, source=source,
                              textbook=textbook))
     if step.states.paged:
@@ -1032,48 +1030,56 @@ def _components(live: dict[str, int], step: Step, settings: Settings, widths: By
     return out
 
 
-# A component's (formula, inputs, source, textbook).
+# A component's (formula, inputs, source, textbook), and how each component is described from (step, settings,
+# widths, layout): only the peak phase's components are described.
 Description = tuple[str, dict[str, Any], str, str]
 
 
-def _descriptions(step: Step, settings: Settings, widths: Bytes, lay: Layout) -> dict[str, Callable[[], Description]]:
-    """Each component's description, made when asked: only the peak phase's components are described."""
-    w, tr = settings.workload, settings.training
-    tokens = {"batch": w.batch_size, "seq_len": w.seq_len, "compute_bytes": widths.compute}
-    return {
-        "weights": lambda: (("sum over tensors round512(elements x bytes); QLoRA base: nf4 packed + absmax; / ZeRO-3 shards "
-                     "(4-bit quant_state whole on every rank, not offloaded)"),
-                    {"param_bytes": widths.param, "finetune": tr.finetune, "param_shard": lay.param_shard},
-                    "memory/lora.py parameter_tensors; bitsandbytes functional.quantize_4bit", _TEXTBOOK_WEIGHTS),
-        "gradients": lambda: ("sum over trainable tensors round512(elements x bytes) / grad shards",
-                      {"grad_bytes": widths.adapter if tr.finetune != "full" else widths.param,
-                       "grad_shard": lay.grad_shard, "grad_accum": w.grad_accum},
-                      "torch autograd AccumulateGrad: .grad in the parameter dtype", "[S0]/[S4] 4 bytes x parameters"),
-        "optimizer_states": lambda: (step.states.formula, {"optimizer": tr.optimizer, "state_shard": lay.state_shard},
-                             step.states.source, _TEXTBOOK_STATES),
-        "optimizer_step_temporaries": lambda: (step.states.temporaries_formula, {"optimizer": tr.optimizer},
-                                       step.states.source, "not in the seeds"),
-        "activations": lambda: (_ACTIVATIONS_FORMULA, {**tokens, "attention": settings.runtime.attention, "grad_ckpt": tr.grad_ckpt,
-                                      "in_flight": step.in_flight},
-                        "autograd saved tensors of transformers 5.23 modeling_llama / modeling_gpt2",
-                        _textbook_activations(step, settings)),
-        "logits_and_loss": lambda: (step.loss.formula, tokens, "transformers/loss/loss_utils.py ForCausalLMLoss", ""),
-        "backward_transient": lambda: ("incoming gradient T x h + MLP gradient temporaries (2 x T x I gated)", tokens,
-                               "autograd: gradients of mul/down_proj inputs", ""),
-        "amp_weight_copies": lambda: ("sum over linear weights round512(elements x amp bytes)", {"amp": settings.precision.amp},
-                              "aten/src/ATen/autocast_mode.cpp cached casts", ""),
-        "gathered_parameters": lambda: ("2 blocks unsharded in the compute dtype (current + prefetch)",
-                                {"layout": lay.name}, "FSDP backward_prefetch=BACKWARD_PRE; DeepSpeed ZeRO-3 prefetch",
-                                ""),
-        "ddp_gradient_buckets": lambda: ("one bucket copy of the gradients", {"bucket_cap_mb": 25},
-                                 "torch/nn/parallel/distributed.py gradient_as_bucket_view=False", ""),
-        "batch": lambda: ("input_ids + labels: 2 x T x 8", tokens, "int64 token tensors", ""),
-        "fsdp_root_gradients": lambda: (_ROOT_FORMULA, {"layout": lay.name, "grad_accum": w.grad_accum}, _ROOT_SOURCE,
-                                "not in the seeds"),
-        "bitsandbytes_saved_inputs": lambda: (_HELD_FORMULA,
-                                      {**tokens, "bitsandbytes": tr.bitsandbytes, "micro_batches_in_flight": step.in_flight},
-                                      _HELD_SOURCE, "not in the seeds"),
-    }
+def _tokens(s: Settings, widths: Bytes) -> dict[str, Any]:
+    return {"batch": s.workload.batch_size, "seq_len": s.workload.seq_len, "compute_bytes": widths.compute}
+
+
+_DESCRIBE: dict[str, Callable[[Step, Settings, Bytes, Layout], Description]] = {
+    "weights": lambda step, s, widths, lay: (
+        ("sum over tensors round512(elements x bytes); QLoRA base: nf4 packed + absmax; / ZeRO-3 shards "
+         "(4-bit quant_state whole on every rank, not offloaded)"),
+        {"param_bytes": widths.param, "finetune": s.training.finetune, "param_shard": lay.param_shard},
+        "memory/lora.py parameter_tensors; bitsandbytes functional.quantize_4bit", _TEXTBOOK_WEIGHTS),
+    "gradients": lambda step, s, widths, lay: (
+        "sum over trainable tensors round512(elements x bytes) / grad shards",
+        {"grad_bytes": widths.adapter if s.training.finetune != "full" else widths.param,
+         "grad_shard": lay.grad_shard, "grad_accum": s.workload.grad_accum},
+        "torch autograd AccumulateGrad: .grad in the parameter dtype", "[S0]/[S4] 4 bytes x parameters"),
+    "optimizer_states": lambda step, s, widths, lay: (
+        step.states.formula, {"optimizer": s.training.optimizer, "state_shard": lay.state_shard},
+        step.states.source, _TEXTBOOK_STATES),
+    "optimizer_step_temporaries": lambda step, s, widths, lay: (
+        step.states.temporaries_formula, {"optimizer": s.training.optimizer}, step.states.source, "not in the seeds"),
+    "activations": lambda step, s, widths, lay: (
+        _ACTIVATIONS_FORMULA, {**_tokens(s, widths), "attention": s.runtime.attention,
+                               "grad_ckpt": s.training.grad_ckpt, "in_flight": step.in_flight},
+        "autograd saved tensors of transformers 5.23 modeling_llama / modeling_gpt2", _textbook_activations(step, s)),
+    "logits_and_loss": lambda step, s, widths, lay: (
+        step.loss.formula, _tokens(s, widths), "transformers/loss/loss_utils.py ForCausalLMLoss", ""),
+    "backward_transient": lambda step, s, widths, lay: (
+        "incoming gradient T x h + MLP gradient temporaries (2 x T x I gated)", _tokens(s, widths),
+        "autograd: gradients of mul/down_proj inputs", ""),
+    "amp_weight_copies": lambda step, s, widths, lay: (
+        "sum over linear weights round512(elements x amp bytes)", {"amp": s.precision.amp},
+        "aten/src/ATen/autocast_mode.cpp cached casts", ""),
+    "gathered_parameters": lambda step, s, widths, lay: (
+        "2 blocks unsharded in the compute dtype (current + prefetch)", {"layout": lay.name},
+        "FSDP backward_prefetch=BACKWARD_PRE; DeepSpeed ZeRO-3 prefetch", ""),
+    "ddp_gradient_buckets": lambda step, s, widths, lay: (
+        "one bucket copy of the gradients", {"bucket_cap_mb": 25},
+        "torch/nn/parallel/distributed.py gradient_as_bucket_view=False", ""),
+    "batch": lambda step, s, widths, lay: ("input_ids + labels: 2 x T x 8", _tokens(s, widths), "int64 token tensors", ""),
+    "fsdp_root_gradients": lambda step, s, widths, lay: (
+        _ROOT_FORMULA, {"layout": lay.name, "grad_accum": s.workload.grad_accum}, _ROOT_SOURCE, "not in the seeds"),
+    "bitsandbytes_saved_inputs": lambda step, s, widths, lay: (
+        _HELD_FORMULA, {**_tokens(s, widths), "bitsandbytes": s.training.bitsandbytes,
+                        "micro_batches_in_flight": step.in_flight}, _HELD_SOURCE, "not in the seeds"),
+}
 
 
 _ROOT_FORMULA = ("while the blocks run backward: the head's gradient, unsharded; after the embedding's backward: "
