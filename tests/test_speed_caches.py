@@ -140,6 +140,8 @@ def test_phase_totals_by_runs_equal_the_walk_block_by_block(model_id: str, chang
         phases = _every_phase(step)
         assert T._phase_totals(step) == {name: sum(live.values()) for name, live in phases.items()}
         assert list(T._phase_totals(step)) == list(phases)   # the same order: extra["phases"] keeps it
+        totals = list(T._phase_totals(step).values())
+        assert T._phase_table(step)[3] == (max(totals), totals.index(max(totals)))   # the first on a tie
         for name in phases:
             assert T._phase(step, name) == phases[name]
 

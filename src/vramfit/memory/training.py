@@ -24,6 +24,7 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import groupby
+from operator import itemgetter
 from typing import Any, TypeVar, cast
 
 from vramfit.memory import activations as act
@@ -132,10 +133,9 @@ def plan(model: Model, settings: Settings) -> Plan:
     steps = [_step(setup, settings, stage) for stage in _candidate_stages(lay.pipeline)]
     tables = [_phase_table(step) for step in steps]
     # the largest phase of each candidate stage, then the larger stage; the first one on a tie
-    peaks = [max(values) for _, values, _ in tables]
-    chosen = max(range(len(steps)), key=peaks.__getitem__)
-    names, values, outer = tables[chosen]
-    name, step = names[values.index(peaks[chosen])], steps[chosen]
+    chosen = max(range(len(steps)), key=lambda i: tables[i][3][0])
+    names, values, outer, (_, position) = tables[chosen]
+    name, step = names[position], steps[chosen]
     components = (*_components(_phase(step, name, outer), step, settings, setup.widths, lay),
                   *_overheads(settings, lay))
     notes = (f"peak phase: {name}; steady-state step (optimizer states already allocated)", *setup.notes)
@@ -847,21 +847,35 @@ def _offloaded_parameters_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes)
 def _phase_totals(step: Step) -> dict[str, int]:
     """The total live bytes of every phase, in the step's order: forward, start of backward, each block's MLP
     and attention halves (last block first), optimizer step (_phase_table)."""
-    names, values, _ = _phase_table(step)
+    names, values, _, _ = _phase_table(step)
     return dict(zip(names, values))
 
 
-def _phase_table(step: Step) -> tuple[tuple[str, ...], list[int], dict[str, dict[str, int]]]:
-    """The phases' names and totals, in the step's order (_phase_totals), and the live sets of the phases outside
-    the blocks' backward (_outer_phases). The block phases are summed a run of equal blocks at a time without
-    building their live sets (_block_totals): only the peak phase's is built (_phase)."""
+def _phase_table(step: Step) -> tuple[tuple[str, ...], list[int], dict[str, dict[str, int]], tuple[int, int]]:
+    """The phases' names and totals, in the step's order (_phase_totals), the live sets of the phases outside
+    the blocks' backward (_outer_phases), and the largest total with the first position holding it (_peak).
+    The block phases are summed a run of equal blocks at a time without building their live sets
+    (_block_totals): only the peak phase's is built (_phase)."""
     saved = _saved(step)
     outer = _outer_phases(step, saved)
-    values = [sum(outer["forward"].values()), sum(outer["backward_start"].values()), *_block_totals(step, saved)]
+    values = [sum(outer["forward"].values()), sum(outer["backward_start"].values())]
+    ends = [(values[0], 0), (values[1], 1)]
+    _block_totals(step, saved, values, ends)
     if "backward_end" in outer:
         values.append(sum(outer["backward_end"].values()))
+        ends.append((values[-1], len(values) - 1))
     values.append(sum(outer["optimizer_step"].values()))
-    return _phase_names(step.block_count, "backward_end" in outer), values, outer
+    ends.append((values[-1], len(values) - 1))
+    return _phase_names(step.block_count, "backward_end" in outer), values, outer, _peak(ends)
+
+
+def _peak(ends: list[tuple[int, int]]) -> tuple[int, int]:
+    """max(totals) and totals.index(max(totals)) from `ends` alone: the (total, position) of each phase outside the
+    blocks' backward and of both ends of each run's MLP and attention progressions (_block_totals), in the order
+    of positions. A progression's largest value is at one of its ends; where its change is not zero its values
+    all differ, so no inner block holds the largest total, and where the change is zero its first end holds it
+    first."""
+    return max(ends, key=itemgetter(0))   # `ends` is in the order of positions: the first of equal totals
 
 
 @functools.cache
@@ -974,21 +988,23 @@ def _runs(step: Step) -> tuple[tuple[BlockStep, int], ...]:
     return step.runs
 
 
-def _block_totals(step: Step, saved: int) -> list[int]:
-    """The total of every block phase in walk order, a run of equal blocks at a time. Each phase's total is the
-    resident bytes plus its half's terms, where the walk's three terms each count once; so from one block of a
-    run to the next, both halves' totals change by what the walk changes: sum(walk after) - sum(walk before)."""
+def _block_totals(step: Step, saved: int, values: list[int], ends: list[tuple[int, int]]) -> None:
+    """The totals of the block phases, appended to `values` in walk order, a run of equal blocks at a time; each
+    run's first MLP and attention totals, then its last ones, with their positions appended to `ends` (_peak). Each
+    phase's total is the resident bytes plus its half's terms, where the walk's three terms each count once; so
+    from one block of a run to the next, both halves' totals change by what the walk changes:
+    sum(walk after) - sum(walk before)."""
     resident = sum(_block_resident(step).values())
     walk = _walk_start(step, saved)
-    out: list[int] = []
     for block, count in _runs(step):
         mlp, attention = (resident + sum(half.values()) for half in _halves(step, block, walk))
         change = sum(_walk_past(step, block, walk, 1)) - sum(walk)
         halves = [0] * (2 * count)   # MLP half, attention half, for each block of the run
         halves[0::2], halves[1::2] = _progression(mlp, change, count), _progression(attention, change, count)
-        out += halves
+        first, last = len(values), len(values) + 2 * count - 2
+        ends += [(mlp, first), (attention, first + 1), (halves[-2], last), (halves[-1], last + 1)]
+        values += halves
         walk = _walk_past(step, block, walk, count)
-    return out
 
 
 def _progression(first: int, change: int, count: int) -> Sequence[int]:
