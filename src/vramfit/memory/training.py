@@ -48,7 +48,7 @@ from vramfit.memory.symbolic import compile_sizes
 from vramfit.model.architecture import Architecture, GatedMLP, Layer, MixtureOfExperts
 from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
-from vramfit.settings import DTYPE_BYTES, Precision, Settings
+from vramfit.settings import DTYPE_BYTES, Precision, Settings, Training
 
 _EMBEDDING_ROLES = ("token_embd", "embedding_other")
 _HIDDEN_DROPOUT_KEYS = ("resid_pdrop", "hidden_dropout_prob", "hidden_dropout", "dropout")
@@ -416,13 +416,15 @@ def _sizes(setup: Setup, settings: Settings, stage: int, batch: int, seq: int) -
     model, training, attention = setup.model, settings.training, settings.runtime.attention
     profile, lay, widths = setup.profile, setup.layout, setup.widths
 
-    def direct(b: Any, s: Any) -> dict[Any, Any]:
-        return _shape_sizes(model, training, attention, profile, lay, widths, stage, entry.terms, b, s)
-
     entry = setup.stages.get(stage)
     if entry is None:
         entry = _stage_terms(setup, training, attention, stage)
         setup.stages[stage] = entry
+    terms = entry.terms
+
+    def direct(b: Any, s: Any) -> dict[Any, Any]:
+        return _shape_sizes(model, training, attention, profile, lay, widths, stage, terms, b, s)
+
     if entry.compiled is _FIRST:
         entry.compiled = _NOT_YET
         return entry.terms, direct(batch, seq)
@@ -486,7 +488,7 @@ def _held_inputs(head_held: int, runs: tuple[tuple[BlockStep, int], ...], in_fli
     return (sum(block.held * count for block, count in runs) + head_held) * in_flight
 
 
-def _holds_4bit_inputs(training: Any) -> bool:
+def _holds_4bit_inputs(training: Training) -> bool:
     return training.finetune == "qlora" and training.bnb_saves_4bit_input
 
 
