@@ -42,12 +42,28 @@ def test_a_multiple_of_the_granule_needs_no_rounding_in_the_compiled_form() -> N
     assert "//" not in compiled.source   # 8192 x T is always a multiple of 512
 
 
-@pytest.mark.parametrize("branch", [lambda s: 1 if s < 4096 else 2, lambda s: max(s, 3), lambda s: float(s),
-                                    lambda s: f"{s}", lambda s: s / 2])
-def test_a_value_dependent_operation_does_not_compile(branch: Any) -> None:
+@pytest.mark.parametrize("operation", [lambda s: 1 if s else 2, lambda s: s == 4096, lambda s: float(s),
+                                       lambda s: f"{s}", lambda s: s / 2, lambda s: s % 7])
+def test_a_value_dependent_operation_does_not_compile(operation: Any) -> None:
     with pytest.raises(NotTraceable):
-        branch(SEQ)
-    assert compile_sizes(lambda b, s: {"x": branch(s)}) is None
+        operation(SEQ)
+    assert compile_sizes(lambda b, s: {"x": operation(s)}) is None
+
+
+def test_a_comparison_is_a_guard_with_both_outcomes_compiled() -> None:
+    """`seq < window` (the sliding-window mask) and max/min: each outcome traced, the guard tested at each call,
+    with the same integers; exact on both sides of every threshold."""
+    def trace(b: Any, s: Any) -> dict[str, Any]:
+        mask = allocation_bytes(b * s * s * 2) if not s < 4096 else 0
+        return {"mask": mask, "wider": max(b * 3, s // 2), "capped": min(s, 1000) * b}
+
+    compiled = compile_sizes(trace)
+    assert compiled is not None
+    assert "if" in compiled.source
+    for b, s in [*POINTS, (1, 4095), (1, 4096), (3, 999), (3, 1000), (3, 1001), (700, 1400), (700, 1401)]:
+        assert compiled(b, s) == trace(b, s)
+    with pytest.raises(NotTraceable):   # a comparison outside compile_sizes has no outcome to take
+        trace(SEQ, SEQ)
 
 
 @pytest.mark.parametrize(("model_id", "changes"), [
@@ -78,14 +94,24 @@ def test_the_compiled_step_sizes_equal_the_direct_ones(model_id: str, changes: d
             assert compiled(b, s) == direct(b, s)
 
 
-def test_a_sliding_window_stage_stays_direct() -> None:
-    """gemma-2's sliding-window mask exists only from `seq >= window` on: a branch on the length, so no
-    compiled form; the planner evaluates its sizes directly."""
-    model = load_model("google/gemma-2-2b")
+@pytest.mark.parametrize("model_id", ["google/gemma-2-2b", "mistralai/Mistral-7B-v0.1"])
+def test_a_sliding_window_stage_compiles_with_a_guard_on_the_length(model_id: str) -> None:
+    """The sliding-window mask exists only from `seq >= window` on (activations._sliding_mask): compiled with a
+    guard on the length, equal to the direct sizes on both sides of the window."""
+    model = load_model(model_id)
     settings = resolve_settings(Settings().replace(mode="training"), model).validate()
     profile = T.framework(settings.training.framework)
     lay = layout(settings.parallelism, settings.workload)
     widths = T._bytes(settings, profile)
     terms = T._terms(model.architecture, settings.training, lay, widths, 0, profile)
-    assert compile_sizes(lambda b, s: T._shape_sizes(model, settings.training, "sdpa", profile, lay, widths, 0,
-                                                     terms, b, s)) is None
+    window = next(layer.attention.sliding_window for layer in model.architecture.layers()
+                  if layer.attention.sliding_window)
+
+    def direct(b: Any, s: Any) -> dict[Any, Any]:
+        return T._shape_sizes(model, settings.training, "sdpa", profile, lay, widths, 0, terms, b, s)
+
+    compiled = compile_sizes(direct)
+    assert compiled is not None
+    assert ">= 0:" in compiled.source
+    for b, s in [*POINTS, (1, window - 1), (2, window), (3, window + 1)]:
+        assert compiled(b, s) == direct(b, s)
