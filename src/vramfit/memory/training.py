@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import groupby
 from operator import itemgetter
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from vramfit.memory import activations as act
 from vramfit.memory import overhead
@@ -44,7 +44,6 @@ from vramfit.memory.lora import (
 from vramfit.memory.optimizer import OptimizerMemory, optimizer_memory
 from vramfit.memory.parallel import Layout, ddp_bucket_bytes, layout
 from vramfit.memory.sharding import rank_tensors, stage_layer_counts, validate_tensor_parallel
-from vramfit.memory.symbolic import compile_sizes
 from vramfit.model.architecture import Architecture, GatedMLP, Layer, MixtureOfExperts
 from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
@@ -146,11 +145,11 @@ def plan(model: Model, settings: Settings) -> Plan:
     return Plan(components=components, parameters=setup.parameters, notes=notes, extra=extra)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Setup:
+class Setup(NamedTuple):
     """What a training estimate takes from the model and the settings no workload changes, made once per their
     objects (_setup): the framework profile, the model as the framework builds it, the layout, the byte widths,
-    the parameter counts, the notes after the peak phase's, and each candidate stage's StageTerms."""
+    the parameter counts, the notes after the peak phase's, and each candidate stage's StageTerms. (A NamedTuple:
+    a frozen slots dataclass costs 0.7 ms more to create at import, which the first training estimate pays.)"""
 
     model: Model
     profile: Framework
@@ -158,7 +157,7 @@ class Setup:
     widths: Bytes
     parameters: Parameters
     notes: tuple[str, ...]
-    stages: dict[int, StageTerms] = field(hash=False)
+    stages: dict[int, StageTerms]
 
 
 def _setup(model: Model, settings: Settings, profile: Framework, lay: Layout) -> Setup:
@@ -398,21 +397,33 @@ def _step(setup: Setup, settings: Settings, stage: int) -> Step:
         dequant_head=terms.dequant_head if is_last else 0)
 
 
-@dataclass(kw_only=True, slots=True)
 class StageTerms:
-    """One stage's tensor terms and its _shape_sizes compiled (symbolic.Compiled; None where the symbols cannot
-    trace it; _NOT_YET before the key's second estimate). Mutable: the compiled form is filled in later."""
+    """One stage's tensor terms, how many estimates evaluated its _shape_sizes directly, and their compiled form
+    once made (symbolic.Compiled; None where the symbols cannot trace it; _NOT_YET before). Mutable: the count
+    and the compiled form change after it is made. (A plain class: see Setup.)"""
 
-    terms: TensorTerms
-    compiled: Any = None
+    __slots__ = ("compiled", "direct", "terms")
+
+    def __init__(self, terms: TensorTerms) -> None:
+        self.terms = terms
+        self.direct = 0
+        self.compiled: Any = _NOT_YET
+
+
+# Compiling a stage's sizes (symbolic.compile_sizes) costs 0.7 to 1.9 ms (Llama-3.1-8B, DeepSeek-V2-Lite,
+# gemma-2-2b) and saves 22 to 37 us per estimate (direct 23-39 us, compiled 1.2-2.4 us), so it pays after
+# 30 to 50 estimates of the key. It is made at the 16th: a search that tries a layout a few times never
+# pays for it, a sweep pays it once (at most 2x the least possible cost, as when renting skis until the
+# rent paid reaches the price). Measured 07:26 UTC on this machine; see docs/BENCHMARKS.md.
+_COMPILE_AT = 16
 
 
 def _sizes(setup: Setup, settings: Settings, stage: int, batch: int, seq: int) -> tuple[TensorTerms, dict[Any, Any]]:
-    """The stage's tensor terms (_terms), and _shape_sizes at (batch, seq): evaluated directly at the first
-    estimate of its key, compiled at the second (symbolic.compile_sizes: the same functions traced once with
-    batch and seq as symbols, then one arithmetic function of the two), so a search that tries each layout
-    once never pays for compiling. The key is everything _shape_sizes reads besides batch and seq; a stage the
-    symbols cannot trace stays direct."""
+    """The stage's tensor terms (_terms), and _shape_sizes at (batch, seq): evaluated directly for the first
+    estimates of its key, then compiled (symbolic.compile_sizes: the same functions traced once with batch and
+    seq as symbols, then one arithmetic function of the two; _COMPILE_AT says when). The key is everything
+    _shape_sizes reads besides batch and seq (_stage_terms, _setup); a stage the symbols cannot trace stays
+    direct."""
     model, training, attention = setup.model, settings.training, settings.runtime.attention
     profile, lay, widths = setup.profile, setup.layout, setup.widths
 
@@ -425,12 +436,14 @@ def _sizes(setup: Setup, settings: Settings, stage: int, batch: int, seq: int) -
     def direct(b: Any, s: Any) -> dict[Any, Any]:
         return _shape_sizes(model, training, attention, profile, lay, widths, stage, terms, b, s)
 
-    if entry.compiled is _FIRST:
-        entry.compiled = _NOT_YET
-        return entry.terms, direct(batch, seq)
     if entry.compiled is _NOT_YET:
+        entry.direct += 1
+        if entry.direct < _COMPILE_AT:
+            return terms, direct(batch, seq)
+        from vramfit.memory.symbolic import compile_sizes  # imported when first needed: 2.4 ms at import
+
         entry.compiled = compile_sizes(direct)
-    return entry.terms, direct(batch, seq) if entry.compiled is None else entry.compiled(batch, seq)
+    return terms, direct(batch, seq) if entry.compiled is None else entry.compiled(batch, seq)
 
 
 def _stage_terms(setup: Setup, training: Any, attention: str, stage: int) -> StageTerms:
@@ -440,15 +453,14 @@ def _stage_terms(setup: Setup, training: Any, attention: str, stage: int) -> Sta
     hit = _COMPILED.get(key)
     if hit is None or hit[0] is not setup.model:
         arch = setup.model.architecture
-        hit = (setup.model, StageTerms(terms=_terms(arch, training, setup.layout, setup.widths, stage, setup.profile),
-                                       compiled=_FIRST))
+        hit = (setup.model, StageTerms(_terms(arch, training, setup.layout, setup.widths, stage, setup.profile)))
         _store(_COMPILED, key, hit)
     return hit[1]
 
 
 # (id(model), training, attention, framework, layout, widths, stage) -> (model, StageTerms)
 _COMPILED: dict[tuple[Any, ...], tuple[object, StageTerms]] = {}
-_FIRST, _NOT_YET = object(), object()   # StageTerms.compiled before the first estimate, and before the second
+_NOT_YET = object()   # StageTerms.compiled before it is made
 
 
 def _store(store: dict[Any, Any], key: Any, value: Any) -> None:
