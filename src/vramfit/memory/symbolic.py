@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 # An atom: ("m", i, j) is b^i s^j; ("f", inner, d) is floor(inner / d), inner a frozen Sym (its terms).
@@ -158,13 +157,16 @@ BATCH, SEQ = Sym({("m", 1, 0): 1}), Sym({("m", 0, 1): 1})
 _MAX_GUARDS = 4   # guards along one path: beyond it, the functions are evaluated directly
 
 
-@dataclass(frozen=True, slots=True)
 class Compiled:
     """sizes(b, s) -> the traced function's values by name: numbers from the generated arithmetic, texts (a
-    formula string cannot depend on b or s: formatting a symbol raises) as traced; `source` for reading."""
+    formula string cannot depend on b or s: formatting a symbol raises) as traced; `source` for reading.
+    (A plain class: this module is imported at a training stage's first compile, which pays for its classes.)"""
 
-    evaluate: Callable[[int, int], dict[Any, Any]]
-    source: str
+    __slots__ = ("evaluate", "source")
+
+    def __init__(self, evaluate: Callable[[int, int], dict[Any, Any]], source: str) -> None:
+        self.evaluate = evaluate
+        self.source = source
 
     def __call__(self, batch: int, seq: int) -> dict[Any, Any]:
         return self.evaluate(batch, seq)
