@@ -1004,21 +1004,25 @@ def _runs(step: Step) -> tuple[tuple[BlockStep, int], ...]:
 
 def _block_totals(step: Step, saved: int, values: list[int], ends: list[tuple[int, int]]) -> None:
     """The totals of the block phases, appended to `values` in walk order, a run of equal blocks at a time; each
-    run's first MLP and attention totals, then its last ones, with their positions appended to `ends` (_peak). Each
-    phase's total is the resident bytes plus its half's terms, where the walk's three terms each count once; so
-    from one block of a run to the next, both halves' totals change by what the walk changes:
-    sum(walk after) - sum(walk before)."""
-    resident = sum(_block_resident(step).values())
-    walk = _walk_start(step, saved)
+    run's first MLP and attention totals, then its last ones, with their positions appended to `ends` (_peak).
+    Each phase's total is the resident bytes plus its half's terms, where the walk's three terms each count
+    once: the total is resident + sum(walk) + the half's own part, which _halves gives at an empty walk, once per
+    distinct block. From one block to the next the walk's sum changes by the same amount, what
+    _walk_past adds for one block to an empty walk."""
+    level = sum(_block_resident(step).values()) + sum(_walk_start(step, saved))
+    own: dict[int, tuple[int, int, int]] = {}
     for block, count in _runs(step):
-        mlp, attention = (resident + sum(half.values()) for half in _halves(step, block, walk))
-        change = sum(_walk_past(step, block, walk, 1)) - sum(walk)
+        if id(block) not in own:
+            mlp, attention = (sum(half.values()) for half in _halves(step, block, (0, 0, 0)))
+            own[id(block)] = mlp, attention, sum(_walk_past(step, block, (0, 0, 0), 1))
+        mlp, attention, change = own[id(block)]
         halves = [0] * (2 * count)   # MLP half, attention half, for each block of the run
-        halves[0::2], halves[1::2] = _progression(mlp, change, count), _progression(attention, change, count)
+        halves[0::2] = _progression(level + mlp, change, count)
+        halves[1::2] = _progression(level + attention, change, count)
         first, last = len(values), len(values) + 2 * count - 2
-        ends += [(mlp, first), (attention, first + 1), (halves[-2], last), (halves[-1], last + 1)]
+        ends += [(halves[0], first), (halves[1], first + 1), (halves[-2], last), (halves[-1], last + 1)]
         values += halves
-        walk = _walk_past(step, block, walk, count)
+        level += count * change
 
 
 def _progression(first: int, change: int, count: int) -> Sequence[int]:
