@@ -115,3 +115,18 @@ def test_a_sliding_window_stage_compiles_with_a_guard_on_the_length(model_id: st
     assert ">= 0:" in compiled.source
     for b, s in [*POINTS, (1, window - 1), (2, window), (3, window + 1)]:
         assert compiled(b, s) == direct(b, s)
+
+
+def test_a_sweep_across_the_compile_gives_each_point_the_direct_answer() -> None:
+    """A key's first estimates evaluate the sizes directly and the _COMPILE_AT-th compiles them: every point of
+    a sweep across that change equals the first (direct) estimate of a freshly loaded model."""
+    from vramfit import estimate
+    from vramfit.memory.symbolic import Compiled
+
+    model = load_model("Qwen/Qwen3-0.6B")
+    base = Settings().replace(mode="training", seq_len=1000)
+    for batch in range(1, T._COMPILE_AT + 3):
+        swept = estimate(model, base.replace(batch_size=batch)).to_dict()
+        fresh = estimate(load_model("Qwen/Qwen3-0.6B"), base.replace(batch_size=batch)).to_dict()
+        assert swept == fresh
+    assert any(isinstance(entry.compiled, Compiled) for holder, entry in T._COMPILED.values() if holder is model)

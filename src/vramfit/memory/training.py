@@ -424,26 +424,28 @@ def _sizes(setup: Setup, settings: Settings, stage: int, batch: int, seq: int) -
     seq as symbols, then one arithmetic function of the two; _COMPILE_AT says when). The key is everything
     _shape_sizes reads besides batch and seq (_stage_terms, _setup); a stage the symbols cannot trace stays
     direct."""
-    model, training, attention = setup.model, settings.training, settings.runtime.attention
-    profile, lay, widths = setup.profile, setup.layout, setup.widths
-
+    training, attention = settings.training, settings.runtime.attention
     entry = setup.stages.get(stage)
     if entry is None:
         entry = _stage_terms(setup, training, attention, stage)
         setup.stages[stage] = entry
-    terms = entry.terms
+    compiled = entry.compiled
+    if compiled is not _NOT_YET and compiled is not None:
+        return entry.terms, compiled(batch, seq)
 
     def direct(b: Any, s: Any) -> dict[Any, Any]:
-        return _shape_sizes(model, training, attention, profile, lay, widths, stage, terms, b, s)
+        return _shape_sizes(setup.model, training, attention, setup.profile, setup.layout, setup.widths, stage,
+                            entry.terms, b, s)
 
-    if entry.compiled is _NOT_YET:
+    if compiled is _NOT_YET:
         entry.direct += 1
-        if entry.direct < _COMPILE_AT:
-            return terms, direct(batch, seq)
-        from vramfit.memory.symbolic import compile_sizes  # imported when first needed: 2.4 ms at import
+        if entry.direct >= _COMPILE_AT:
+            from vramfit.memory.symbolic import compile_sizes  # imported when first needed: 2 ms at import
 
-        entry.compiled = compile_sizes(direct)
-    return terms, direct(batch, seq) if entry.compiled is None else entry.compiled(batch, seq)
+            entry.compiled = compile_sizes(direct)
+            if entry.compiled is not None:
+                return entry.terms, entry.compiled(batch, seq)
+    return entry.terms, direct(batch, seq)
 
 
 def _stage_terms(setup: Setup, training: Any, attention: str, stage: int) -> StageTerms:
