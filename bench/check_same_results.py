@@ -3,6 +3,8 @@ of a git revision, over every catalog model and a spread of settings.
 
     python bench/check_same_results.py              # against HEAD
     python bench/check_same_results.py --rev abc123
+    python bench/check_same_results.py --rev abc123 --repeat   # each estimate again, and at batch + 1
+    python bench/check_same_results.py --rev abc123 --compile-at 1   # training's compiled sizes everywhere
 
 The revision's src/ is unpacked into a temporary folder (git archive) and each side runs in its own
 process; every component (name, bytes, level, formula, inputs, source, textbook), the peaks, notes, extra and
@@ -72,6 +74,11 @@ from vramfit.errors import VramfitError
 from vramfit.settings import LoRA
 from vramfit.model.catalog import catalog_ids
 variants = json.loads(sys.argv[2])
+repeat = sys.argv[3] == "1"
+if sys.argv[4] != "0":   # --compile-at: when training compiles a stage's sizes (a tree without it ignores this)
+    import vramfit.memory.training as planner
+    if hasattr(planner, "_COMPILE_AT"):
+        planner._COMPILE_AT = int(sys.argv[4])
 out = {}
 for name in catalog_ids():
     model = load_model(name)
@@ -79,20 +86,27 @@ for name in catalog_ids():
         if "lora" in changes:
             changes = {**changes, "lora": LoRA(**{k: tuple(v) if isinstance(v, list) else v
                                                   for k, v in changes["lora"].items()})}
-        try:
-            e = estimate(model, Settings().replace(**changes))
-            out[f"{name}|{i}"] = [[c.name, c.bytes, c.level, c.formula, repr(c.inputs), c.source, c.textbook]
-                                  for c in e.memory.components] + [
-                [e.peak.allocated, e.peak.reserved, e.peak.device], list(e.notes), repr(e.extra), repr(e.parameters)]
-        except VramfitError as error:
-            out[f"{name}|{i}"] = "error: " + str(error)
+        settings = Settings().replace(**changes)
+        points = [("", settings)]
+        if repeat:   # the same estimate again (every cache hit, compiled forms), then a neighbouring batch
+            points += [("|again", settings), ("|batch+1", settings.replace(batch_size=settings.workload.batch_size + 1))]
+        for suffix, point in points:
+            try:
+                e = estimate(model, point)
+                out[f"{name}|{i}{suffix}"] = [[c.name, c.bytes, c.level, c.formula, repr(c.inputs), c.source,
+                                               c.textbook] for c in e.memory.components] + [
+                    [e.peak.allocated, e.peak.reserved, e.peak.device], list(e.notes), repr(e.extra),
+                    repr(e.parameters)]
+            except VramfitError as error:
+                out[f"{name}|{i}{suffix}"] = "error: " + str(error)
 json.dump(out, open(sys.argv[1], "w"), sort_keys=True)
 """
 
 
-def snapshot(src: Path, path: Path) -> dict[str, object]:
+def snapshot(src: Path, path: Path, repeat: bool, compile_at: int = 0) -> dict[str, object]:
     env = {**os.environ, "PYTHONPATH": str(src)}
-    subprocess.run([sys.executable, "-c", SNAPSHOT, str(path), json.dumps(VARIANTS)], check=True, env=env,
+    subprocess.run([sys.executable, "-c", SNAPSHOT, str(path), json.dumps(VARIANTS), "1" if repeat else "0",
+                    str(compile_at)], check=True, env=env,
                    cwd=path.parent)
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -122,11 +136,18 @@ def main() -> int:
     parser.add_argument("--rev", default="HEAD")
     parser.add_argument("--only", nargs="+", metavar="PATH",
                         help="the revision with only these working-tree files, instead of the whole working tree")
+    parser.add_argument("--repeat", action="store_true",
+                        help="also each estimate a second time (every cache hit) and then at batch_size + 1: three "
+                             "times the estimates")
+    parser.add_argument("--compile-at", type=int, default=0, metavar="N",
+                        help="the working tree's training planner compiles a stage's sizes at the Nth estimate of its "
+                             "key (memory/training.py _COMPILE_AT); 1: every estimate takes the compiled form, which is "
+                             "then compared with the revision's direct one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        before = snapshot(unpack(args.rev, Path(tmp) / "rev"), Path(tmp) / "before.json")
+        before = snapshot(unpack(args.rev, Path(tmp) / "rev"), Path(tmp) / "before.json", args.repeat)
         after_src = overlay(unpack(args.rev, Path(tmp) / "mine"), args.only) if args.only else ROOT / "src"
-        after = snapshot(after_src, Path(tmp) / "after.json")
+        after = snapshot(after_src, Path(tmp) / "after.json", args.repeat, args.compile_at)
     differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     errors = sum(1 for v in after.values() if isinstance(v, str))
     print(f"{len(after)} estimates ({errors} of them errors) against {args.rev}: {len(differ)} differ")

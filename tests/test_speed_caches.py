@@ -120,8 +120,8 @@ def _steps(model_id: str, changes: dict[str, object]) -> list[object]:
     settings = resolve_settings(Settings().replace(mode="training", **changes), model).validate()
     profile = T.framework(settings.training.framework)
     lay = layout(settings.parallelism, settings.workload)
-    widths = T._bytes(settings, profile)
-    return [T._step(model, settings, profile, lay, widths, stage) for stage in T._candidate_stages(lay.pipeline)]
+    setup = T._setup(model, settings, profile, lay)
+    return [T._step(setup, settings, stage) for stage in T._candidate_stages(lay.pipeline)]
 
 
 @pytest.mark.parametrize(("model_id", "changes"), [
@@ -140,6 +140,8 @@ def test_phase_totals_by_runs_equal_the_walk_block_by_block(model_id: str, chang
         phases = _every_phase(step)
         assert T._phase_totals(step) == {name: sum(live.values()) for name, live in phases.items()}
         assert list(T._phase_totals(step)) == list(phases)   # the same order: extra["phases"] keeps it
+        totals = list(T._phase_totals(step).values())
+        assert T._phase_table(step)[3] == (max(totals), totals.index(max(totals)))   # the first on a tie
         for name in phases:
             assert T._phase(step, name) == phases[name]
 

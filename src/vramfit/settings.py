@@ -433,8 +433,12 @@ def _type_test(hint: Any) -> Callable[[Any], bool]:
     if origin is Literal:
         return lambda value: isinstance(value, (str, int)) and not isinstance(value, bool) and value in args
     if origin in (typing.Union, types.UnionType):
-        members = tuple(_type_test(arg) for arg in args)
-        return lambda value: any(test(value) for test in members)
+        members = tuple(_type_test(arg) for arg in args if arg is not type(None))
+        if len(members) == 1 and len(args) == 2:   # X | None, most optional fields: no generator per test
+            only = members[0]
+            return lambda value: value is None or only(value)
+        tests = tuple(_type_test(arg) for arg in args)
+        return lambda value: any(test(value) for test in tests)
     if origin is tuple:
         item = _type_test(args[0])
         return lambda value: isinstance(value, tuple) and all(item(v) for v in value)

@@ -21,11 +21,11 @@ planned and the larger taken.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import chain, groupby, repeat
+from itertools import groupby
 from operator import itemgetter
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from vramfit.memory import activations as act
 from vramfit.memory import overhead
@@ -54,7 +54,10 @@ from vramfit.settings import (
     TORCH_LAZY_MODULES,
     TORCH_SOFTMAX_INPUT_FREED,
     TORCH_ZERO_GRAD_TO_NONE,
+    Precision,
+    Runtime,
     Settings,
+    Training,
     peft_version,
 )
 
@@ -106,7 +109,6 @@ class Step:
     saved_outside: int
     saved_head: int
     loss: act.LossMemory
-    blocks: tuple[BlockStep, ...]
     buckets: int
     dequant: int
     accumulating: bool
@@ -123,35 +125,89 @@ class Step:
     flat_root_grads: int = 0    # FSDP1 flat root: unsharded gradient of its trainable tensors (_flat_root_grads)
     flat_head_grads: int = 0
     flat_root_kept: int = 0     # its gradient as kept after the step (sharded unless accumulating)
+    runs: tuple[tuple[BlockStep, int], ...] = ()   # the blocks in walk order (last first) as (block, how many in a row)
+
+    @property
+    def blocks(self) -> tuple[BlockStep, ...]:
+        """Every block's step, in block order."""
+        return tuple(block for block, count in reversed(self.runs) for _ in range(count))
+
+    @property
+    def block_count(self) -> int:
+        return sum(count for _, count in self.runs)
 
 
 def plan(model: Model, settings: Settings) -> Plan:
     profile = framework(settings.training.framework)
-    if profile.untied_head and model.architecture.head.tied and model.architecture.head.output is not None:
-        model = _untied(model)   # litgpt: lm_head.weight is a copy of the token table
-    arch = model.architecture
     lay = layout(settings.parallelism, settings.workload)
     if profile.fsdp_no_sync and settings.parallelism.fsdp != "none" and settings.workload.grad_accum > 1:
-        lay = replace(lay, grad_shard=1)   # FSDP.no_sync(): full gradients until the sync step
-    validate_tensor_parallel(arch, lay.tensor)
-    widths = _bytes(settings, profile)
-    steps = [_step(model, settings, profile, lay, widths, stage) for stage in _candidate_stages(lay.pipeline)]
-    totals = [_phase_totals(step) for step in steps]
+        lay = _no_sync(lay)   # FSDP.no_sync(): full gradients until the sync step
+    setup = _setup(model, settings, profile, lay)
+    steps = [_step(setup, settings, stage) for stage in _candidate_stages(lay.pipeline)]
+    tables = [_phase_table(step) for step in steps]
     # the largest phase of each candidate stage, then the larger stage; the first one on a tie
-    peaks = [max(each.items(), key=itemgetter(1)) for each in totals]
-    chosen = max(range(len(steps)), key=lambda i: peaks[i][1])
-    name, step = peaks[chosen][0], steps[chosen]
-    components = _components(_phase(step, name), step, settings, widths, lay) + _overheads(settings, lay)
-    count = arch.parameter_count()
-    adapters, trainable = _cached(("counts", settings.training), arch, lambda: _counts(arch, settings.training))
-    parameters = Parameters(total=count.total + adapters, trainable=trainable, active=count.active,
-                            by_part=count.by_part)
-    notes = _notes(settings, profile, lay, name)
-    extra = {"peak_phase": name, "phases": totals[chosen],
+    chosen = max(range(len(steps)), key=lambda i: tables[i][3][0])
+    names, values, outer, (_, position) = tables[chosen]
+    name, step = names[position], steps[chosen]
+    components = (*_components(_phase(step, name, outer), step, settings, setup.widths, lay),
+                  *_overheads(settings, lay))
+    notes = (f"peak phase: {name}; steady-state step (optimizer states already allocated)", *setup.notes)
+    extra = {"peak_phase": name, "phases": dict(zip(names, values)),
              "framework": {"name": profile.name, "behaviours": list(profile.behaviours)}, "layout": lay.name}
     if step.host:
         extra["host_memory"] = dict(step.host)
-    return Plan(components=tuple(components), parameters=parameters, notes=notes, extra=extra)
+    return Plan(components=components, parameters=setup.parameters, notes=notes, extra=extra)
+
+
+class Setup(NamedTuple):
+    """What a training estimate takes from the model and the settings no workload changes, made once per their
+    objects (_setup): the framework profile, the model as the framework builds it, the layout, the byte widths,
+    the parameter counts, the notes after the peak phase's, and each candidate stage's StageTerms. (A NamedTuple:
+    a frozen slots dataclass costs 0.7 ms more to create at import, which the first training estimate pays.)"""
+
+    model: Model
+    profile: Framework
+    layout: Layout
+    widths: Bytes
+    parameters: Parameters
+    notes: tuple[str, ...]
+    stages: dict[int, StageTerms]
+
+
+def _setup(model: Model, settings: Settings, profile: Framework, lay: Layout) -> Setup:
+    """The Setup of (model, training, precision, runtime, layout, framework profile), by the objects' identities:
+    a sweep's Settings.replace keeps every part but the Workload, so each point finds it with six `is` tests
+    instead of hashing the settings. New objects equal to earlier ones make a new Setup from the value-keyed
+    caches."""
+    held = (model, settings.training, settings.precision, settings.runtime, lay, profile)
+    key = tuple(map(id, held))
+    hit = _SETUPS.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit[0], held)):
+        hit = (held, _make_setup(model, settings, profile, lay))
+        _store(_SETUPS, key, hit)
+    return hit[1]
+
+
+# (ids of model, training, precision, runtime, layout, profile) -> (those objects, their Setup)
+_SETUPS: dict[tuple[int, ...], tuple[tuple[object, ...], Setup]] = {}
+
+
+def _make_setup(model: Model, settings: Settings, profile: Framework, lay: Layout) -> Setup:
+    if profile.untied_head and model.architecture.head.tied and model.architecture.head.output is not None:
+        model = _untied(model)   # litgpt: lm_head.weight is a copy of the token table
+    arch, training = model.architecture, settings.training
+    validate_tensor_parallel(arch, lay.tensor)
+    return Setup(model=model, profile=profile, layout=lay, widths=_bytes(settings, profile),
+                 parameters=_cached(("parameters", training), arch, lambda: _parameters(arch, training)),
+                 notes=_notes(settings, profile, lay), stages={})
+
+
+def _no_sync(lay: Layout) -> Layout:
+    """`lay` with unsharded gradients (FSDP.no_sync() while accumulating), one object per layout object."""
+    return _memo(_NO_SYNC, id(lay), lay, lambda: replace(lay, grad_shard=1))
+
+
+_NO_SYNC: dict[int, tuple[object, Any]] = {}
 
 
 def _untied(model: Model) -> Model:
@@ -165,10 +221,12 @@ def _untied(model: Model) -> Model:
 _UNTIED: dict[int, tuple[object, Any]] = {}
 
 
-def _counts(arch: Architecture, training: Any) -> tuple[int, int]:
-    """The adapters' elements and the trainable elements of the whole model under `training`."""
+def _parameters(arch: Architecture, training: Any) -> Parameters:
+    """The model's parameters under `training`: the architecture's, its adapters, and what trains."""
     tensors = parameter_tensors(arch, training)
-    return sum(t.elements for t in tensors if t.adapter), trainable_parameters(tensors)
+    count = arch.parameter_count()
+    return Parameters(total=count.total + sum(t.elements for t in tensors if t.adapter),
+                      trainable=trainable_parameters(tensors), active=count.active, by_part=count.by_part)
 
 
 def _cached(key: tuple[Any, ...], arch: Architecture, make: Any) -> Any:
@@ -185,11 +243,20 @@ def _candidate_stages(pipeline: int) -> list[int]:
 
 def _bytes(settings: Settings, profile: Framework) -> Bytes:
     """AMP keeps fp32 parameters and computes in the amp dtype; otherwise both are --dtype. LoRA adapters are
-    fp32 where the framework upcasts them (PEFT), else in the parameter dtype."""
-    precision = settings.precision
-    param = 4 if precision.amp else DTYPE_BYTES[precision.dtype]
+    fp32 where the framework upcasts them (PEFT >= 0.12, _peft_adapter_bytes), else in the parameter dtype."""
+    param = _param_bytes(settings.precision)
+    return _widths(settings.precision, _peft_adapter_bytes(settings, param) if profile.adapter_fp32 else param)
+
+
+def _param_bytes(precision: Precision) -> int:
+    return 4 if precision.amp else DTYPE_BYTES[precision.dtype]
+
+
+@functools.lru_cache(maxsize=256)
+def _widths(precision: Precision, adapter: int) -> Bytes:
+    """The byte widths of `precision` with adapters of `adapter` bytes."""
+    param = _param_bytes(precision)
     compute = DTYPE_BYTES[precision.compute_dtype]
-    adapter = _peft_adapter_bytes(settings, param) if profile.adapter_fp32 else param
     return Bytes(param=param, compute=compute, adapter=adapter, amp=precision.amp is not None,
                  double_quant=precision.quant == "bnb-nf4-dq")
 
@@ -250,7 +317,9 @@ class TensorTerms:
     groups: tuple[tuple[Layer, int, list[ParamTensor], list[ParamTensor]], ...]
     group_tensors: tuple[BlockTensors, ...]   # each distinct block's tensor-only terms, as groups
     block_group: tuple[int, ...]
+    runs: tuple[tuple[int, int], ...]   # block_group in walk order (last block first) as (group, how many in a row)
     states: OptimizerMemory
+    held_states: OptimizerMemory        # as this GPU holds them: sharded over state_shard, or offloaded
     grads: int
     weights: int
     gathered: int
@@ -303,6 +372,8 @@ def _tensor_terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes,
     grad_amp = widths.amp and lay.param_shard == 1
     return TensorTerms(
         held=held, groups=groups, block_group=block_group, states=states,
+        held_states=_offloaded(states) if lay.offload_states else _sharded(states, lay.state_shard),
+        runs=tuple((group, len(tuple(run))) for group, run in groupby(reversed(block_group))),
         group_tensors=tuple(_block_tensors(mine, with_grads, grad_width, widths, lay, grad_amp)
                             for _, _, mine, with_grads in groups),
         grads=gradient_bytes((t.elements for t in holders), grad_width) // lay.grad_shard,
@@ -347,55 +418,147 @@ def _reduce_buckets(arch: Architecture, settings: Settings, lay: Layout, widths:
     return {"reduce_bucket": nbytes} if lay.name == "ZeRO-3" else {"backward_bucket": nbytes}
 
 
-def _step(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes, stage: int) -> Step:
-    """Every term of one stage's step, before the phases combine them: the tensor terms (cached), then each
-    distinct block priced once for this batch."""
-    arch, training = model.architecture, settings.training
-    terms = _terms(arch, training, lay, widths, stage, profile,
-                   foreach=not settings.runtime.torch_before(TORCH_FOREACH_DEFAULT))
-    states = terms.states
-    shape = _shape(model, settings, profile, lay, widths)
-    priced = [_block_step(layer, index, tensors, shape, settings, lay)
-              for (layer, index, _, _), tensors in zip(terms.groups, terms.group_tensors)]
-    block_steps = tuple(priced[g] for g in terms.block_group)
+def _step(setup: Setup, settings: Settings, stage: int) -> Step:
+    """Every term of one stage's step, before the phases combine them: the tensor terms (cached), then what the
+    batch and the length change (_sizes: each distinct block priced once, the loss, ...)."""
+    training, workload, profile, lay = settings.training, settings.workload, setup.profile, setup.layout
+    terms, sizes = _sizes(setup, settings, stage, workload.batch_size, -(-workload.seq_len // lay.context))
+    priced = [_block_step(sizes, group, tensors, training, lay) for group, tensors in enumerate(terms.group_tensors)]
     is_first, is_last = stage == 0, stage == lay.pipeline - 1
     host = dict(terms.host)
     offload_tail = 0
     if training.activation_offload:
-        block_steps, offload_tail, host["activations"] = _offload_activations(block_steps)
+        priced, offload_tail, host["activations"] = _offload_activations(priced, terms.block_group)
+    runs = tuple((priced[group], count) for group, count in terms.runs)
+    held = _held_inputs(sizes["head_held"], runs, lay.in_flight if is_first else 1)
+    loss = _NO_LOSS if not is_last else act.LossMemory(
+        saved=sizes["loss_saved"], forward_transient=sizes["loss_forward_transient"],
+        backward_transient=sizes["loss_backward_transient"], kept=sizes["loss_kept"], formula=sizes["loss_formula"])
     return Step(
         weights=terms.weights, gathered=terms.gathered, fsdp_root=terms.fsdp_root, fsdp_block=terms.fsdp_block,
         amp_copies=terms.amp_copies, gradients=terms.grads, outside_grads=terms.outside_grads,
-        states=_offloaded(states) if lay.offload_states else _sharded(states, lay.state_shard),
-        batch=2 * allocation_bytes(settings.workload.batch_size * settings.workload.seq_len * act.INDEX),
-        saved_outside=_saved_outside(arch, shape, training, is_first) + offload_tail,
-        saved_head=act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0,
-        loss=_loss(arch, shape, profile) if is_last else _NO_LOSS, blocks=block_steps,
+        states=terms.held_states,
+        batch=2 * allocation_bytes(workload.batch_size * workload.seq_len * act.INDEX),
+        saved_outside=sizes["saved_outside"] + offload_tail, saved_head=sizes["saved_head"], loss=loss,
+        runs=runs,
         buckets=ddp_bucket_bytes(terms.grads) if lay.ddp_buckets else 0,
-        **_reduce_buckets(arch, settings, lay, widths),
-        dequant=terms.dequant, accumulating=settings.workload.grad_accum > 1 or _grads_kept(settings),
+        **_reduce_buckets(setup.model.architecture, settings, lay, setup.widths),
+        dequant=terms.dequant, accumulating=workload.grad_accum > 1 or _grads_kept(settings),
         in_flight=lay.in_flight if is_first else 1, host=host, flat_root_grads=terms.flat_root_grads,
         flat_head_grads=terms.flat_head_grads, flat_root_kept=terms.flat_root_grads // lay.grad_shard,
-        **_held_terms(arch, shape, settings, profile, terms, block_steps, lay, is_first, is_last))
+        held_inputs=held, held_previous=held if profile.graph_kept else 0, held_in_optimizer=profile.graph_kept,
+        dequant_head=terms.dequant_head if is_last else 0)
 
 
-def _held_terms(arch: Architecture, shape: act.Shape, settings: Settings, profile: Framework, terms: TensorTerms,
-                blocks: tuple[BlockStep, ...], lay: Layout, is_first: bool, is_last: bool) -> dict[str, Any]:
-    """bitsandbytes < 0.43.2 (lora.held_4bit_inputs): the blocks' kept inputs and a 4-bit head's, for every
-    micro-batch in flight; they live until the graph goes, i.e. through the whole backward, and under a
+class StageTerms:
+    """One stage's tensor terms, how many estimates evaluated its _shape_sizes directly, and their compiled form
+    once made (symbolic.Compiled; None where the symbols cannot trace it; _NOT_YET before). Mutable: the count
+    and the compiled form change after it is made. (A plain class: see Setup.)"""
+
+    __slots__ = ("compiled", "direct", "terms")
+
+    def __init__(self, terms: TensorTerms) -> None:
+        self.terms = terms
+        self.direct = 0
+        self.compiled: Any = _NOT_YET
+
+
+# Compiling a stage's sizes (symbolic.compile_sizes) costs 0.7 to 1.9 ms (Llama-3.1-8B, DeepSeek-V2-Lite,
+# gemma-2-2b) and saves 22 to 37 us per estimate (direct 23-39 us, compiled 1.2-2.4 us), so it pays after
+# 30 to 50 estimates of the key. It is made at the 16th: a search that tries a layout a few times never
+# pays for it, a sweep pays it once (at most 2x the least possible cost, as when renting skis until the
+# rent paid reaches the price). Measured 07:26 UTC on this machine; see docs/BENCHMARKS.md.
+_COMPILE_AT = 16
+
+
+def _sizes(setup: Setup, settings: Settings, stage: int, batch: int, seq: int) -> tuple[TensorTerms, dict[Any, Any]]:
+    """The stage's tensor terms (_terms), and _shape_sizes at (batch, seq): evaluated directly for the first
+    estimates of its key, then compiled (symbolic.compile_sizes: the same functions traced once with batch and
+    seq as symbols, then one arithmetic function of the two; _COMPILE_AT says when). The key is everything
+    _shape_sizes reads besides batch and seq (_stage_terms, _setup); a stage the symbols cannot trace stays
+    direct."""
+    training, runtime = settings.training, settings.runtime
+    entry = setup.stages.get(stage)
+    if entry is None:
+        entry = _stage_terms(setup, training, runtime, stage)
+        setup.stages[stage] = entry
+    compiled = entry.compiled
+    if compiled is not _NOT_YET and compiled is not None:
+        return entry.terms, compiled(batch, seq)
+
+    def direct(b: Any, s: Any) -> dict[Any, Any]:
+        return _shape_sizes(setup.model, training, runtime, setup.profile, setup.layout, setup.widths, stage,
+                            entry.terms, b, s)
+
+    if compiled is _NOT_YET:
+        entry.direct += 1
+        if entry.direct >= _COMPILE_AT:
+            from vramfit.memory.symbolic import compile_sizes  # imported when first needed: 2 ms at import
+
+            entry.compiled = compile_sizes(direct)
+            if entry.compiled is not None:
+                return entry.terms, entry.compiled(batch, seq)
+    return entry.terms, direct(batch, seq)
+
+
+def _stage_terms(setup: Setup, training: Any, runtime: Runtime, stage: int) -> StageTerms:
+    """The StageTerms of (model, training, runtime, framework, layout, widths, stage), by value: equal
+    settings in new objects (a new Setup) share them. The runtime brings the attention and the torch release."""
+    key = (id(setup.model), training, runtime, setup.profile, setup.layout, setup.widths, stage)
+    hit = _COMPILED.get(key)
+    if hit is None or hit[0] is not setup.model:
+        arch = setup.model.architecture
+        foreach = not runtime.torch_before(TORCH_FOREACH_DEFAULT)
+        hit = (setup.model, StageTerms(_terms(arch, training, setup.layout, setup.widths, stage, setup.profile,
+                                              foreach)))
+        _store(_COMPILED, key, hit)
+    return hit[1]
+
+
+# (id(model), training, runtime, framework, layout, widths, stage) -> (model, StageTerms)
+_COMPILED: dict[tuple[Any, ...], tuple[object, StageTerms]] = {}
+_NOT_YET = object()   # StageTerms.compiled before it is made
+
+
+def _store(store: dict[Any, Any], key: Any, value: Any) -> None:
+    """store[key] = value; the store starts afresh beyond _TERMS_SIZE entries."""
+    if len(store) >= _TERMS_SIZE:
+        store.clear()
+    store[key] = value
+
+
+def _shape_sizes(model: Model, training: Any, runtime: Runtime, profile: Framework, lay: Layout, widths: Bytes,
+                 stage: int, terms: TensorTerms, batch: Any, seq: Any) -> dict[Any, Any]:
+    """Every term of one stage's step that the batch and the length change, by name: each distinct block's
+    (_block_sizes, keyed (group, name)), the embedding's and rotary tables' saved tensors, the final norm's, the
+    loss (and its formula) and a 4-bit head's kept input. Reads nothing but its arguments, so _sizes can key a
+    compiled form by them."""
+    arch = model.architecture
+    shape = _shape(model, training, runtime, profile, lay, widths, batch, seq)
+    is_first, is_last = stage == 0, stage == lay.pipeline - 1
+    out: dict[Any, Any] = {}
+    for group, (layer, index, _, _) in enumerate(terms.groups):
+        out.update(((group, name), value) for name, value in _block_sizes(layer, index, shape, training).items())
+    out["saved_outside"] = _saved_outside(arch, shape, training, is_first)
+    out["saved_head"] = act.final_norm_saved(arch, shape, trains=training.finetune == "full") if is_last else 0
+    loss = _loss(arch, shape, profile) if is_last else _NO_LOSS
+    out.update(loss_saved=loss.saved, loss_forward_transient=loss.forward_transient,
+               loss_backward_transient=loss.backward_transient, loss_kept=loss.kept, loss_formula=loss.formula)
+    head = any(t.quantized for t in terms.held.by_layer.get(None, []))
+    out["head_held"] = head_held_input(arch, shape) if is_last and head and _holds_4bit_inputs(training) else 0
+    return out
+
+
+def _held_inputs(head_held: int, runs: tuple[tuple[BlockStep, int], ...], in_flight: int) -> int:
+    """bitsandbytes < 0.43.2 (lora.held_4bit_inputs): the blocks' kept inputs and a 4-bit head's (`head_held`), for
+    every micro-batch in flight. They live until the graph goes, i.e. through the whole backward, and under a
     framework that keeps the graph referenced (Framework.graph_kept) through the optimizer step into the next
     forward, where the previous step's coexist with the new ones (steady state: the same shapes each step)."""
-    head = any(t.quantized for t in terms.held.by_layer.get(None, []))
-    held = sum(b.held for b in blocks)
-    if is_last and head and _holds_4bit_inputs(settings):
-        held += head_held_input(arch, shape)
-    held *= lay.in_flight if is_first else 1
-    return {"held_inputs": held, "held_previous": held if profile.graph_kept else 0,
-            "held_in_optimizer": profile.graph_kept, "dequant_head": terms.dequant_head if is_last else 0}
+    return (sum(block.held * count for block, count in runs) + head_held) * in_flight
 
 
-def _holds_4bit_inputs(settings: Settings) -> bool:
-    return settings.training.finetune == "qlora" and settings.training.bnb_saves_4bit_input
+def _holds_4bit_inputs(training: Training) -> bool:
+    return training.finetune == "qlora" and training.bnb_saves_4bit_input
 
 
 _NO_LOSS = act.LossMemory(saved=0, forward_transient=0, backward_transient=0, formula="not on this stage")
@@ -449,16 +612,17 @@ def _head_gradients(held: Held, grad_width: int) -> int:
                           grad_width)
 
 
-def _shape(model: Model, settings: Settings, profile: Framework, lay: Layout, widths: Bytes) -> act.Shape:
-    training, workload = settings.training, settings.workload
+def _shape(model: Model, training: Any, runtime: Runtime, profile: Framework, lay: Layout, widths: Bytes, batch: Any,
+           seq: Any) -> act.Shape:
+    """One micro-batch on one GPU: `seq` is the length on this GPU (the sequence over context parallelism)."""
     lora: dict[str, tuple[int, int, bool]] = {}
     if training.finetune != "full":
         arch = model.architecture
         names = _cached(("targets", training.lora.targets), arch, lambda: frozenset(
             linear.name for _, linear in targeted_linears(arch, training.lora.targets)))
         lora = {name: (training.lora.rank, widths.adapter, training.lora.dropout > 0) for name in names}
-    return act.Shape(batch=workload.batch_size, seq=-(-workload.seq_len // lay.context),
-                     compute_bytes=widths.compute, attention=settings.runtime.attention,
+    return act.Shape(batch=batch, seq=seq,
+                     compute_bytes=widths.compute, attention=runtime.attention,
                      hidden_dropout=_dropout(model, training.dropout, _HIDDEN_DROPOUT_KEYS),
                      attention_dropout=_dropout(model, training.dropout, _ATTENTION_DROPOUT_KEYS),
                      shard=lay.tensor,
@@ -467,7 +631,7 @@ def _shape(model: Model, settings: Settings, profile: Framework, lay: Layout, wi
                      kv_cache=profile.kv_cache_in_training and training.grad_ckpt == "none",
                      native_activations=profile.native_activations, amp=widths.amp,
                      expand_kv=profile.expand_kv, qkv_view=profile.qkv_view, qkv_lora=profile.qkv_lora,
-                     softmax_saves_input=settings.runtime.torch_before(TORCH_SOFTMAX_INPUT_FREED))
+                     softmax_saves_input=runtime.torch_before(TORCH_SOFTMAX_INPUT_FREED))
 
 
 def _grads_kept(settings: Settings) -> bool:
@@ -535,37 +699,46 @@ def _block_tensors(mine: list[ParamTensor], with_grads: list[ParamTensor], grad_
         amp_copies=_amp_copies(mine, widths) if amp else 0)
 
 
-def _block_step(layer: Layer, index: int, tensors: BlockTensors, shape: act.Shape, settings: Settings,
-                lay: Layout) -> BlockStep:
-    """One block's step for this batch, on top of its tensor-only terms."""
-    training = settings.training
+def _block_sizes(layer: Layer, index: int, shape: act.Shape, training: Any) -> dict[str, Any]:
+    """What one block's step takes from the batch and the length: its saved tensors (all of them, and the MLP's
+    part freed by the MLP's backward), the residual stream, torchtitan's selective set, the MLP product its
+    backward frees, its kept 4-bit inputs and its MLP's gradient temporaries."""
     trains = training.finetune == "full" and index >= training.frozen_layers
     block_shape = _with_trains(shape, trains)
     full = act.layer_saved(layer, block_shape)
-    stream = allocation_bytes(shape.tokens * layer.attention.hidden_size // shape.replicated * shape.compute_bytes)
-    selective = act.selective_saved(layer, block_shape) if training.grad_ckpt == "selective" else 0
-    saved = _checkpointed(full, training.grad_ckpt, stream, selective)
-    mlp_part = full.parts["mlp"] + full.parts["norms"] // 2 + full.parts["residual"] // 2
-    product = _intermediate(layer, block_shape) if trains or _down_adapted(layer, shape) else 0
+    return {
+        "full": full.total,
+        "mlp_saved": full.parts["mlp"] + full.parts["norms"] // 2 + full.parts["residual"] // 2,
+        "stream": allocation_bytes(shape.tokens * layer.attention.hidden_size // shape.replicated * shape.compute_bytes),
+        "selective": act.selective_saved(layer, block_shape) if training.grad_ckpt == "selective" else 0,
+        "product": _intermediate(layer, block_shape) if trains or _down_adapted(layer, shape) else 0,
+        "held": _block_held(layer, block_shape, training),
+        "mlp_temporaries": _mlp_temporaries(layer, shape)}
+
+
+def _block_step(sizes: dict[Any, Any], group: int, tensors: BlockTensors, training: Any, lay: Layout) -> BlockStep:
+    """One distinct block's step for this batch (its _block_sizes, keyed (group, name) in `sizes`), on top of its
+    tensor-only terms."""
+    full, stream, held = sizes[group, "full"], sizes[group, "stream"], sizes[group, "held"]
+    saved = _checkpointed(full, training.grad_ckpt, stream, sizes[group, "selective"])
     # Kept 4-bit inputs: under full reentrant checkpointing the forward runs without grad and keeps none; the
     # recomputation keeps this block's until its backward is done. Otherwise they stay with the graph.
-    held = _block_held(layer, block_shape, settings)
     reentrant = training.grad_ckpt == "full" and training.use_reentrant
-    recomputed = (full.total + (held if reentrant else 0)) if training.grad_ckpt != "none" else saved
+    recomputed = (full + (held if reentrant else 0)) if training.grad_ckpt != "none" else saved
     return BlockStep(saved=saved, recomputed=recomputed, held=0 if reentrant else held,
-                     mlp_saved=mlp_part, product=product, grads=tensors.grads,
+                     mlp_saved=sizes[group, "mlp_saved"], product=sizes[group, "product"], grads=tensors.grads,
                      grads_kept=tensors.grads // lay.grad_shard,
                      mlp_grads=tensors.mlp_grads, amp_copies=tensors.amp_copies,
-                     mlp_temporaries=_mlp_temporaries(layer, shape), attention_temporaries=2 * stream)
+                     mlp_temporaries=sizes[group, "mlp_temporaries"], attention_temporaries=2 * stream)
 
 
-def _block_held(layer: Layer, shape: act.Shape, settings: Settings) -> int:
+def _block_held(layer: Layer, shape: act.Shape, training: Any) -> int:
     """bitsandbytes < 0.43.2's kept 4-bit inputs: under non-reentrant full checkpointing every distinct input of the
     block's 4-bit linears (lora.checkpointed_4bit_inputs; the checkpoint dropped what saves them otherwise), else
     those that nothing else saves (lora.held_4bit_inputs)."""
-    if not _holds_4bit_inputs(settings):
+    if not _holds_4bit_inputs(training):
         return 0
-    if settings.training.grad_ckpt == "full" and not settings.training.use_reentrant:
+    if training.grad_ckpt == "full" and not training.use_reentrant:
         return checkpointed_4bit_inputs(layer, shape)
     return held_4bit_inputs(layer, shape)
 
@@ -584,15 +757,15 @@ def _with_trains(shape: act.Shape, trains: bool) -> act.Shape:
     return shape if shape.trains == trains else replace(shape, trains=trains)
 
 
-def _checkpointed(full: act.Saved, mode: str, stream: int, selective: int) -> int:
-    """none: everything; full: the block's output only (the next block's checkpointed input, HF reentrant
-    checkpointing saves nothing else); selective: torchtitan's per-op policy (activations.selective_saved).
-    Under both, backward recomputes the whole block before differentiating it."""
+def _checkpointed(full: int, mode: str, stream: int, selective: int) -> int:
+    """`full`: every tensor the block saves. none: all of them; full: the block's output only (the next block's
+    checkpointed input, HF reentrant checkpointing saves nothing else); selective: torchtitan's per-op policy
+    (activations.selective_saved). Under both, backward recomputes the whole block before differentiating it."""
     if mode == "full":
         return stream
     if mode == "selective":
-        return min(selective, full.total)
-    return full.total
+        return min(selective, full)
+    return full
 
 
 def _intermediate(layer: Layer, shape: act.Shape) -> int:
@@ -721,15 +894,14 @@ def _offloaded(states: OptimizerMemory) -> OptimizerMemory:
     return replace(states, states=0, paged=0, step_temporaries=0)
 
 
-def _offload_activations(blocks: tuple[BlockStep, ...]) -> tuple[tuple[BlockStep, ...], int, int]:
+def _offload_activations(distinct: list[BlockStep], block_group: tuple[int, ...]) -> tuple[list[BlockStep], int, int]:
     """Activation offloading (torchtune training/_activation_offloading.py): every block's saved tensors go
     to pinned host memory as they are made; the GPU keeps the block still being copied out at the end of the
-    forward, and in backward the block being differentiated plus the one prefetched behind it."""
-    from dataclasses import replace
-
-    largest = max((b.saved for b in blocks), default=0)
-    moved = {id(b): replace(b, saved=0, recomputed=b.recomputed + largest) for b in blocks}   # one per distinct
-    return tuple(moved[id(b)] for b in blocks), largest, sum(b.saved for b in blocks)
+    forward, and in backward the block being differentiated plus the one prefetched behind it. `distinct`:
+    each distinct block's step; `block_group`: which one each block is."""
+    largest = max((b.saved for b in distinct), default=0)
+    moved = [replace(b, saved=0, recomputed=b.recomputed + largest) for b in distinct]
+    return moved, largest, sum(distinct[group].saved for group in block_group)
 
 
 def _host(states: OptimizerMemory, tensors: tuple[ParamTensor, ...], widths: Bytes, lay: Layout) -> dict[str, int]:
@@ -753,27 +925,54 @@ def _offloaded_parameters_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes)
 
 def _phase_totals(step: Step) -> dict[str, int]:
     """The total live bytes of every phase, in the step's order: forward, start of backward, each block's MLP
-    and attention halves (last block first), optimizer step. The block phases are summed without building
-    their live sets (_block_totals): only the peak phase's is built (_phase)."""
+    and attention halves (last block first), optimizer step (_phase_table)."""
+    names, values, _, _ = _phase_table(step)
+    return dict(zip(names, values))
+
+
+def _phase_table(step: Step) -> tuple[tuple[str, ...], list[int], dict[str, dict[str, int]], tuple[int, int]]:
+    """The phases' names and totals, in the step's order (_phase_totals), the live sets of the phases outside
+    the blocks' backward (_outer_phases), and the largest total with the first position holding it (_peak).
+    The block phases are summed a run of equal blocks at a time without building their live sets
+    (_block_totals): only the peak phase's is built (_phase)."""
     saved = _saved(step)
     outer = _outer_phases(step, saved)
-    totals = {name: sum(outer[name].values()) for name in ("forward", "backward_start")}
-    totals.update(_block_totals(step, saved))
+    values = [sum(outer["forward"].values()), sum(outer["backward_start"].values())]
+    ends = [(values[0], 0), (values[1], 1)]
+    _block_totals(step, saved, values, ends)
     if "backward_end" in outer:
-        totals["backward_end"] = sum(outer["backward_end"].values())
-    totals["optimizer_step"] = sum(outer["optimizer_step"].values())
-    return totals
+        values.append(sum(outer["backward_end"].values()))
+        ends.append((values[-1], len(values) - 1))
+    values.append(sum(outer["optimizer_step"].values()))
+    ends.append((values[-1], len(values) - 1))
+    return _phase_names(step.block_count, "backward_end" in outer), values, outer, _peak(ends)
 
 
-def _phase(step: Step, name: str) -> dict[str, int]:
-    """Live bytes by component in one phase (the keys become the breakdown's component names)."""
-    outer = _outer_phases(step, _saved(step))
+def _peak(ends: list[tuple[int, int]]) -> tuple[int, int]:
+    """max(totals) and totals.index(max(totals)) from `ends` alone: the (total, position) of each phase outside the
+    blocks' backward and of both ends of each run's MLP and attention progressions (_block_totals), in the order
+    of positions. A progression's largest value is at one of its ends; where its change is not zero its values
+    all differ, so no inner block holds the largest total, and where the change is zero its first end holds it
+    first."""
+    return max(ends, key=itemgetter(0))   # `ends` is in the order of positions: the first of equal totals
+
+
+@functools.cache
+def _phase_names(blocks: int, backward_end: bool) -> tuple[str, ...]:
+    return ("forward", "backward_start", *_block_phase_names(blocks), *(("backward_end",) if backward_end else ()),
+            "optimizer_step")
+
+
+def _phase(step: Step, name: str, outer: dict[str, dict[str, int]] | None = None) -> dict[str, int]:
+    """Live bytes by component in one phase (the keys become the breakdown's component names); `outer`: the
+    step's _outer_phases where the caller has them."""
+    outer = _outer_phases(step, _saved(step)) if outer is None else outer
     return outer[name] if name in outer else _block_phase(step, name)
 
 
 def _saved(step: Step) -> int:
     """Every saved activation of the micro-batches in flight, at the loss."""
-    return (sum(b.saved for b in step.blocks) + step.saved_outside + step.saved_head
+    return (sum(block.saved * count for block, count in step.runs) + step.saved_outside + step.saved_head
             + step.loss.saved) * step.in_flight
 
 
@@ -864,40 +1063,43 @@ def _walk_past(step: Step, block: BlockStep, walk: Walk, count: int) -> Walk:
     return grads + count * kept, remaining - count * block.saved, amp - count * block.amp_copies
 
 
-def _runs(step: Step) -> list[tuple[BlockStep, int]]:
+def _runs(step: Step) -> tuple[tuple[BlockStep, int], ...]:
     """The blocks in walk order (last first) as (block, how many in a row): equal blocks share one BlockStep
-    object (_step prices each distinct block once), so a model's 32 equal blocks are one run."""
-    runs = []
-    for _, group in groupby(reversed(step.blocks), key=id):
-        run = tuple(group)
-        runs.append((run[0], len(run)))
-    return runs
+    object (_step prices each distinct block once, TensorTerms.runs), so a model's 32 equal blocks are one run."""
+    return step.runs
 
 
-def _block_totals(step: Step, saved: int) -> dict[str, int]:
-    """The total of every block phase, a run of equal blocks at a time. Each phase's total is the resident
-    bytes plus its half's terms, where the walk's three terms each count once; so from one block of a run to
-    the next, both halves' totals change by what the walk changes: sum(walk after) - sum(walk before)."""
-    names, resident = _block_phase_names(len(step.blocks)), sum(_block_resident(step).values())
-    walk, position = _walk_start(step, saved), 0
-    out: dict[str, int] = {}
+def _block_totals(step: Step, saved: int, values: list[int], ends: list[tuple[int, int]]) -> None:
+    """The totals of the block phases, appended to `values` in walk order, a run of equal blocks at a time; each
+    run's first MLP and attention totals, then its last ones, with their positions appended to `ends` (_peak).
+    Each phase's total is the resident bytes plus its half's terms, where the walk's three terms each count
+    once: the total is resident + sum(walk) + the half's own part, which _halves gives at an empty walk, once per
+    distinct block. From one block to the next the walk's sum changes by the same amount, what
+    _walk_past adds for one block to an empty walk."""
+    level = sum(_block_resident(step).values()) + sum(_walk_start(step, saved))
+    own: dict[int, tuple[int, int, int]] = {}
     for block, count in _runs(step):
-        mlp, attention = (resident + sum(half.values()) for half in _halves(step, block, walk))
-        change = sum(_walk_past(step, block, walk, 1)) - sum(walk)
-        halves = zip(_progression(mlp, change, count), _progression(attention, change, count))
-        out.update(zip(names[position:position + 2 * count], chain.from_iterable(halves)))
-        walk, position = _walk_past(step, block, walk, count), position + 2 * count
-    return out
+        if id(block) not in own:
+            mlp, attention = (sum(half.values()) for half in _halves(step, block, (0, 0, 0)))
+            own[id(block)] = mlp, attention, sum(_walk_past(step, block, (0, 0, 0), 1))
+        mlp, attention, change = own[id(block)]
+        halves = [0] * (2 * count)   # MLP half, attention half, for each block of the run
+        halves[0::2] = _progression(level + mlp, change, count)
+        halves[1::2] = _progression(level + attention, change, count)
+        first, last = len(values), len(values) + 2 * count - 2
+        ends += [(halves[0], first), (halves[1], first + 1), (halves[-2], last), (halves[-1], last + 1)]
+        values += halves
+        level += count * change
 
 
-def _progression(first: int, change: int, count: int) -> Iterable[int]:
+def _progression(first: int, change: int, count: int) -> Sequence[int]:
     """first, first + change, first + 2 x change, ...: `count` values."""
-    return range(first, first + count * change, change) if change else repeat(first, count)
+    return range(first, first + count * change, change) if change else [first] * count
 
 
 def _block_phase(step: Step, name: str) -> dict[str, int]:
     """The live set of one block phase: walk the runs to its block, then take its half."""
-    position = _block_phase_names(len(step.blocks)).index(name)
+    position = _block_phase_names(step.block_count).index(name)
     before, walk = position // 2, _walk_start(step, _saved(step))
     for block, count in _runs(step):
         if before < count:
@@ -914,13 +1116,13 @@ def _block_phase_names(blocks: int) -> tuple[str, ...]:
 
 def _components(live: dict[str, int], step: Step, settings: Settings, widths: Bytes,
                 lay: Layout) -> list[Component]:
-    """The live set of the peak phase as Components with formula, inputs and source."""
-    described = _descriptions(step, settings, widths, lay)
+    """The live set of the peak phase as Components with formula, inputs and source (_DESCRIBE)."""
     out = []
     for name, nbytes in live.items():
         if nbytes <= 0:
             continue
-        formula, inputs, source, textbook = described.get(name, ("", {}, "", ""))
+        describe = _DESCRIBE.get(name)
+        formula, inputs, source, textbook = describe(step, settings, widths, lay) if describe else ("", {}, "", "")
         out.append(Component(name=name, bytes=nbytes, formula=formula, inputs=inputs, source=source,
                              textbook=textbook))
     if step.states.paged:
@@ -929,46 +1131,59 @@ def _components(live: dict[str, int], step: Step, settings: Settings, widths: By
     return out
 
 
-def _descriptions(step: Step, settings: Settings, widths: Bytes, lay: Layout) -> dict[str, tuple[str, dict[str, Any],
-                                                                                              str, str]]:
-    w, tr = settings.workload, settings.training
-    tokens = {"batch": w.batch_size, "seq_len": w.seq_len, "compute_bytes": widths.compute}
-    return {
-        "weights": (("sum over tensors round512(elements x bytes); QLoRA base: nf4 packed + absmax; / ZeRO-3 shards "
-                     "(4-bit quant_state whole on every rank, not offloaded)"),
-                    {"param_bytes": widths.param, "finetune": tr.finetune, "param_shard": lay.param_shard},
-                    "memory/lora.py parameter_tensors; bitsandbytes functional.quantize_4bit", _TEXTBOOK_WEIGHTS),
-        "gradients": ("sum over trainable tensors round512(elements x bytes) / grad shards",
-                      {"grad_bytes": widths.adapter if tr.finetune != "full" else widths.param,
-                       "grad_shard": lay.grad_shard, "grad_accum": w.grad_accum},
-                      "torch autograd AccumulateGrad: .grad in the parameter dtype", "[S0]/[S4] 4 bytes x parameters"),
-        "optimizer_states": (step.states.formula, {"optimizer": tr.optimizer, "state_shard": lay.state_shard},
-                             step.states.source, _TEXTBOOK_STATES),
-        "optimizer_step_temporaries": (step.states.temporaries_formula, {"optimizer": tr.optimizer},
-                                       step.states.source, "not in the seeds"),
-        "activations": (_ACTIVATIONS_FORMULA, {**tokens, "attention": settings.runtime.attention, "grad_ckpt": tr.grad_ckpt,
-                                      "in_flight": step.in_flight},
-                        "autograd saved tensors of transformers 5.23 modeling_llama / modeling_gpt2",
-                        _textbook_activations(step, settings)),
-        "logits_and_loss": (step.loss.formula, tokens, "transformers/loss/loss_utils.py ForCausalLMLoss", ""),
-        "backward_transient": ("incoming gradient T x h + MLP gradient temporaries (2 x T x I gated)", tokens,
-                               "autograd: gradients of mul/down_proj inputs", ""),
-        "amp_weight_copies": ("sum over linear weights round512(elements x amp bytes)", {"amp": settings.precision.amp},
-                              "aten/src/ATen/autocast_mode.cpp cached casts", ""),
-        "gathered_parameters": ("2 blocks unsharded in the compute dtype (current + prefetch)",
-                                {"layout": lay.name}, "FSDP backward_prefetch=BACKWARD_PRE; DeepSpeed ZeRO-3 prefetch",
-                                ""),
-        "ddp_gradient_buckets": ("one bucket copy of the gradients", {"bucket_cap_mb": 25},
-                                 "torch/nn/parallel/distributed.py gradient_as_bucket_view=False", ""),
-        "zero_reduce_bucket": ("reduce_bucket_size x gradient bytes", {"zero_bucket": settings.parallelism.zero_bucket},
-                               _BUCKET_SOURCE, "not in the seeds"),
-        "batch": ("input_ids + labels: 2 x T x 8", tokens, "int64 token tensors", ""),
-        "fsdp_root_gradients": (_ROOT_FORMULA, {"layout": lay.name, "grad_accum": w.grad_accum}, _ROOT_SOURCE,
-                                "not in the seeds"),
-        "bitsandbytes_saved_inputs": (_HELD_FORMULA,
-                                      {**tokens, "bitsandbytes": tr.bitsandbytes, "micro_batches_in_flight": step.in_flight},
-                                      _HELD_SOURCE, "not in the seeds"),
-    }
+# A component's (formula, inputs, source, textbook), and how each component is described from (step, settings,
+# widths, layout): only the peak phase's components are described.
+Description = tuple[str, dict[str, Any], str, str]
+
+
+def _tokens(s: Settings, widths: Bytes) -> dict[str, Any]:
+    return {"batch": s.workload.batch_size, "seq_len": s.workload.seq_len, "compute_bytes": widths.compute}
+
+
+_DESCRIBE: dict[str, Callable[[Step, Settings, Bytes, Layout], Description]] = {
+    "weights": lambda step, s, widths, lay: (
+        ("sum over tensors round512(elements x bytes); QLoRA base: nf4 packed + absmax; / ZeRO-3 shards "
+         "(4-bit quant_state whole on every rank, not offloaded)"),
+        {"param_bytes": widths.param, "finetune": s.training.finetune, "param_shard": lay.param_shard},
+        "memory/lora.py parameter_tensors; bitsandbytes functional.quantize_4bit", _TEXTBOOK_WEIGHTS),
+    "gradients": lambda step, s, widths, lay: (
+        "sum over trainable tensors round512(elements x bytes) / grad shards",
+        {"grad_bytes": widths.adapter if s.training.finetune != "full" else widths.param,
+         "grad_shard": lay.grad_shard, "grad_accum": s.workload.grad_accum},
+        "torch autograd AccumulateGrad: .grad in the parameter dtype", "[S0]/[S4] 4 bytes x parameters"),
+    "optimizer_states": lambda step, s, widths, lay: (
+        step.states.formula, {"optimizer": s.training.optimizer, "state_shard": lay.state_shard},
+        step.states.source, _TEXTBOOK_STATES),
+    "optimizer_step_temporaries": lambda step, s, widths, lay: (
+        step.states.temporaries_formula, {"optimizer": s.training.optimizer}, step.states.source, "not in the seeds"),
+    "activations": lambda step, s, widths, lay: (
+        _ACTIVATIONS_FORMULA, {**_tokens(s, widths), "attention": s.runtime.attention,
+                               "grad_ckpt": s.training.grad_ckpt, "in_flight": step.in_flight},
+        "autograd saved tensors of transformers 5.23 modeling_llama / modeling_gpt2", _textbook_activations(step, s)),
+    "logits_and_loss": lambda step, s, widths, lay: (
+        step.loss.formula, _tokens(s, widths), "transformers/loss/loss_utils.py ForCausalLMLoss", ""),
+    "backward_transient": lambda step, s, widths, lay: (
+        "incoming gradient T x h + MLP gradient temporaries (2 x T x I gated)", _tokens(s, widths),
+        "autograd: gradients of mul/down_proj inputs", ""),
+    "amp_weight_copies": lambda step, s, widths, lay: (
+        "sum over linear weights round512(elements x amp bytes)", {"amp": s.precision.amp},
+        "aten/src/ATen/autocast_mode.cpp cached casts", ""),
+    "gathered_parameters": lambda step, s, widths, lay: (
+        "2 blocks unsharded in the compute dtype (current + prefetch)", {"layout": lay.name},
+        "FSDP backward_prefetch=BACKWARD_PRE; DeepSpeed ZeRO-3 prefetch", ""),
+    "ddp_gradient_buckets": lambda step, s, widths, lay: (
+        "one bucket copy of the gradients", {"bucket_cap_mb": 25},
+        "torch/nn/parallel/distributed.py gradient_as_bucket_view=False", ""),
+    "zero_reduce_bucket": lambda step, s, widths, lay: (
+        "reduce_bucket_size x gradient bytes", {"zero_bucket": s.parallelism.zero_bucket}, _BUCKET_SOURCE,
+        "not in the seeds"),
+    "batch": lambda step, s, widths, lay: ("input_ids + labels: 2 x T x 8", _tokens(s, widths), "int64 token tensors", ""),
+    "fsdp_root_gradients": lambda step, s, widths, lay: (
+        _ROOT_FORMULA, {"layout": lay.name, "grad_accum": s.workload.grad_accum}, _ROOT_SOURCE, "not in the seeds"),
+    "bitsandbytes_saved_inputs": lambda step, s, widths, lay: (
+        _HELD_FORMULA, {**_tokens(s, widths), "bitsandbytes": s.training.bitsandbytes,
+                        "micro_batches_in_flight": step.in_flight}, _HELD_SOURCE, "not in the seeds"),
+}
 
 
 _BUCKET_SOURCE = ("deepspeed v0.14.0 runtime/zero/stage3.py 489-492 (persistent), stage_1_and_2.py 2033-2044 (during "
@@ -1000,20 +1215,35 @@ def _textbook_activations(step: Step, settings: Settings) -> str:
             "is off, and the logits and loss apart")
 
 
-def _overheads(settings: Settings, lay: Layout) -> list[Component]:
+def _overheads(settings: Settings, lay: Layout) -> tuple[Component, ...]:
     """CUDA context (device), the cuBLAS workspace (allocated through the caching allocator, once per
     stream; training runs forward and backward on one stream) and NCCL's buffers, one communicator for each
     parallel dimension of more than one GPU (device)."""
-    hopper = bool(settings.gpu) and any(name in str(settings.gpu).upper() for name in ("H100", "H200", "H800", "GH200"))
-    found = [overhead.cublas_workspace(hopper=hopper),
-             overhead.cuda_context(eager=settings.runtime.torch_before(TORCH_LAZY_MODULES))]
-    nccl = overhead.nccl_buffers((lay.data, lay.tensor, lay.pipeline, lay.context))
-    return found + [nccl] if nccl is not None else found
+    found = _constant_overheads(_hopper(settings.gpu), settings.runtime.torch_before(TORCH_LAZY_MODULES))
+    nccl = _nccl((lay.data, lay.tensor, lay.pipeline, lay.context))
+    return found if nccl is None else (*found, nccl)
 
 
-def _notes(settings: Settings, profile: Framework, lay: Layout, phase: str) -> tuple[str, ...]:
-    notes = [f"peak phase: {phase}; steady-state step (optimizer states already allocated)",
-             f"framework {profile.name}: " + "; ".join(profile.behaviours)]
+@functools.lru_cache(maxsize=256)
+def _nccl(groups: tuple[int, ...]) -> Component | None:
+    return overhead.nccl_buffers(groups)
+
+
+@functools.lru_cache(maxsize=256)
+def _hopper(gpu: str | None) -> bool:
+    """A Hopper GPU (sm90), by the name the settings give."""
+    return bool(gpu) and any(name in str(gpu).upper() for name in ("H100", "H200", "H800", "GH200"))
+
+
+@functools.cache
+def _constant_overheads(hopper: bool, eager_context: bool) -> tuple[Component, ...]:
+    """The workspace and the context depend on nothing else: the same two frozen Components for every estimate."""
+    return overhead.cublas_workspace(hopper=hopper), overhead.cuda_context(eager=eager_context)
+
+
+def _notes(settings: Settings, profile: Framework, lay: Layout) -> tuple[str, ...]:
+    """The notes after the peak phase's (plan): the framework's behaviours, tensor parallelism, NCCL."""
+    notes = [f"framework {profile.name}: " + "; ".join(profile.behaviours)]
     if lay.tensor > 1:
         notes.append("tensor parallelism as transformers' tp_plan (no sequence parallelism, gathered logits)"
                      if profile.tp_plan else "tensor parallelism assumes sequence parallelism (Megatron layout)")
