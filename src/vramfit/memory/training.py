@@ -149,8 +149,8 @@ def plan(model: Model, settings: Settings) -> Plan:
     chosen = max(range(len(steps)), key=lambda i: tables[i][3][0])
     names, values, outer, (_, position) = tables[chosen]
     name, step = names[position], steps[chosen]
-    components = (*_components(_phase(step, name, outer), step, settings, setup.widths, lay),
-                  *_overheads(settings, lay))
+    components = (*_components(_phase(step, name, outer), step, settings, setup, lay),
+                  *_constant_overheads(_hopper(settings.gpu), setup.eager_context), *setup.nccl)
     notes = (f"peak phase: {name}; steady-state step (optimizer states already allocated)", *setup.notes)
     extra = {"peak_phase": name, "phases": dict(zip(names, values)),
              "framework": {"name": profile.name, "behaviours": list(profile.behaviours)}, "layout": lay.name}
@@ -172,6 +172,11 @@ class Setup(NamedTuple):
     parameters: Parameters
     notes: tuple[str, ...]
     stages: dict[int, StageTerms]
+    buckets: dict[str, int]          # DeepSpeed's reduce bucket (_reduce_buckets)
+    grads_kept: bool                 # torch < 2.0 keeps the gradients between steps (_grads_kept)
+    eager_context: bool              # torch < 1.13 loads every kernel into the context
+    nccl: tuple[Component, ...]      # NCCL's buffers, if any (overhead.nccl_buffers)
+    described: dict[tuple[str, int], Component]   # _components of _SETUP_DESCRIBED names, by (name, bytes)
 
 
 def _setup(model: Model, settings: Settings, profile: Framework, lay: Layout) -> Setup:
@@ -197,9 +202,13 @@ def _make_setup(model: Model, settings: Settings, profile: Framework, lay: Layou
         model = _untied(model)   # litgpt: lm_head.weight is a copy of the token table
     arch, training = model.architecture, settings.training
     validate_tensor_parallel(arch, lay.tensor)
-    return Setup(model=model, profile=profile, layout=lay, widths=_bytes(settings, profile),
+    widths = _bytes(settings, profile)
+    nccl = overhead.nccl_buffers((lay.data, lay.tensor, lay.pipeline, lay.context))
+    return Setup(model=model, profile=profile, layout=lay, widths=widths,
                  parameters=_cached(("parameters", training), arch, lambda: _parameters(arch, training)),
-                 notes=_notes(settings, profile, lay), stages={})
+                 notes=_notes(settings, profile, lay), stages={}, described={}, buckets=_reduce_buckets(arch, settings, lay, widths),
+                 grads_kept=_grads_kept(settings), eager_context=settings.runtime.torch_before(TORCH_LAZY_MODULES),
+                 nccl=() if nccl is None else (nccl,))
 
 
 def _no_sync(lay: Layout) -> Layout:
@@ -442,8 +451,8 @@ def _step(setup: Setup, settings: Settings, stage: int) -> Step:
         saved_outside=sizes["saved_outside"] + offload_tail, saved_head=sizes["saved_head"], loss=loss,
         runs=runs,
         buckets=ddp_bucket_bytes(terms.grads) if lay.ddp_buckets else 0,
-        **_reduce_buckets(setup.model.architecture, settings, lay, setup.widths),
-        dequant=terms.dequant, accumulating=workload.grad_accum > 1 or _grads_kept(settings),
+        **setup.buckets,
+        dequant=terms.dequant, accumulating=workload.grad_accum > 1 or setup.grads_kept,
         in_flight=lay.in_flight if is_first else 1, host=host, flat_root_grads=terms.flat_root_grads,
         flat_head_grads=terms.flat_head_grads, flat_root_kept=terms.flat_root_grads // lay.grad_shard,
         held_inputs=held, held_previous=held if profile.graph_kept else 0, held_in_optimizer=profile.graph_kept,
@@ -979,7 +988,8 @@ def _saved(step: Step) -> int:
 def _resident(step: Step) -> dict[str, int]:
     """What every phase holds."""
     return {"weights": step.weights, "gathered_parameters": step.gathered, "optimizer_states": step.states.states,
-            "batch": step.batch, "ddp_gradient_buckets": step.buckets, "zero_reduce_bucket": step.reduce_bucket}
+            "batch": step.batch, "ddp_gradient_buckets": step.buckets,
+            **({"zero_reduce_bucket": step.reduce_bucket} if step.reduce_bucket or step.backward_bucket else {})}
 
 
 def _outer_phases(step: Step, saved: int) -> dict[str, dict[str, int]]:
@@ -1114,12 +1124,21 @@ def _block_phase_names(blocks: int) -> tuple[str, ...]:
     return tuple(f"backward_block_{index}_{half}" for index in range(blocks - 1, -1, -1) for half in ("mlp", "attention"))
 
 
-def _components(live: dict[str, int], step: Step, settings: Settings, widths: Bytes,
+def _components(live: dict[str, int], step: Step, settings: Settings, setup: Setup,
                 lay: Layout) -> list[Component]:
-    """The live set of the peak phase as Components with formula, inputs and source (_DESCRIBE)."""
-    out = []
+    """The live set of the peak phase as Components with formula, inputs and source (_DESCRIBE). A component
+    whose description reads nothing the workload sets (_SETUP_DESCRIBED) is made once per setup and size."""
+    out, widths, described = [], setup.widths, setup.described
     for name, nbytes in live.items():
         if nbytes <= 0:
+            continue
+        if name in _SETUP_DESCRIBED:
+            hit = described.get((name, nbytes))
+            if hit is None:
+                formula, inputs, source, textbook = _DESCRIBE[name](step, settings, widths, lay)
+                hit = described[name, nbytes] = Component(name=name, bytes=nbytes, formula=formula, inputs=inputs,
+                                                          source=source, textbook=textbook)
+            out.append(hit)
             continue
         describe = _DESCRIBE.get(name)
         formula, inputs, source, textbook = describe(step, settings, widths, lay) if describe else ("", {}, "", "")
@@ -1129,6 +1148,13 @@ def _components(live: dict[str, int], step: Step, settings: Settings, widths: By
         out.append(Component(name="optimizer_states_paged", bytes=step.states.paged, level="device",
                              formula=step.states.formula, source=step.states.source + " (paged: unified memory)"))
     return out
+
+
+# The components whose _DESCRIBE entry reads only the setup's parts (training, precision, layout, widths, the
+# optimizer's terms), never the workload: _components makes each once per setup and size. Bounded by the setup's
+# few sizes of each (gathered_parameters: the root alone or with a block).
+_SETUP_DESCRIBED = frozenset({"weights", "optimizer_states", "optimizer_step_temporaries", "amp_weight_copies",
+                              "gathered_parameters", "ddp_gradient_buckets", "zero_reduce_bucket"})
 
 
 # A component's (formula, inputs, source, textbook), and how each component is described from (step, settings,
@@ -1215,20 +1241,6 @@ def _textbook_activations(step: Step, settings: Settings) -> str:
             "is off, and the logits and loss apart")
 
 
-def _overheads(settings: Settings, lay: Layout) -> tuple[Component, ...]:
-    """CUDA context (device), the cuBLAS workspace (allocated through the caching allocator, once per
-    stream; training runs forward and backward on one stream) and NCCL's buffers, one communicator for each
-    parallel dimension of more than one GPU (device)."""
-    found = _constant_overheads(_hopper(settings.gpu), settings.runtime.torch_before(TORCH_LAZY_MODULES))
-    nccl = _nccl((lay.data, lay.tensor, lay.pipeline, lay.context))
-    return found if nccl is None else (*found, nccl)
-
-
-@functools.lru_cache(maxsize=256)
-def _nccl(groups: tuple[int, ...]) -> Component | None:
-    return overhead.nccl_buffers(groups)
-
-
 @functools.lru_cache(maxsize=256)
 def _hopper(gpu: str | None) -> bool:
     """A Hopper GPU (sm90), by the name the settings give."""
@@ -1237,7 +1249,9 @@ def _hopper(gpu: str | None) -> bool:
 
 @functools.cache
 def _constant_overheads(hopper: bool, eager_context: bool) -> tuple[Component, ...]:
-    """The workspace and the context depend on nothing else: the same two frozen Components for every estimate."""
+    """The cuBLAS workspace (allocated through the caching allocator, once per stream; training runs forward and
+    backward on one stream) and the CUDA context (device) depend on nothing else: the same two frozen Components
+    for every estimate. NCCL's buffers come from the layout (Setup.nccl)."""
     return overhead.cublas_workspace(hopper=hopper), overhead.cuda_context(eager=eager_context)
 
 
