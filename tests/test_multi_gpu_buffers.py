@@ -139,3 +139,13 @@ def test_converter_pins_the_peft_docs_release() -> None:
 def test_settings_that_change_nothing_are_refused(changes: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidSetting, match=message):
         Settings().replace(**changes).validate()
+
+
+def test_nccl_in_tensor_parallel_inference_only() -> None:
+    """transformers' tp_plan all-reduces over NCCL; a device-map pipeline copies without it; vLLM's measured
+    non-torch memory already holds its NCCL (overhead.vllm_non_torch)."""
+    model = load_model(LLAMA)
+    tp = estimate(model, Settings().replace(gpus=4, tensor=4)).memory
+    assert tp["nccl"] == 688 * MiB
+    assert "nccl" not in estimate(model, Settings().replace(gpus=2, pipeline=2)).memory
+    assert "nccl" not in estimate(model, Settings().replace(gpus=2, tensor=2, name="vllm")).memory

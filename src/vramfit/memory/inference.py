@@ -200,8 +200,18 @@ def _on_demand(stage: Stage, settings: Settings) -> Result:
         overhead.cublas_workspace(_hopper(settings)),
         overhead.allocator_reserve(reserve),
         overhead.cuda_context(eager=settings.runtime.torch_before(TORCH_LAZY_MODULES)),
+        *_nccl(settings.parallelism.tensor),
     )
     return components, (f"peak at the {name} moment",), {}
+
+
+@functools.lru_cache(maxsize=64)
+def _nccl(tensor: int) -> tuple[Component, ...]:
+    """Tensor parallelism all-reduces over NCCL (transformers' tp_plan, litgpt generate/tp.py): its communicator's
+    buffers, device level (overhead.nccl_buffers). A pipeline split here is a device map that copies activations
+    between GPUs without NCCL."""
+    nccl = overhead.nccl_buffers((tensor,))
+    return () if nccl is None else (nccl,)
 
 
 Moment = tuple[str, int, int, int]  # name, cache, activations, logits
