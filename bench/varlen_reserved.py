@@ -13,8 +13,8 @@ What is traced (fake tensors on the CPU, vramfit's tracker, truth/tracker.py), o
   THUDM/glm-4-9b-chat shapes (`glm4_config`: the same 9,399,951,360 parameters). Two differences from the remote code
   (modeling_chatglm.py, XuRui314/GLM4v-Finetune@513b75de, a verbatim June 2024 copy) are restated here because they change
   allocations: its loss (`remote_code_loss`, section J.1; at batch 1 its shifted `.contiguous()` is no copy: dropping
-  the last row of a (1, T, V) tensor leaves it contiguous, tests/test_varlen_replay.py) and its key/value heads, expanded to all 32 query heads and made
-  contiguous before SDPA (`key_layer.expand(...).contiguous()`; transformers 5 would pass enable_gqa instead). Left as
+  the last row of a (1, T, V) tensor leaves it contiguous, tests/test_varlen_replay.py) and its key/value heads,
+  expanded to all 32 query heads and made contiguous before SDPA (`key_layer.expand(...).contiguous()`; transformers 5 would pass enable_gqa instead). Left as
   transformers has it: fused query_key_value (one LoRA pair there, three here: q/k/v), the rotary and RMSNorm transients.
 - The stack: LoRA adapters in fp32 (LLaMA-Factory casts trainable parameters to fp32; PEFT's autocast_adapter_dtype does the
   same), non-reentrant checkpointing of every block (the remote code's own `checkpoint(..., use_reentrant=False)`), autocast
@@ -40,10 +40,10 @@ Results, GiB, 40 layers, the remote code's loss, replay without a cap (07:06-07:
 The pool grows only when a sample is longer than every earlier one (a record), by three fp32 T x V segments (the
 saved log-softmax, nll_loss's gradient and log_softmax_backward's output coexist; every cached block is from a shorter
 sample), plus the bf16 T x V one when T is over twice the previous record: 12VT (+ 2VT) bytes, 17.3 GiB at T = 10240.
-In all 13 records of seeds 0-4 (32 and 96 micro-steps) this rule matches the replayed increment to 0.05 GiB, even for a
-record 32 tokens above the last. Under the A100's cap (79.58 GiB less the 0.42 GiB context) seeds 0 and 4 fill the
-card at their 11th sample and cudaMalloc's failure releases 34 / 39 cached segments; the pool then moves between
-39.6 and 74.8 GiB. Measured 61.47 GiB device = 61.05 GiB pool: reached by seed 1 from its 20th sample to its 83rd.
+In all 15 records of seeds 0-4 this rule matches the replayed increment to 0.045 GiB, even for a record 32 tokens above
+the last; no other micro-step adds more than 1 GiB (an optimizer step adds about 0.2). Under the A100's cap (79.58 GiB
+less the 0.42 GiB context) seeds 0 and 4 fill the card at their 11th sample and cudaMalloc's failure releases 34 / 39
+cached segments; the pool then moves between 39.6 and 74.8 GiB (seed 4). Measured 61.47 GiB device = 61.05 GiB pool: reached by seed 1 from its 20th sample to its 83rd.
 Depth does not change the growth (uniform seed 0, pool - allocated: +42.45 / +42.11 / +42.11 GiB at 10 / 20 / 40
 layers; fixed: +4.87 / +5.17 / +5.23), and at batch 1 transformers' ForCausalLMLoss (`--loss transformers`) gives the
 remote code's figures (fixed 38.53 / 43.76; uniform seed 0: 38.00 / 80.12 against 38.00 / 80.11).
