@@ -199,9 +199,14 @@ def tracker_events(tracker: object) -> list[Event]:
     """The allocation/free sequence a LiveTensorTracker saw, in order: each storage life is born and dies at
     a tick of the tracker's clock (a resize ends one life and starts the next at the same tick: free first).
     Reads the tracker's record of lives after the fact, so tracking itself is unchanged."""
+    return [event for _, event in tracker_timeline(tracker)]
+
+
+def tracker_timeline(tracker: object) -> list[tuple[int, Event]]:
+    """tracker_events with the tracker clock's tick of each event (to cut a run into steps)."""
     ticks: list[tuple[int, int, Event]] = []
     for serial, life in tracker._lives.items():  # type: ignore[attr-defined]
         ticks.append((life.born, 1, Event(key=serial, nbytes=life.bytes, allocate=True)))
         if life.died is not None:
             ticks.append((life.died, 0, Event(key=serial, nbytes=life.bytes, allocate=False)))
-    return [event for _, _, event in sorted(ticks, key=lambda tick: (tick[0], tick[1]))]
+    return [(tick, event) for tick, _, event in sorted(ticks, key=lambda tick: (tick[0], tick[1]))]
