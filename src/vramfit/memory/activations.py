@@ -446,19 +446,22 @@ def shifted_fp32_loss(shape: Shape, vocab: int, labels: int) -> LossMemory:
     1. `lm_logits = output_layer(h)`: T x V x E; `lm_logits.to(torch.float32)`: T x V x 4, the E logits freed
        by the rebinding (their cast's backward saves nothing);
     2. `shift_logits = lm_logits[..., :-1, :].contiguous()`: S x V x 4, a local kept until the forward returns;
+       at batch 1 no copy: dropping the last row of a contiguous (1, T, V) tensor leaves it contiguous (the
+       stride of a size-1 dimension does not count), so `.contiguous()` returns the view;
     3. CrossEntropyLoss: log_softmax saves its S x V x 4 output for backward (the `saved` term);
     4. `lm_logits = lm_logits.to(hidden_states.dtype)`: T x V x E made while the fp32 logits, the shifted copy and
-       the log-softmax are alive. This is the forward's largest moment: transient 4TV + 4SV + E·TV on top of
-       the saved log-softmax (step 1's E + 4 is smaller). The returned E logits die with the model output,
+       the log-softmax are alive. This is the forward's largest moment: transient 4TV + 4SV + E·TV (4TV + E·TV
+       at batch 1) on top of the saved log-softmax (step 1's E + 4 is smaller). The returned E logits die with the model output,
        before backward (transformers Trainer.compute_loss).
     Backward: nll_loss_backward and _log_softmax_backward_data each make an S x V x 4 gradient while the saved
     log-softmax is alive; SliceBackward's T x V x 4 zeros come after the log-softmax is freed (4TV + 4SV, less)."""
     e, rows = shape.compute_bytes, shape.batch * (shape.seq - 1)
     fp32, shifted, cast = _t(shape.tokens * vocab, FP32), _t(rows * vocab, FP32), _t(shape.tokens * vocab, e)
+    copy, labels = (shifted, labels) if shape.batch > 1 else (0, 0)   # shift_labels too is a view at batch 1
     formula = (f"the model's own loss (modeling_chatglm.py): saved: S x V x 4 (log_softmax; S: seq - 1 rows per "
-               f"sequence) + T x 8 (labels); forward transient: T x V x 4 (fp32 logits) + S x V x 4 (shifted "
-               f"copy) + T x V x {e} (cast back); backward transient: 2 x S x V x 4")
-    return LossMemory(saved=shifted + labels, forward_transient=fp32 + shifted + cast,
+               f"sequence) + T x 8 (shifted labels, batch > 1 only); forward transient: T x V x 4 (fp32 logits) + S x V x 4 (shifted "
+               f"copy, batch > 1 only) + T x V x {e} (cast back); backward transient: 2 x S x V x 4")
+    return LossMemory(saved=shifted + labels, forward_transient=fp32 + copy + cast,
                       backward_transient=2 * shifted, formula=formula)
 
 
