@@ -329,15 +329,21 @@ _PINNED_BITSANDBYTES = {
 
 def bitsandbytes_of(src: dict[str, Any]) -> str:
     """The bitsandbytes release of a row: stated in its text, else its source's pin, else "latest"."""
+    return _release_of(src, r"bitsandbytes\s+v?(\d+\.\d+(?:\.\d+)?)", _PINNED_BITSANDBYTES)
+
+
+def _release_of(src: dict[str, Any], stated: str | None, pins: dict[tuple[str, str], tuple[str, str]]) -> str:
+    """A package release of a row: the version the row's text states (`stated`, a pattern whose group 1 is the
+    version), else the pin of its source (repository and path, or issue), else "latest"."""
     text = " ".join(str(src.get(key) or "") for key in ("trust", "notes", "framework", "dtype_quant"))
-    stated = re.search(r"bitsandbytes\s+v?(\d+\.\d+(?:\.\d+)?)", text, re.IGNORECASE)
-    if stated:
-        return stated.group(1)
+    match = re.search(stated, text, re.IGNORECASE) if stated else None
+    if match:
+        return match.group(1)
     where = src.get("source")
     if not isinstance(where, dict):
         return "latest"
-    pinned = (_PINNED_BITSANDBYTES.get((str(where.get("repo")), str(where.get("path"))))
-              or _PINNED_BITSANDBYTES.get((str(where.get("repo")), str(where.get("issue_or_pr")))))
+    pinned = (pins.get((str(where.get("repo")), str(where.get("path"))))
+              or pins.get((str(where.get("repo")), str(where.get("issue_or_pr")))))
     return pinned[0] if pinned else "latest"
 
 
@@ -412,20 +418,12 @@ _PINNED_PEFT = {
 
 def peft_of(src: dict[str, Any]) -> str:
     """The PEFT release of a row: its source's pin, else "latest"."""
-    where = src.get("source")
-    pinned = _PINNED_PEFT.get((str(where.get("repo")), str(where.get("path")))) if isinstance(where, dict) else None
-    return pinned[0] if pinned else "latest"
+    return _release_of(src, None, _PINNED_PEFT)
 
 
 def torch_of(src: dict[str, Any]) -> str:
     """The torch release of a row: stated in its text ("torch 2.1.0"), else its source's pin, else "latest"."""
-    text = " ".join(str(src.get(key) or "") for key in ("trust", "notes", "framework", "dtype_quant"))
-    stated = re.search(r"\b(?:py)?torch[ =v]*(\d+\.\d+(?:\.\d+)?)", text, re.IGNORECASE)
-    if stated:
-        return stated.group(1)
-    where = src.get("source")
-    pinned = _PINNED_TORCH.get((str(where.get("repo")), str(where.get("path")))) if isinstance(where, dict) else None
-    return pinned[0] if pinned else "latest"
+    return _release_of(src, r"\b(?:py)?torch[ =v]*(\d+\.\d+(?:\.\d+)?)", _PINNED_TORCH)
 
 
 def catalog_gpu(gpu_type: Any) -> str | None:
