@@ -164,3 +164,27 @@ def test_in_asks_whether_a_component_is_in_the_breakdown() -> None:
     memory = estimate(load_model("Qwen/Qwen3-0.6B"), Settings()).memory
     assert "weights" in memory
     assert "fsdp_root_gradients" not in memory
+
+
+def test_components_made_once_per_setup_follow_their_settings() -> None:
+    """Setup.described keeps the components whose bytes and description read no workload; a change of what they
+    do read (here DeepSpeed's bucket size, the optimizer, the precision) must not find a stale one, and the
+    workload-dependent ones (gradients: their inputs name grad_accum) are made at each call."""
+    from vramfit import Settings, estimate, load_model
+    from vramfit.result import Component
+
+    model = load_model("meta-llama/Llama-3.1-8B")
+    base = Settings().replace(mode="training", dtype="bf16", gpus=2, zero_stage=3, grad_accum=2)
+
+    def component(settings: Settings, name: str) -> Component:
+        return next(c for c in estimate(model, settings).memory.components if c.name == name)
+
+    small, large = component(base.replace(zero_bucket=1000), "zero_reduce_bucket"), component(
+        base.replace(zero_bucket=2000), "zero_reduce_bucket")
+    assert (small.bytes, small.inputs) == (2048, {"zero_bucket": 1000})
+    assert (large.bytes, large.inputs) == (4096, {"zero_bucket": 2000})
+    sgd = component(base.replace(optimizer="sgd-momentum"), "optimizer_states")
+    assert sgd.source == "torch/optim/sgd.py _multi_tensor_sgd"
+    assert component(base, "optimizer_states").source == "torch/optim/adam.py _multi_tensor_adam"
+    four = component(base.replace(grad_accum=4), "gradients")
+    assert four.inputs["grad_accum"] == 4 and component(base, "gradients").inputs["grad_accum"] == 2
