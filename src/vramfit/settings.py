@@ -255,8 +255,9 @@ class Parallelism:
     fsdp: Literal["none", "full", "shard-grad-op", "hybrid"] = "none"
     offload: Offload = "none"
     offload_target: Literal["cpu", "nvme"] = "cpu"
-    # DeepSpeed ZeRO-3's reduce_bucket_size in elements (ZERO_REDUCE_BUCKET), or "auto": hidden x hidden, as the HF
-    # Trainer and accelerate fill a DeepSpeed config's "auto" value
+    # DeepSpeed ZeRO's reduce_bucket_size in elements (its default, runtime/zero/config.py: 5e8), or "auto": hidden x
+    # hidden, as the HF Trainer and accelerate fill a DeepSpeed config's "auto" value (memory/training.py
+    # _reduce_buckets)
     zero_bucket: int | Literal["auto"] = 500_000_000
 
     def validate(self) -> None:
@@ -285,7 +286,7 @@ class Runtime:
     name: inference runtime (transformers, vllm, sglang, llama.cpp). attention: eager, sdpa or flash.
     gpu_memory_utilization, block_size: vLLM's pre-allocation. n_gpu_layers: llama.cpp offload (None: all).
     torch: the PyTorch release the step runs on, "latest" or a version such as 1.10.1: older releases allocate
-    more (see TORCH_LAZY_MODULES, TORCH_SOFTMAX_INPUT_FREED, TORCH_ZERO_GRAD_TO_NONE).
+    more (see TORCH_LAZY_MODULES, TORCH_SOFTMAX_INPUT_FREED, TORCH_ZERO_GRAD_TO_NONE, TORCH_FOREACH_DEFAULT).
     """
 
     name: str = "transformers"
