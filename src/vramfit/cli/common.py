@@ -117,9 +117,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     par.add_argument("--offload-target", choices=("cpu", "nvme"), default="cpu",
                      help="where offloaded state lives (default: cpu)")
     par.add_argument("--zero-bucket", default="500000000", metavar="ELEMENTS",
-                     help="DeepSpeed ZeRO-3 reduce_bucket_size: a persistent gradient buffer of this many elements "
-                          "(500000000 or 500M); auto = hidden x hidden, as the HF Trainer and accelerate fill "
-                          "\"auto\" (default: 500000000, DeepSpeed's own)")
+                     help="DeepSpeed ZeRO reduce_bucket_size: a gradient buffer of this many elements (persistent "
+                          "under ZeRO-3, during backward under ZeRO-1/2; 500000000 or 500M); auto = hidden x hidden, "
+                          "as the HF Trainer and accelerate fill \"auto\" (default: 500000000, DeepSpeed's own)")
     par.add_argument("--gpu", help="GPU name from the catalog, e.g. H100-80GB, RTX-4090 (default: none)")
     par.add_argument("--gpu-memory", help="GPU capacity, e.g. 24GiB or 80GB (default: the --gpu's)")
 

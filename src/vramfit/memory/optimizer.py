@@ -67,7 +67,7 @@ def optimizer_memory(name: str, trainable: Sequence[ParamTensor], param_bytes: i
                                formula="2 x sum round512(n_i x b) (exp_avg, exp_avg_sq)",
                                temporaries_formula="2 x largest parameter: exp_avg_sq.sqrt() and its quotient by "
                                                    "the bias correction, one parameter at a time",
-                               source="torch/optim/_functional.py adam/adamw (torch 1.10), _single_tensor_adam(w) "
+                               source="torch/optim/_functional.py adam/adamw (torch <= 1.11), _single_tensor_adam(w) "
                                       "(1.12-1.13): denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)")
     if name in ("adamw", "adam"):
         return OptimizerMemory(states=2 * copy, paged=0, step_temporaries=copy,
