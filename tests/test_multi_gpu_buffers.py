@@ -149,3 +149,27 @@ def test_nccl_in_tensor_parallel_inference_only() -> None:
     assert tp["nccl"] == 688 * MiB
     assert "nccl" not in estimate(model, Settings().replace(gpus=2, pipeline=2)).memory
     assert "nccl" not in estimate(model, Settings().replace(gpus=2, tensor=2, name="vllm")).memory
+
+
+def test_transformers_fsdp_accumulation_keeps_gradients_unsharded() -> None:
+    """Trainer (transformers 5.23 trainer.py 1896-1907) runs every micro-batch but the last in no_sync: under FSDP the
+    gradients of the accumulation window are whole on every rank, as on one GPU; without accumulation, sharded."""
+    whole = _memory(gpus=1, grad_accum=2)["gradients"]
+    assert _memory(gpus=2, fsdp="full", grad_accum=2)["gradients"] == whole
+    assert _memory(gpus=2, fsdp="full", grad_accum=1).get("gradients", 0) < whole
+
+
+def test_fsdp_param_offload_copies_pool() -> None:
+    """Llama-2-70B QLoRA, FSDP on 2 GPUs with parameter offload: the root unit (embedding and head, 32000 x 8192 each,
+    and the final norm, bf16) is the largest shard copy: (2 x 524,288,000 + 16,384) / 2 = 524,296,192 bytes, a
+    segment rounded to 2 MiB: 526,385,152 bytes, reserved (never allocated at the peak)."""
+    model = load_model("meta-llama/Llama-2-70b-hf")
+    settings = Settings().replace(mode="training", finetune="qlora", quant="bnb-nf4-dq", dtype="bf16", gpus=2,
+                                  fsdp="full", offload="params", grad_ckpt="full")
+    est = estimate(model, settings)
+    copies = next(c for c in est.memory.components if c.name == "fsdp_offload_copies")
+    assert (copies.bytes, copies.level) == (526_385_152, "reserved")
+    assert est.peak.reserved - est.peak.allocated == 526_385_152
+    assert "fsdp_offload_copies" not in estimate(model, settings.replace(offload="none")).memory
+    zero = settings.replace(fsdp="none", zero_stage=3)
+    assert "fsdp_offload_copies" not in estimate(model, zero).memory

@@ -110,13 +110,16 @@ class Framework:
 TRANSFORMERS = Framework(
     name="transformers", loss_chunks=1, fp32_logits=False, adapter_fp32=True, optimizer_in_backward=False,
     kv_cache_in_training=True, native_activations=False, logits_kept=False, fp32_loss=True,
-    expand_kv=False, fsdp_unit_gradients=False, tp_plan=True,
+    expand_kv=False, fsdp_unit_gradients=False, tp_plan=True, fsdp_no_sync=True,
     behaviours=("the forward builds a DynamicCache (use_cache=True) unless gradient checkpointing is on",
                 "logits in the model dtype, upcast to fp32 inside the loss (ForCausalLMLoss)",
                 "full-vocabulary cross-entropy",
                 "PEFT LoRA adapters upcast to fp32 (autocast_adapter_dtype=True)",
                 "gradient checkpointing saves each block's input (use_reentrant=True unless --non-reentrant)",
-                "tensor parallelism by the model's tp_plan: no sequence parallelism, full logits on every rank"))
+                "tensor parallelism by the model's tp_plan: no sequence parallelism, full logits on every rank",
+                ("gradient accumulation under FSDP runs every micro-batch but the last in no_sync (Trainer "
+                 "trainer.py, transformers 5.23 lines 1896-1907: accelerator.no_sync, or FSDP2's "
+                 "set_requires_gradient_sync(False)): gradients stay unsharded until the sync step")))
 
 TORCHTUNE = Framework(
     name="torchtune", loss_chunks=8, fp32_logits=True, adapter_fp32=False, optimizer_in_backward=False,

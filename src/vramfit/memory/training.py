@@ -149,7 +149,7 @@ def plan(model: Model, settings: Settings) -> Plan:
     chosen = max(range(len(steps)), key=lambda i: tables[i][3][0])
     names, values, outer, (_, position) = tables[chosen]
     name, step = names[position], steps[chosen]
-    components = (*_components(_phase(step, name, outer), step, settings, setup, lay),
+    components = (*_components(_phase(step, name, outer), step, settings, setup, lay), *_offload_copies(step, lay),
                   *_constant_overheads(_hopper(settings.gpu), setup.eager_context), *setup.nccl)
     notes = (f"peak phase: {name}; steady-state step (optimizer states already allocated)", *setup.notes)
     extra = {"peak_phase": name, "phases": dict(zip(names, values)),
@@ -880,6 +880,26 @@ def _fsdp_root_bytes(by_layer: dict[int | None, list[ParamTensor]], widths: Byte
     if not lay.gathered_blocks or not lay.name.startswith("FSDP"):
         return 0
     return tensors_bytes((t.elements for t in by_layer.get(None, []) if not t.quantized), widths.compute)
+
+
+def _offload_copies(step: Step, lay: Layout) -> tuple[Component, ...]:
+    """FSDP1 with CPUOffload(offload_params=True) copies each unit's CPU shard to the GPU on its own stream before the
+    all-gather (torch 2.2 fsdp/_flat_param.py pre_unshard 1253-1255, _runtime_utils.py 290, 314-315) and drops the
+    copy after it with record_stream (_flat_param.py 1395-1404). The caching allocator reuses a free block only on
+    the stream that allocated it (c10/cuda/CUDACachingAllocator.cpp get_free_block), so those blocks form a pool
+    the compute stream never reuses: reserved, never allocated at the peak. Its least size is the segment of the
+    largest unit's shard copy (the root's: embedding, head and norm); more when a block's copy is issued before the
+    root's block is free (not modelled). Without offload pre_unshard copies nothing."""
+    if not (lay.offload_params and lay.name.startswith("FSDP")):
+        return ()
+    largest = max(step.fsdp_root, step.fsdp_block) // lay.param_shard
+    if not largest:
+        return ()
+    return (Component(name="fsdp_offload_copies", bytes=overhead.segment_bytes(largest), level="reserved",
+                      formula="segment of the largest unit's shard copy (root or block, gathered bytes / shards)",
+                      inputs={"largest_shard_bytes": largest, "param_shard": lay.param_shard},
+                      source="torch 2.2 fsdp/_flat_param.py pre_unshard (copy on the pre-unshard stream) and "
+                             "record_stream free; CUDACachingAllocator.cpp: free blocks are reused per stream"),)
 
 
 def _dequant_bytes(tensors: list[ParamTensor], widths: Bytes) -> int:
