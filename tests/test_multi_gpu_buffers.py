@@ -173,3 +173,10 @@ def test_fsdp_param_offload_copies_pool() -> None:
     assert "fsdp_offload_copies" not in estimate(model, settings.replace(offload="none")).memory
     zero = settings.replace(fsdp="none", zero_stage=3)
     assert "fsdp_offload_copies" not in estimate(model, zero).memory
+
+
+def test_old_peft_is_named_in_the_notes() -> None:
+    est = estimate(load_model(LLAMA), Settings().replace(mode="training", finetune="lora", dtype="bf16", peft="0.10.0"))
+    assert any(note.startswith("peft 0.10.0: adapters take the base weight's dtype") for note in est.notes)
+    latest = estimate(load_model(LLAMA), Settings().replace(mode="training", finetune="lora", dtype="bf16"))
+    assert not any(note.startswith("peft ") for note in latest.notes)

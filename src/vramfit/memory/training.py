@@ -1287,6 +1287,10 @@ def _notes(settings: Settings, profile: Framework, lay: Layout) -> tuple[str, ..
     old = _old_torch(settings)
     if old:
         notes.append(f"torch {settings.runtime.torch}: " + "; ".join(old))
+    version = peft_version(settings.training.peft)
+    if profile.adapter_fp32 and version is not None and version < PEFT_ADAPTER_FP32:
+        notes.append(f"peft {settings.training.peft}: adapters take the base weight's dtype (before 0.12.0; fp32 over "
+                     "uint8-stored 4-bit data), not the fp32 of autocast_adapter_dtype")
     return tuple(notes)
 
 
