@@ -2,6 +2,7 @@
 
     python bench/qlora_reserved.py --layers 4 8 16 --dequant on off      # the pool against depth, with and without
     python bench/qlora_reserved.py --layers 80 --dequant on off           # the rows' depth
+    python bench/qlora_reserved.py --layers 16 80 --prefetch              # FSDP1 BACKWARD_PRE: two units in backward
 
 Hypothesis tested (docs/PUBLISHED-TRAINING-ROWS.md F, "Left on the three 2-GPU QLoRA rows": 4.38 / 6.19 / 5.36 GiB): the
 rows' nvidia-smi readings exceed vramfit's allocated peak + context + NCCL because bitsandbytes dequantizes each 4-bit
@@ -22,7 +23,7 @@ What is traced (fake tensors on the CPU, truth/tracker.py), one process standing
   absmax (out*in/64 uint8 + out*in/16384 fp32); its autograd.Function `FakeMatMul4Bit` stands for bitsandbytes 0.43.0
   `MatMul4Bit` (bitsandbytes/autograd/_functions.py): forward `F.linear(A, F.dequantize_4bit(B, quant_state).to(A.dtype).t())`
   and `ctx.tensors = (A, B)` (section D), backward `torch.matmul(grad_output, F.dequantize_4bit(B, ctx.state).to(grad_output
-  .dtype).t())`. `dequantize_4bit` (bitsandbytes/functional.py, 0.43.0) first dequantizes the nested absmax into an fp32
+  .dtype).t())`. `dequantize_4bit` (bitsandbytes/functional.py, 0.43-era copies read) first dequantizes the nested absmax into an fp32
   tensor (one float per 64-weight block), then allocates the bf16 out x in output; the absmax temporary dies on return.
   `--dequant off` uses one resident bf16 weight per distinct shape instead (no temporaries; its bytes are constant and
   reported in `shared`).
@@ -34,9 +35,15 @@ What is traced (fake tensors on the CPU, truth/tracker.py), one process standing
   forward); the module's weights are views into that buffer, as use_orig_params makes them. absmax stays whole (F7).
 - Each micro-step: autocast bf16 forward with labels (transformers' ForCausalLMLoss), accelerate's fp32 copy of the logits,
   loss / 2, backward; every 2 micro-steps clip_grad_norm_(1.0), AdamW (foreach) over the adapters, zero_grad(set_to_none).
-- Not traced: NCCL buffers and streams (all-gathers on their own stream, record_stream, F3), FSDP's backward prefetch of the
-  next unit (BACKWARD_PRE: two units gathered at once), the adapters' gradient reduce-scatter, DeepSpeed's buckets, the
-  CUDA context, cuBLAS workspaces, the offload row's pinned-copy pool (F10).
+- `--prefetch`: FSDP1's BACKWARD_PRE (accelerate's default `fsdp_backward_prefetch`): when a unit's backward starts
+  (its recompute), the previous layer's unit is gathered too. `--streams 2` replays the all-gather outputs in their own
+  pool (FSDP1 all-gathers on its unshard stream).
+- The gathering hooks sit on each block's input_layernorm (pre) and mlp (post), inside the checkpointed region: transformers
+  5 checkpoints `forward` with the module hooks outside, whereas transformers 4.39 (the rows' era) checkpointed
+  `decoder_layer.__call__` with FSDP1's wrapper inside, so FSDP1 gathered for both runs of each block.
+- Not traced: NCCL buffers, record_stream's delayed reuse and the rate limiter's second all-gather in flight (F3), the
+  adapters' gradient reduce-scatter, DeepSpeed's gathering and buckets (the ZeRO-3 row), the CUDA context, cuBLAS
+  workspaces, the offload row's pinned-copy pool (F10).
 The whole sequence is replayed through truth/allocator.py (the rules of c10/cuda/CUDACachingAllocator.cpp, torch 2.2).
 
 Results, GiB, 6 micro-steps (3 optimizer steps), peaks over the whole run, torch 2.13 CPU / transformers 5.23 / peft 0.21
@@ -56,15 +63,28 @@ Results, GiB, 6 micro-steps (3 optimizer steps), peaks over the whole run, torch
         80  on                27.54          28.94                 +1.40  +1.40
         80  off               28.23          29.74                 +1.51  +1.53
 
-(`off` allocates 1.02 GiB of resident bf16 weights, one per shape, instead of the temporaries.) At 80 layers the traced
-allocated peak, 27.54 GiB, is the estimate's allocated part for the no-offload row (28.88 GiB less the 0.42 GiB context
-and 0.53 GiB NCCL = 27.93 GiB) within 0.39 GiB. The pool over allocated is 1.40 GiB with the dequantization temporaries
-and 1.51 GiB without: the temporaries do not fragment the pool. Each of their sizes (448 MiB for gate/up/down, 128 MiB for
-q/o, 16 MiB for k/v) recurs in every layer and every call, so best fit hands the same cached blocks back; at the peak of
-the pool 15 free 448 MiB blocks wait for the next dequantization. The reserve grows with depth (+0.46 at 4 layers to +1.40
-at 80) in both modes; the all-gather outputs on their own stream's pool (`--streams 2`: the root's 0.98 GiB buffer and one
-unit's 0.40 GiB) add at most 0.12 GiB, because they too recur at the same sizes. So the replay accounts for about 1.4 GiB of
-the 4.38 GiB left on the no-offload row, and the dequantization is not what makes up the rest.
+With FSDP1's backward prefetch (`--layers 16 80 --prefetch`, 08:59-09:02 UTC; accelerate's default BACKWARD_PRE: a second
+unit gathered while one runs its backward):
+
+    layers  dequant  allocated peak  reserved peak  reserved - allocated  (two streams: reserved - allocated)
+        16  on                 9.76          10.45                 +0.69  +0.43
+        16  off               10.45          10.83                 +0.38  +0.57
+        80  on                27.94          29.60                 +1.66  +1.40
+        80  off               28.63          30.08                 +1.45  +1.53
+
+(`off` allocates 1.02 GiB of resident bf16 weights, one per shape, instead of the temporaries.) At 80 layers with
+prefetch the traced allocated peak, 27.94 GiB, is the estimate's allocated part for the no-offload row (28.88 GiB less
+the 0.42 GiB context and 0.53 GiB NCCL = 27.93 GiB; its gathered_parameters count two units), 27.54 GiB without
+prefetch. The pool over allocated is 1.40 GiB with the dequantization temporaries and 1.51 GiB without: the
+temporaries do not fragment the pool. Each of their sizes (448 MiB for gate/up/down, 128 MiB for q/o, 16 MiB for k/v)
+recurs in every layer and every call, so best fit hands the same cached blocks back; when the pool reached its peak
+(80 layers, no prefetch) 15 free 448 MiB blocks were cached for the next dequantizations. The reserve grows with depth
+(+0.46 at 4 layers to +1.40 at 80) in both modes; the all-gather outputs on their own stream's pool (`--streams 2`:
+the root's 0.98 GiB buffer and one unit's 0.40 GiB) add at most 0.12 GiB, because they too recur at the same sizes.
+With prefetch the reserve is 1.40-1.66 GiB with the temporaries and 1.45-1.53 without. After 4 micro-steps every
+figure stays put (per micro-step columns of the output). So the replay accounts for about 1.4-1.7 GiB of the 4.28 GiB
+left on the no-offload row today (33.16 measured - 28.88 estimated; 4.38 before F11; 33.16 - (27.94 + 1.66 + 0.42 + 0.53) = 2.61 GiB still left), and the
+dequantization is not what makes up the rest.
 """
 
 from __future__ import annotations
@@ -240,8 +260,9 @@ def root_parts(module: Any) -> list[tuple[Any, str, tuple[int, ...]]]:
 class Gathering:
     """Emulated all-gathers of each decoder unit (hooks) and of the root unit (`root()` around a micro-step)."""
 
-    def __init__(self, module: Any) -> None:
+    def __init__(self, module: Any, *, prefetch: bool = False) -> None:
         self.module = module
+        self.prefetch = prefetch   # FSDP1 BACKWARD_PRE (accelerate's default): gather the next unit of backward early
         self.layers = list(module.get_base_model().model.layers)
         self.gathered: dict[int, Any] = {}
         self.tracker: Any = None           # set while tracing: records which storages are all-gather outputs
@@ -261,6 +282,10 @@ class Gathering:
         if torch.is_grad_enabled() and hidden.requires_grad:      # the recompute in backward: free after backward
             key = id(layer)
             hidden.register_hook(lambda grad: self._release(key))
+            index = self.layers.index(layer)
+            if self.prefetch and index > 0 and id(self.layers[index - 1]) not in self.gathered:
+                previous = self.layers[index - 1]
+                self.gathered[id(previous)] = self._unshard(torch.empty(self.sizes[id(previous)], dtype=torch.uint8))
 
     def _post_forward(self, layer: Any, _mlp: Any, args: Any, output: Any) -> None:
         import torch
@@ -314,7 +339,8 @@ def _numel(shape: tuple[int, ...]) -> int:
 # --- the run --------------------------------------------------------------------------------------------------
 
 
-def trace_run(config: Any, settings: Any, *, dequant: bool, micro_steps: int) -> tuple[Any, list[int], int, set[int]]:
+def trace_run(config: Any, settings: Any, *, dequant: bool, micro_steps: int,
+              prefetch: bool = False) -> tuple[Any, list[int], int, set[int]]:
     """Trace `micro_steps` micro-steps (an optimizer step every grad_accum); returns the tracker, the clock at the end
     of each micro-step, the bytes of the shared bf16 weights (dequant off) and the tracker serials of the all-gather
     outputs (for the two-stream replay)."""
@@ -328,7 +354,7 @@ def trace_run(config: Any, settings: Any, *, dequant: bool, micro_steps: int) ->
     ends: list[int] = []
     with FakeTensorMode(allow_non_fake_inputs=True), _fused_dropout(), _unpadded_inputs():
         module, shared = build(config, settings, dequant=dequant)
-        gathering = Gathering(module)
+        gathering = Gathering(module, prefetch=prefetch)
         with LiveTensorTracker() as tracker:
             gathering.tracker = tracker
             resident = gathering.resident()
@@ -409,6 +435,8 @@ def main() -> None:
                         help="on: a bf16 out x in temporary per 4-bit call (bitsandbytes); off: resident bf16 weights")
     parser.add_argument("--streams", type=int, nargs="*", choices=(1, 2), default=[1, 2],
                         help="1: one pool; 2: the all-gather outputs in a second pool (FSDP1's unshard stream)")
+    parser.add_argument("--prefetch", action="store_true",
+                        help="FSDP1 BACKWARD_PRE: gather the previous layer's unit when a unit's backward starts")
     parser.add_argument("--micro-steps", type=int, default=6, help="micro-steps (an optimizer step every 2)")
     args = parser.parse_args()
     settings = row_settings()
@@ -417,7 +445,7 @@ def main() -> None:
         for mode in args.dequant:
             start = time.perf_counter()
             tracker, ends, shared, unshard = trace_run(llama_config(config, layers), settings, dequant=mode == "on",
-                                                       micro_steps=args.micro_steps)
+                                                       micro_steps=args.micro_steps, prefetch=args.prefetch)
             seconds = time.perf_counter() - start
             for streams in args.streams:
                 marks = replay_marks(tracker, ends, unshard if streams == 2 else None)

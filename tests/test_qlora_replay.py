@@ -69,19 +69,20 @@ def test_forward_and_backward_each_dequantize_into_a_temporary(keep_input: bool)
     assert freed_at_del == (0 if keep_input else 1024)
 
 
-def tiny_run(dequant: bool, micro_steps: int = 2) -> tuple[Any, Any, dict[str, int]]:
+def tiny_run(dequant: bool, micro_steps: int = 2, prefetch: bool = False) -> tuple[Any, Any, dict[str, int]]:
     """Two tiny Llama layers through the bench's trace_run, counting dequantizations and unit gathers."""
     q = bench()
     settings = q.row_settings()
     settings = dataclasses.replace(settings, workload=dataclasses.replace(settings.workload, batch_size=1, seq_len=16))
     config = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
               "vocab_size": 128, "max_position_embeddings": 64, "rms_norm_eps": 1e-5}
-    counts = {"dequantize": 0, "gather": 0}
+    counts = {"dequantize": 0, "gather": 0, "most_gathered": 0}
     original_pre = q.Gathering._pre_forward
 
     def pre(self: Any, layer: Any, norm: Any, args: Any, kwargs: Any) -> None:
         counts["gather"] += id(layer) not in self.gathered
         original_pre(self, layer, norm, args, kwargs)
+        counts["most_gathered"] = max(counts["most_gathered"], len(self.gathered))
 
     q.Gathering._pre_forward = pre
     build = q.build
@@ -100,7 +101,8 @@ def tiny_run(dequant: bool, micro_steps: int = 2) -> tuple[Any, Any, dict[str, i
         return module, shared
 
     q.build = counting_build
-    tracker, _ends, shared, _unshard = q.trace_run(q.llama_config(config, 2), settings, dequant=dequant, micro_steps=micro_steps)
+    tracker, _ends, shared, _unshard = q.trace_run(q.llama_config(config, 2), settings, dequant=dequant,
+                                                   micro_steps=micro_steps, prefetch=prefetch)
     return tracker, shared, counts
 
 
@@ -111,8 +113,17 @@ def test_each_unit_is_gathered_for_forward_and_for_its_recompute() -> None:
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
     _, shared, counts = tiny_run(dequant=True)
-    assert counts == {"dequantize": 84, "gather": 2 * 2 * 2}
+    assert counts == {"dequantize": 84, "gather": 2 * 2 * 2, "most_gathered": 1}
     assert shared == 0
+
+
+def test_backward_prefetch_gathers_the_next_unit_while_one_runs() -> None:
+    """With BACKWARD_PRE the last layer's backward gathers layer 0's unit early (layer 0's own recompute then finds it
+    gathered): the same 8 gathers counted by whoever allocates them, two units at once."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    _, _, counts = tiny_run(dequant=True, prefetch=True)
+    assert (counts["gather"] + 2, counts["most_gathered"]) == (2 * 2 * 2, 2)
 
 
 def test_dequant_off_uses_one_resident_weight_per_shape() -> None:
