@@ -103,3 +103,11 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
+def published_row(row_id: str) -> dict[str, Any]:
+    """One converted published row (data/truth/published.jsonl) by its id: its settings, truth and source."""
+    path = Path(__file__).resolve().parents[1] / "data" / "truth" / "published.jsonl"
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row["id"] == row_id:
+            return row
+    raise KeyError(row_id)

@@ -91,10 +91,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import published_row
 
 GiB = 1 << 30
 MODEL = "meta-llama/Llama-2-70b-hf"
@@ -197,17 +203,9 @@ def llama_config(config: dict[str, Any], layers: int) -> Any:
 
 
 def row_settings() -> Any:
-    import json
-    from pathlib import Path
-
     from vramfit.settings import settings_from_dict
 
-    path = Path(__file__).resolve().parents[1] / "data/truth/published.jsonl"
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if row["id"] == ROW:
-            return settings_from_dict(row["settings"])
-    raise KeyError(ROW)
+    return settings_from_dict(published_row(ROW)["settings"])
 
 
 def build(config: Any, settings: Any, *, dequant: bool) -> tuple[Any, dict[tuple[int, int], Any]]:

@@ -55,9 +55,15 @@ import argparse
 import contextlib
 import json
 import random
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import published_row
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -91,16 +97,10 @@ def glm4_config(chatglm: dict[str, Any], layers: int | None = None) -> Any:
 
 def row_settings() -> Any:
     """The published row's settings (LoRA r=8 all-linear, alpha 16, dropout 0, full non-reentrant checkpointing)."""
-    from pathlib import Path
-
     from vramfit.settings import settings_from_dict
 
-    path = Path(__file__).resolve().parents[1] / "data/truth/published.jsonl"
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if row["id"] == ROW:
-            return settings_from_dict(row["settings"]), int(row["truth"]["device"])
-    raise KeyError(ROW)
+    row = published_row(ROW)
+    return settings_from_dict(row["settings"]), int(row["truth"]["device"])
 
 
 def build(config: Any, settings: Any, *, fake: bool = True) -> Any:

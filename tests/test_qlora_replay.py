@@ -5,21 +5,14 @@ checkpointing. Real or fake CPU tensors; no network."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "qlora_reserved.py"
+from bench_scripts import load_bench
 
 
 def bench() -> Any:
-    spec = importlib.util.spec_from_file_location("qlora_reserved", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("qlora_reserved")
 
 
 def events(tracker: Any) -> list[tuple[str, int]]:

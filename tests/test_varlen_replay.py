@@ -4,16 +4,14 @@ the remote code's loss at batch 1, the per-step replay) on tiny models. Fake or 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_scripts import load_bench
 
 from vramfit.truth.allocator import Event, replay
 
 MiB = 1 << 20
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "varlen_reserved.py"
 
 
 def step(key: int, tokens: int) -> list[Event]:
@@ -42,11 +40,7 @@ def test_the_same_length_again_reuses_every_block() -> None:
 
 
 def bench() -> Any:
-    spec = importlib.util.spec_from_file_location("varlen_reserved", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("varlen_reserved")
 
 
 def test_the_stand_in_has_glm_4_9b_chats_parameters() -> None:
