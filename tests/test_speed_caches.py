@@ -188,3 +188,22 @@ def test_components_made_once_per_setup_follow_their_settings() -> None:
     assert component(base, "optimizer_states").source == "torch/optim/adam.py _multi_tensor_adam"
     four = component(base.replace(grad_accum=4), "gradients")
     assert four.inputs["grad_accum"] == 4 and component(base, "gradients").inputs["grad_accum"] == 2
+
+
+def test_held_caches_make_again_for_another_holder_and_clear_when_full() -> None:
+    """vramfit.held: an entry serves only the object it was made from (an id reused by another object is made
+    again), and a full store starts afresh."""
+    from vramfit.held import held, put
+
+    store: dict[object, tuple[object, object]] = {}
+    first, second = object(), object()
+    made: list[str] = []
+    assert held(store, "k", first, lambda: made.append("a") or "a", 4) == "a"
+    assert held(store, "k", first, lambda: made.append("b") or "b", 4) == "a"
+    assert held(store, "k", second, lambda: made.append("c") or "c", 4) == "c"
+    assert made == ["a", "c"]
+    for key in range(3):
+        put(store, key, (first, key), 4)
+    assert len(store) == 4
+    put(store, "new", (first, 0), 4)
+    assert list(store) == ["new"]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, TypeVar, cast
 
+from vramfit.held import held
 from vramfit.memory import sharding
 from vramfit.model.loaded import Model
 from vramfit.result import Estimate, MemoryBreakdown, Peak
@@ -64,14 +65,7 @@ _T = TypeVar("_T")
 def _once(cache: dict[tuple[int, str], tuple[_T, _T]], original: _T, dtype: str, make: Callable[[], _T]) -> _T:
     """make() once per (original object, dtype): the same resolved object each time, so a settings part that
     stays the same object is validated once (settings._validated)."""
-    key = (id(original), dtype)
-    hit = cache.get(key)
-    if hit is None or hit[0] is not original:
-        hit = (original, make())
-        if len(cache) >= 256:
-            cache.clear()
-        cache[key] = hit
-    return hit[1]
+    return held(cache, (id(original), dtype), original, make, 256)
 
 
 # (id(original), dtype) -> (original, resolved): each entry holds the original, so its id is not reused.

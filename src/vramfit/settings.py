@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vramfit.errors import InvalidSetting
+from vramfit.held import put
 
 Mode = Literal["inference", "training"]
 DType = Literal["auto", "fp32", "fp16", "bf16"]
@@ -408,9 +409,7 @@ _PASSED_SIZE = 4096
 
 
 def _remember(cache: dict[int, tuple[Any]], value: Any) -> None:
-    if len(cache) >= _PASSED_SIZE:
-        cache.clear()
-    cache[id(value)] = (value,)
+    put(cache, id(value), (value,), _PASSED_SIZE)
 
 
 def _checkers(cls: type) -> tuple[tuple[str, Callable[[Any], bool], Any, bool], ...]:

@@ -20,6 +20,7 @@ from operator import add
 from typing import Any
 
 from vramfit.errors import InvalidSetting
+from vramfit.held import held
 from vramfit.memory import forward, kv_cache, overhead, runtimes, sharding, weights
 from vramfit.memory.gguf import tensor_type_bytes
 from vramfit.memory.kv_cache import CacheLayout
@@ -83,13 +84,7 @@ def _setup(model: Model, settings: Settings) -> Setup:
     Each entry holds its model, so the id is not reused while it lives; a failing layout raises every time."""
     precision = settings.precision
     key = (id(model), precision.quant, precision.dtype, settings.runtime.name, settings.parallelism)
-    hit = _SETUPS.get(key)
-    if hit is None or hit[0] is not model:
-        hit = (model, _make_setup(model, settings))
-        if len(_SETUPS) >= _SETUPS_SIZE:
-            _SETUPS.clear()
-        _SETUPS[key] = hit
-    return hit[1]
+    return held(_SETUPS, key, model, lambda: _make_setup(model, settings), _SETUPS_SIZE)
 
 
 _SETUPS: dict[tuple[Any, ...], tuple[Model, Setup]] = {}

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from vramfit.errors import InvalidSetting
+from vramfit.held import put
 from vramfit.memory.activations import Shape, lora_reads_input
 from vramfit.memory.gradients import allocation_bytes
 from vramfit.memory.tensors import WeightTensor, weight_tensors
@@ -82,9 +83,7 @@ def _base_tensors(tensors: tuple[WeightTensor, ...], training: Training,
     hit = _BASE.get(key)
     if hit is None:
         hit = (tensors, tuple(_base_tensor(t, training, quantized_head) for t in tensors))
-        if len(_BASE) >= _BASE_SIZE:
-            _BASE.clear()
-        _BASE[key] = hit
+        put(_BASE, key, hit, _BASE_SIZE)
     return hit[1]
 
 

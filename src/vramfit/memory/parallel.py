@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vramfit.errors import InvalidSetting
+from vramfit.held import put
 from vramfit.settings import Parallelism, Workload
 
 NODE_GPUS = 8  # HYBRID_SHARD shards within a node; 8-GPU nodes (DGX/HGX) assumed
@@ -59,9 +60,7 @@ def layout(parallelism: Parallelism, workload: Workload) -> Layout:
     (parallelism, micro-batches in flight), the only things it reads (a failing one raises every time)."""
     key = (parallelism, min(parallelism.pipeline, workload.grad_accum))
     if key not in _LAYOUTS:
-        if len(_LAYOUTS) >= 1024:
-            _LAYOUTS.clear()
-        _LAYOUTS[key] = _layout(parallelism, workload)
+        put(_LAYOUTS, key, _layout(parallelism, workload), 1024)
     return _LAYOUTS[key]
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vramfit.errors import InvalidSetting
+from vramfit.held import held, put
 from vramfit.memory.kv_cache import kv_heads_per_rank
 from vramfit.memory.tensors import WeightTensor, weight_tensors
 from vramfit.model.architecture import Architecture, Attention, Layer, MixtureOfExperts, distinct_layers
@@ -87,9 +88,7 @@ def _check_once(key: tuple[Any, ...], arch: Architecture, check: Callable[[], No
     if _LAYOUTS_PASSED.get(key, (None,))[0] is arch:
         return
     check()
-    if len(_LAYOUTS_PASSED) >= _SLICED_SIZE:
-        _LAYOUTS_PASSED.clear()
-    _LAYOUTS_PASSED[key] = (arch,)
+    put(_LAYOUTS_PASSED, key, (arch,), _SLICED_SIZE)
 
 
 def _validate_layout(arch: Architecture, settings: Settings) -> None:
@@ -120,13 +119,8 @@ def rank_tensors(arch: Architecture, *, tensor: int = 1, stage: int = 0, stages:
     of the same frozen tensors is returned each time."""
     split = _Split(vocab=vocab_parallel, head=vocab_parallel if head_parallel is None else head_parallel)
     key = (id(arch), tensor, stage, stages, expert, split)
-    hit = _SLICED.get(key)
-    if hit is None or hit[0] is not arch:
-        hit = (arch, tuple(_rank_tensors(arch, tensor, stage, stages, expert, split)))
-        if len(_SLICED) >= _SLICED_SIZE:
-            _SLICED.clear()
-        _SLICED[key] = hit
-    return list(hit[1])
+    return list(held(_SLICED, key, arch, lambda: tuple(_rank_tensors(arch, tensor, stage, stages, expert, split)),
+                     _SLICED_SIZE))
 
 
 # (id(arch), split) -> (arch, its tensors): the entry holds the architecture, so its id is not reused while

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from vramfit.held import held
 from vramfit.model.architecture import (
     Architecture,
     Attention,
@@ -71,14 +72,7 @@ _LISTED_SIZE = 64
 
 
 def _listed(arch: Architecture) -> tuple[WeightTensor, ...]:
-    hit = _LISTED.get(id(arch))
-    if hit is not None and hit[0] is arch:
-        return hit[1]
-    tensors = tuple(_all_tensors(arch))
-    if len(_LISTED) >= _LISTED_SIZE:
-        _LISTED.clear()
-    _LISTED[id(arch)] = (arch, tensors)
-    return tensors
+    return held(_LISTED, id(arch), arch, lambda: tuple(_all_tensors(arch)), _LISTED_SIZE)
 
 
 def _all_tensors(arch: Architecture) -> Iterator[WeightTensor]:

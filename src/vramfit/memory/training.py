@@ -25,8 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import groupby
 from operator import itemgetter
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar
 
+from vramfit.held import held, put
 from vramfit.memory import activations as act
 from vramfit.memory import overhead
 from vramfit.memory.frameworks import Framework, framework
@@ -189,7 +190,7 @@ def _setup(model: Model, settings: Settings, profile: Framework, lay: Layout) ->
     hit = _SETUPS.get(key)
     if hit is None or any(a is not b for a, b in zip(hit[0], held)):
         hit = (held, _make_setup(model, settings, profile, lay))
-        _store(_SETUPS, key, hit)
+        put(_SETUPS, key, hit, _TERMS_SIZE)
     return hit[1]
 
 
@@ -351,15 +352,8 @@ _T = TypeVar("_T")
 
 
 def _memo(store: dict[Any, tuple[object, Any]], key: Any, holder: object, make: Callable[[], _T]) -> _T:
-    """make() once per key, a key that holds id(holder): the entry holds `holder`, so its id is not reused while
-    the entry lives; the store starts afresh beyond _TERMS_SIZE entries."""
-    hit = store.get(key)
-    if hit is None or hit[0] is not holder:
-        hit = (holder, make())
-        if len(store) >= _TERMS_SIZE:
-            store.clear()
-        store[key] = hit
-    return cast(_T, hit[1])
+    """held.held with this module's bound (_TERMS_SIZE entries)."""
+    return held(store, key, holder, make, _TERMS_SIZE)
 
 
 def _terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes, stage: int,
@@ -514,26 +508,14 @@ def _stage_terms(setup: Setup, training: Any, runtime: Runtime, stage: int) -> S
     """The StageTerms of (model, training, runtime, framework, layout, widths, stage), by value: equal
     settings in new objects (a new Setup) share them. The runtime brings the attention and the torch release."""
     key = (id(setup.model), training, runtime, setup.profile, setup.layout, setup.widths, stage)
-    hit = _COMPILED.get(key)
-    if hit is None or hit[0] is not setup.model:
-        arch = setup.model.architecture
-        foreach = not runtime.torch_before(TORCH_FOREACH_DEFAULT)
-        hit = (setup.model, StageTerms(_terms(arch, training, setup.layout, setup.widths, stage, setup.profile,
-                                              foreach)))
-        _store(_COMPILED, key, hit)
-    return hit[1]
+    foreach = not runtime.torch_before(TORCH_FOREACH_DEFAULT)
+    return _memo(_COMPILED, key, setup.model, lambda: StageTerms(_terms(
+        setup.model.architecture, training, setup.layout, setup.widths, stage, setup.profile, foreach)))
 
 
 # (id(model), training, runtime, framework, layout, widths, stage) -> (model, StageTerms)
 _COMPILED: dict[tuple[Any, ...], tuple[object, StageTerms]] = {}
 _NOT_YET = object()   # StageTerms.compiled before it is made
-
-
-def _store(store: dict[Any, Any], key: Any, value: Any) -> None:
-    """store[key] = value; the store starts afresh beyond _TERMS_SIZE entries."""
-    if len(store) >= _TERMS_SIZE:
-        store.clear()
-    store[key] = value
 
 
 def _shape_sizes(model: Model, training: Any, runtime: Runtime, profile: Framework, lay: Layout, widths: Bytes,

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vramfit.errors import InvalidConfig, InvalidSetting
+from vramfit.held import put
 from vramfit.memory import gguf
 from vramfit.memory.tensors import WeightTensor, weight_tensors
 from vramfit.model.architecture import Architecture, Attention, MixtureOfExperts
@@ -337,9 +338,7 @@ def requests_bytes(fmt: WeightFormat, tensors: Sequence[WeightTensor], dtype: st
     hit = _REQUESTS.get(key)
     if hit is None:
         hit = (fmt, tuple(tensors), tuple(tensor_bytes(fmt, t, dtype) for t in tensors))
-        if len(_REQUESTS) >= _REQUESTS_SIZE:
-            _REQUESTS.clear()
-        _REQUESTS[key] = hit
+        put(_REQUESTS, key, hit, _REQUESTS_SIZE)
     return hit[2]
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar, Union
 
+from vramfit.held import held, put
+
 NormKind = Literal["rms", "layer"]
 
 
@@ -476,9 +478,7 @@ def _counted(layers: tuple[Layer, ...]) -> tuple[tuple[Layer, int], ...]:
     if hit is not None:
         return hit[1]
     counted = tuple(Counter(layers).items())
-    if len(_COUNTED) >= _MEMO_SIZE:
-        _COUNTED.clear()
-    _COUNTED[key] = (layers, counted)
+    put(_COUNTED, key, (layers, counted), _MEMO_SIZE)
     return counted
 
 
@@ -489,14 +489,7 @@ def _derived(part: object, make: Callable[[], _T]) -> _T:
     """make() once per part object: parts and architectures are frozen, and the formulas ask for each layer's
     linears (building them is most of an activation count) and the parameter count again at every estimate. Keyed by id and the method's name; each
     entry holds its part, so the id is not reused while it lives; the cache starts afresh beyond _DERIVED_SIZE."""
-    key = (id(part), make.__name__)
-    hit = _DERIVED.get(key)
-    if hit is None or hit[0] is not part:
-        hit = (part, make())
-        if len(_DERIVED) >= _DERIVED_SIZE:
-            _DERIVED.clear()
-        _DERIVED[key] = hit
-    return hit[1]  # type: ignore[return-value]
+    return held(_DERIVED, (id(part), make.__name__), part, make, _DERIVED_SIZE)
 
 
 _DERIVED: dict[tuple[int, str], tuple[object, object]] = {}
