@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from by_hand import round512
 
 from vramfit import estimate
 from vramfit.memory import frameworks
@@ -27,18 +28,14 @@ FULL_FSDP = Settings().replace(mode="training", finetune="full", framework="litg
                                grad_ckpt="full", batch_size=1, seq_len=512, dtype="bf16", grad_accum=4)
 
 
-def _round512(nbytes: int) -> int:
-    return -(-nbytes // 512) * 512
-
-
 def _model() -> Model:
     return Model(name="tiny", architecture=read_architecture(LLAMA), source="config", config=LLAMA)
 
 
 # Hand derivation, bf16 gradients: the root's trainable tensors are the embedding (V x h), the final norm (h)
 # and the head (V x h). Head's gradient: round512(V h 2) + round512(h 2); embedding's: round512(V h 2).
-HEAD_GRAD = _round512(VOCAB * HIDDEN * 2) + _round512(HIDDEN * 2)
-ROOT_GRAD = HEAD_GRAD + _round512(VOCAB * HIDDEN * 2)
+HEAD_GRAD = round512(VOCAB * HIDDEN * 2) + round512(HIDDEN * 2)
+ROOT_GRAD = HEAD_GRAD + round512(VOCAB * HIDDEN * 2)
 
 
 def _phases(settings: Settings) -> dict[str, int]:

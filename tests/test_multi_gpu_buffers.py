@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from by_hand import round512
 
 from vramfit import Settings, estimate, load_model
 from vramfit.errors import InvalidSetting
@@ -114,7 +115,7 @@ def test_peft_release_sets_the_adapter_dtype(peft: str, finetune: str, changes: 
         return _memory(finetune=finetune, peft=version, **changes)["weights"]
 
     per_layer = [4096 * 8, 8 * 4096, 4096 * 8, 8 * 1024]
-    block = sum(-(-n * 2 // 512) * 512 for n in per_layer)   # bf16 blocks of 512 bytes
+    block = sum(round512(n * 2) for n in per_layer)   # bf16 blocks of 512 bytes
     shard = 2 if changes.get("fsdp") else 1
     difference = weights("latest") - weights(peft)
     assert difference == (0 if adapter_bytes == 4 else 32 * block // shard)

@@ -4,6 +4,8 @@ Hand derivation on a tiny Llama: per block, 4 x h^2 attention + 3 x h x I MLP we
 
 from __future__ import annotations
 
+from by_hand import round512
+
 from vramfit import estimate
 from vramfit.model.hf_config import read_architecture
 from vramfit.model.loaded import Model
@@ -26,10 +28,6 @@ def _gathered(**changes: object) -> int:
     return estimate(MODEL, BASE.replace(**changes)).memory.as_dict()["gathered_parameters"]
 
 
-def _round512(n: int) -> int:
-    return -(-n // 512) * 512
-
-
 def test_zero3_lora_gathers_two_blocks_in_bf16() -> None:
     # the LoRA baseline the QLoRA figure is compared with: every tensor of the block in bf16
     assert abs(_gathered() - 2 * 2 * (LINEARS + NORMS + ADAPTERS)) < 2 * 64 * 512
@@ -38,6 +36,6 @@ def test_zero3_lora_gathers_two_blocks_in_bf16() -> None:
 def test_zero3_qlora_gathers_the_packed_4bit_data() -> None:
     lora, qlora = _gathered(), _gathered(finetune="qlora", quant="bnb-nf4-dq")
     # each quantized linear shrinks from 2 bytes to 1/2 byte per element (packed pairs); norms and adapters stay
-    saved = 2 * sum(2 * n - _round512(n // 2) for n in (H * H,) * 4 + (H * I,) * 3)
+    saved = 2 * sum(2 * n - round512(n // 2) for n in (H * H,) * 4 + (H * I,) * 3)
     assert abs((lora - qlora) - saved) < 2 * 64 * 512
     assert qlora < lora / 3  # would be ~lora (bf16 copies of every weight) before the fix

@@ -6,6 +6,8 @@ memory/training.py _resident_weights_bytes). Hand derivation on a tiny Llama: 8 
 
 from __future__ import annotations
 
+from by_hand import round512
+
 from vramfit import estimate
 from vramfit.model.hf_config import read_architecture
 from vramfit.model.loaded import Model
@@ -20,14 +22,10 @@ QLORA = Settings().replace(mode="training", batch_size=1, seq_len=512, dtype="bf
                            quant="bnb-nf4-dq", grad_ckpt="full")
 
 
-def _round512(n: int) -> int:
-    return -(-n // 512) * 512
-
-
 def _quant_state(n: int) -> int:
     """uint8 absmax per 64 weights, fp32 absmax per 256 blocks, the 256-entry fp32 code, the fp32 offset."""
     blocks = n // 64
-    return _round512(blocks) + _round512(4 * -(-blocks // 256)) + _round512(4 * 256) + _round512(4)
+    return round512(blocks) + round512(4 * -(-blocks // 256)) + round512(4 * 256) + round512(4)
 
 
 QUANT_STATE = LAYERS * sum(_quant_state(n) for n in (H * H,) * 4 + (H * I,) * 3)
@@ -64,5 +62,5 @@ def test_parameter_offload_moves_the_packed_4bit_data_to_the_host() -> None:
         settings = QLORA.replace(gpus=2, fsdp="full", offload="params", **changes)
         return estimate(MODEL, settings).extra["host_memory"]["parameters"]
     # every quantized linear: 2 bytes per element in bf16 -> its packed pairs, round512(n / 2); the rest unchanged
-    saved = LAYERS * sum(2 * n - _round512(n // 2) for n in (H * H,) * 4 + (H * I,) * 3)
+    saved = LAYERS * sum(2 * n - round512(n // 2) for n in (H * H,) * 4 + (H * I,) * 3)
     assert abs((host(finetune="lora", quant=None) - host()) - saved // 2) <= 64 * 512

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from by_hand import round512
 
 from vramfit import Settings, estimate, load_model
 from vramfit.errors import InvalidSetting
@@ -24,10 +25,6 @@ from vramfit.units import MiB
 
 BERT = "google-bert/bert-large-uncased"
 LAYERS, HEADS, SEQ, BATCH, VOCAB = 24, 16, 512, 4, 30522
-
-
-def _round512(n: int) -> int:
-    return -(-n // 512) * 512
 
 
 def _bert(torch: str, **changes: object) -> dict[str, int]:
@@ -67,8 +64,8 @@ def test_context_loads_every_kernel_before_1_13(torch: str, context: int) -> Non
 def test_softmax_keeps_its_input_before_1_11() -> None:
     """Per layer the fp32 B x heads x S x S scores softmax read; and the loss's log_softmax keeps the fp32 logits
     (masked LM in fp32: T x V x 4) it read. 1.10.1 and 1.11.0 differ in nothing else."""
-    scores = LAYERS * _round512(BATCH * HEADS * SEQ * SEQ * 4)
-    logits = _round512(BATCH * SEQ * VOCAB * 4)
+    scores = LAYERS * round512(BATCH * HEADS * SEQ * SEQ * 4)
+    logits = round512(BATCH * SEQ * VOCAB * 4)
     old, new = _bert("1.10.1"), _bert("1.11.0")
     assert old["activations"] - new["activations"] == scores + logits == 1_860_648_960
     assert {k: v for k, v in old.items() if k not in ("activations", "total")} == \
@@ -79,7 +76,7 @@ def test_softmax_input_is_eager_only() -> None:
     """sdpa has no softmax of its own to save an input: only the loss's log_softmax changes."""
     old = _bert("1.10.1", attention="sdpa")
     new = _bert("1.11.0", attention="sdpa")
-    assert old["activations"] - new["activations"] == _round512(BATCH * SEQ * VOCAB * 4)
+    assert old["activations"] - new["activations"] == round512(BATCH * SEQ * VOCAB * 4)
 
 
 def test_gradients_stay_between_steps_before_2_0() -> None:
@@ -100,12 +97,12 @@ def test_single_tensor_adam_before_2_0() -> None:
     sizes = [VOCAB * 1024, 1024 * 1024, 1024]
     tensors = [ParamTensor(elements=n, trainable=True) for n in sizes]
     loop, foreach = optimizer_memory("adamw", tensors, 4, foreach=False), optimizer_memory("adamw", tensors, 4)
-    assert loop.step_temporaries == 2 * _round512(VOCAB * 1024 * 4)
-    assert foreach.step_temporaries == sum(_round512(n * 4) for n in sizes)
+    assert loop.step_temporaries == 2 * round512(VOCAB * 1024 * 4)
+    assert foreach.step_temporaries == sum(round512(n * 4) for n in sizes)
     assert loop.states == foreach.states
     # checkpointed batch 1: the optimizer step is the peak, with the loop's two embedding-sized temporaries
     old = _bert("1.13.0", grad_ckpt="full", batch_size=1, grad_accum=4)
-    assert old["optimizer_step_temporaries"] == 2 * _round512(VOCAB * 1024 * 4)
+    assert old["optimizer_step_temporaries"] == 2 * round512(VOCAB * 1024 * 4)
     assert _bert("2.0.0", grad_ckpt="full", batch_size=1, grad_accum=4)["optimizer_step_temporaries"] == \
            old["weights"]   # foreach: one copy of every (fp32, trainable) parameter, as the weights
 

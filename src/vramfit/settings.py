@@ -240,6 +240,8 @@ TORCH_ZERO_GRAD_TO_NONE = (2, 0, 0)
 #   foreach (multi-tensor) path by default on CUDA (torch/optim/optimizer.py _default_to_fused_or_foreach, new in
 #   2.0): the step's temporaries are then those of the largest parameter, not of all of them (memory/optimizer.py).
 TORCH_FOREACH_DEFAULT = (2, 0, 0)
+# DeepSpeed's reduce_bucket_size when a config does not set it (deepspeed v0.14.0 runtime/zero/config.py 105), in elements
+DEEPSPEED_REDUCE_BUCKET = 500_000_000
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -259,12 +261,12 @@ class Parallelism:
     # DeepSpeed ZeRO's reduce_bucket_size in elements (its default, runtime/zero/config.py: 5e8), or "auto": hidden x
     # hidden, as the HF Trainer and accelerate fill a DeepSpeed config's "auto" value (memory/training.py
     # _reduce_buckets)
-    zero_bucket: int | Literal["auto"] = 500_000_000
+    zero_bucket: int | Literal["auto"] = DEEPSPEED_REDUCE_BUCKET
 
     def validate(self) -> None:
         if self.zero_bucket != "auto":
             _positive("zero_bucket", self.zero_bucket, fix="pass --zero-bucket ELEMENTS (DeepSpeed's default "
-                      "reduce_bucket_size: 500000000) or auto (hidden x hidden)")
+                      f"reduce_bucket_size: {DEEPSPEED_REDUCE_BUCKET}) or auto (hidden x hidden)")
         for name in ("gpus", "tensor", "pipeline", "context", "expert"):
             _positive(name, getattr(self, name), fix=f"pass --{name if name != 'gpus' else 'gpus'} 1 or more")
         if self.gpus % (self.tensor * self.pipeline * self.context):
@@ -492,7 +494,7 @@ def _consistent(s: Settings) -> None:
         why = ("full fine-tuning adds no adapters" if s.training.finetune == "full"
                else f"framework {s.training.framework} builds its own LoRA layers, not PEFT's")
         raise InvalidSetting(f"peft: {why}, so --peft {s.training.peft} changes nothing; drop it")
-    if s.parallelism.zero_bucket != 500_000_000 and (mode != "training" or s.parallelism.zero_stage == 0):
+    if s.parallelism.zero_bucket != DEEPSPEED_REDUCE_BUCKET and (mode != "training" or s.parallelism.zero_stage == 0):
         raise InvalidSetting(f"zero_bucket: DeepSpeed's reduce bucket exists only with ZeRO in training, so "
                              f"--zero-bucket {s.parallelism.zero_bucket} changes nothing; pass --zero 1, 2 or 3, or drop it")
     if s.parallelism.context > s.workload.seq_len:

@@ -12,6 +12,7 @@ from typing import Any
 from vramfit.errors import InvalidSetting
 from vramfit.model.loaded import Model
 from vramfit.settings import (
+    DEEPSPEED_REDUCE_BUCKET,
     FRAMEWORKS,
     KV_DTYPES,
     OPTIMIZERS,
@@ -116,10 +117,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
                      help="offload optimizer states, or parameters too, to --offload-target (default: none)")
     par.add_argument("--offload-target", choices=("cpu", "nvme"), default="cpu",
                      help="where offloaded state lives (default: cpu)")
-    par.add_argument("--zero-bucket", default="500000000", metavar="ELEMENTS",
+    par.add_argument("--zero-bucket", default=str(DEEPSPEED_REDUCE_BUCKET), metavar="ELEMENTS",
                      help="DeepSpeed ZeRO reduce_bucket_size: a gradient buffer of this many elements (persistent "
-                          "under ZeRO-3, during backward under ZeRO-1/2; 500000000 or 500M); auto = hidden x hidden, "
-                          "as the HF Trainer and accelerate fill \"auto\" (default: 500000000, DeepSpeed's own)")
+                          f"under ZeRO-3, during backward under ZeRO-1/2; {DEEPSPEED_REDUCE_BUCKET} or 500M); auto = "
+                          f"hidden x hidden, as the HF Trainer and accelerate fill \"auto\" (default: "
+                          f"{DEEPSPEED_REDUCE_BUCKET}, DeepSpeed's own)")
     par.add_argument("--gpu", help="GPU name from the catalog, e.g. H100-80GB, RTX-4090 (default: none)")
     par.add_argument("--gpu-memory", help="GPU capacity, e.g. 24GiB or 80GB (default: the --gpu's)")
 
