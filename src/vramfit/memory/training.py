@@ -177,7 +177,7 @@ class Setup(NamedTuple):
     grads_kept: bool                 # torch < 2.0 keeps the gradients between steps (_grads_kept)
     eager_context: bool              # torch < 1.13 loads every kernel into the context
     nccl: tuple[Component, ...]      # NCCL's buffers, if any (overhead.nccl_buffers)
-    described: dict[tuple[str, int], Component]   # _components of _SETUP_DESCRIBED names, by (name, bytes)
+    described: dict[tuple[str, int], Component]   # _components of _DESCRIBE_PER_SETUP's names, by (name, bytes)
 
 
 def _setup(model: Model, settings: Settings, profile: Framework, lay: Layout) -> Setup:
@@ -1128,21 +1128,22 @@ def _block_phase_names(blocks: int) -> tuple[str, ...]:
 
 def _components(live: dict[str, int], step: Step, settings: Settings, setup: Setup,
                 lay: Layout) -> list[Component]:
-    """The live set of the peak phase as Components with formula, inputs and source (_DESCRIBE). A component
-    whose description reads nothing the workload sets (_SETUP_DESCRIBED) is made once per setup and size."""
+    """The live set of the peak phase as Components with formula, inputs and source (_DESCRIBE_PER_CALL, and
+    _DESCRIBE_PER_SETUP's once per setup and size)."""
     out, widths, described = [], setup.widths, setup.described
     for name, nbytes in live.items():
         if nbytes <= 0:
             continue
-        if name in _SETUP_DESCRIBED:
+        per_setup = _DESCRIBE_PER_SETUP.get(name)
+        if per_setup is not None:
             hit = described.get((name, nbytes))
             if hit is None:
-                formula, inputs, source, textbook = _DESCRIBE[name](step, settings, widths, lay)
+                formula, inputs, source, textbook = per_setup(step, settings, widths, lay)
                 hit = described[name, nbytes] = Component(name=name, bytes=nbytes, formula=formula, inputs=inputs,
                                                           source=source, textbook=textbook)
             out.append(hit)
             continue
-        describe = _DESCRIBE.get(name)
+        describe = _DESCRIBE_PER_CALL.get(name)
         formula, inputs, source, textbook = describe(step, settings, widths, lay) if describe else ("", {}, "", "")
         out.append(Component(name=name, bytes=nbytes, formula=formula, inputs=inputs, source=source,
                              textbook=textbook))
@@ -1152,15 +1153,7 @@ def _components(live: dict[str, int], step: Step, settings: Settings, setup: Set
     return out
 
 
-# The components whose _DESCRIBE entry reads only the setup's parts (training, precision, layout, widths, the
-# optimizer's terms), never the workload: _components makes each once per setup and size. Bounded by the setup's
-# few sizes of each (gathered_parameters: the root alone or with a block).
-_SETUP_DESCRIBED = frozenset({"weights", "optimizer_states", "optimizer_step_temporaries", "amp_weight_copies",
-                              "gathered_parameters", "ddp_gradient_buckets", "zero_reduce_bucket"})
-
-
-# A component's (formula, inputs, source, textbook), and how each component is described from (step, settings,
-# widths, layout): only the peak phase's components are described.
+# A component's (formula, inputs, source, textbook): only the peak phase's components are described.
 Description = tuple[str, dict[str, Any], str, str]
 
 
@@ -1168,31 +1161,21 @@ def _tokens(s: Settings, widths: Bytes) -> dict[str, Any]:
     return {"batch": s.workload.batch_size, "seq_len": s.workload.seq_len, "compute_bytes": widths.compute}
 
 
-_DESCRIBE: dict[str, Callable[[Step, Settings, Bytes, Layout], Description]] = {
+# How each component is described from (step, settings, widths, layout). Those that read only the setup's parts
+# (training, precision, layout, widths, the optimizer's terms), never the workload, are made once per setup and size
+# (_components, Setup.described; bounded by the setup's few sizes of each: gathered_parameters is the root alone or
+# with a block); the others at each call.
+_DESCRIBE_PER_SETUP: dict[str, Callable[[Step, Settings, Bytes, Layout], Description]] = {
     "weights": lambda step, s, widths, lay: (
         ("sum over tensors round512(elements x bytes); QLoRA base: nf4 packed + absmax; / ZeRO-3 shards "
          "(4-bit quant_state whole on every rank, not offloaded)"),
         {"param_bytes": widths.param, "finetune": s.training.finetune, "param_shard": lay.param_shard},
         "memory/lora.py parameter_tensors; bitsandbytes functional.quantize_4bit", _TEXTBOOK_WEIGHTS),
-    "gradients": lambda step, s, widths, lay: (
-        "sum over trainable tensors round512(elements x bytes) / grad shards",
-        {"grad_bytes": widths.adapter if s.training.finetune != "full" else widths.param,
-         "grad_shard": lay.grad_shard, "grad_accum": s.workload.grad_accum},
-        "torch autograd AccumulateGrad: .grad in the parameter dtype", "[S0]/[S4] 4 bytes x parameters"),
     "optimizer_states": lambda step, s, widths, lay: (
         step.states.formula, {"optimizer": s.training.optimizer, "state_shard": lay.state_shard},
         step.states.source, _TEXTBOOK_STATES),
     "optimizer_step_temporaries": lambda step, s, widths, lay: (
         step.states.temporaries_formula, {"optimizer": s.training.optimizer}, step.states.source, "not in the seeds"),
-    "activations": lambda step, s, widths, lay: (
-        _ACTIVATIONS_FORMULA, {**_tokens(s, widths), "attention": s.runtime.attention,
-                               "grad_ckpt": s.training.grad_ckpt, "in_flight": step.in_flight},
-        "autograd saved tensors of transformers 5.23 modeling_llama / modeling_gpt2", _textbook_activations(step, s)),
-    "logits_and_loss": lambda step, s, widths, lay: (
-        step.loss.formula, _tokens(s, widths), "transformers/loss/loss_utils.py ForCausalLMLoss", ""),
-    "backward_transient": lambda step, s, widths, lay: (
-        "incoming gradient T x h + MLP gradient temporaries (2 x T x I gated)", _tokens(s, widths),
-        "autograd: gradients of mul/down_proj inputs", ""),
     "amp_weight_copies": lambda step, s, widths, lay: (
         "sum over linear weights round512(elements x amp bytes)", {"amp": s.precision.amp},
         "aten/src/ATen/autocast_mode.cpp cached casts", ""),
@@ -1205,6 +1188,22 @@ _DESCRIBE: dict[str, Callable[[Step, Settings, Bytes, Layout], Description]] = {
     "zero_reduce_bucket": lambda step, s, widths, lay: (
         "reduce_bucket_size x gradient bytes", {"zero_bucket": s.parallelism.zero_bucket}, _BUCKET_SOURCE,
         "not in the seeds"),
+}
+_DESCRIBE_PER_CALL: dict[str, Callable[[Step, Settings, Bytes, Layout], Description]] = {
+    "gradients": lambda step, s, widths, lay: (
+        "sum over trainable tensors round512(elements x bytes) / grad shards",
+        {"grad_bytes": widths.adapter if s.training.finetune != "full" else widths.param,
+         "grad_shard": lay.grad_shard, "grad_accum": s.workload.grad_accum},
+        "torch autograd AccumulateGrad: .grad in the parameter dtype", "[S0]/[S4] 4 bytes x parameters"),
+    "activations": lambda step, s, widths, lay: (
+        _ACTIVATIONS_FORMULA, {**_tokens(s, widths), "attention": s.runtime.attention,
+                               "grad_ckpt": s.training.grad_ckpt, "in_flight": step.in_flight},
+        "autograd saved tensors of transformers 5.23 modeling_llama / modeling_gpt2", _textbook_activations(step, s)),
+    "logits_and_loss": lambda step, s, widths, lay: (
+        step.loss.formula, _tokens(s, widths), "transformers/loss/loss_utils.py ForCausalLMLoss", ""),
+    "backward_transient": lambda step, s, widths, lay: (
+        "incoming gradient T x h + MLP gradient temporaries (2 x T x I gated)", _tokens(s, widths),
+        "autograd: gradients of mul/down_proj inputs", ""),
     "batch": lambda step, s, widths, lay: ("input_ids + labels: 2 x T x 8", _tokens(s, widths), "int64 token tensors", ""),
     "fsdp_root_gradients": lambda step, s, widths, lay: (
         _ROOT_FORMULA, {"layout": lay.name, "grad_accum": s.workload.grad_accum}, _ROOT_SOURCE, "not in the seeds"),
