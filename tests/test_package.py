@@ -11,7 +11,7 @@ def test_public_api_is_pinned() -> None:
         "Architecture", "Component", "Estimate", "InvalidConfig", "InvalidSetting", "LoRA", "MemoryBreakdown",
         "MissingExtra", "Model", "ModelNotFound", "Parallelism", "Parameters", "Peak", "Precision", "Runtime",
         "Settings", "Training", "UnsupportedArchitecture", "VramfitError", "Workload", "check", "estimate", "fit",
-        "load_model", "max_batch", "max_context", "plan", "what_to_change",
+        "load_model", "max_batch", "max_context", "plan", "sweep", "what_to_change",
     ]
 
 

@@ -25,7 +25,7 @@ from vramfit.errors import (
     UnsupportedArchitecture,
     VramfitError,
 )
-from vramfit.estimate import estimate
+from vramfit.estimate import estimate, sweep
 from vramfit.model.architecture import Architecture
 from vramfit.model.loaded import Model
 from vramfit.model.sources import load_model
@@ -63,6 +63,7 @@ __all__ = [
     "max_batch",
     "max_context",
     "plan",
+    "sweep",
     "what_to_change",
 ]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any, TypeVar, cast
 
@@ -19,11 +19,30 @@ def estimate(model: Model | str, settings: Settings | None = None, **changes: An
     """Per-GPU memory of the most-loaded GPU for `model` under `settings` (defaults: inference in the
     model's own dtype, batch 1, 2048 tokens). Keyword changes override single fields: estimate(m, batch_size=8, mode="training").
     """
+    model = _loaded(model)
+    return _estimate(model, resolve_settings((settings or Settings()).replace(**changes), model).validate())
+
+
+def sweep(model: Model | str, settings: Settings | None = None, **axes: Iterable[Any]) -> list[Estimate]:
+    """Estimates at every combination of the axes' values, the last axis varying fastest:
+    sweep(m, s, batch_size=[1, 8], seq_len=[2048, 8192]) equals [estimate(m, s, batch_size=b, seq_len=t) for b in
+    (1, 8) for t in (2048, 8192)], made faster when the axes are the workload's counts (Settings.points: the
+    settings are validated once, each point checks only its Workload)."""
+    model = _loaded(model)
+    base = resolve_settings(settings or Settings(), model)
+    return [_estimate(model, point) for point in base.points(axes)]
+
+
+def _loaded(model: Model | str) -> Model:
     if isinstance(model, str):
         from vramfit.model.sources import load_model
 
-        model = load_model(model)
-    settings = resolve_settings((settings or Settings()).replace(**changes), model).validate()
+        return load_model(model)
+    return model
+
+
+def _estimate(model: Model, settings: Settings) -> Estimate:
+    """The estimate for validated settings whose dtype is resolved (resolve_settings)."""
     sharding.validate_layout(model.architecture, settings)
     plan = _planner(settings.mode).plan(model, settings)
     memory = MemoryBreakdown(components=plan.components)

@@ -22,7 +22,7 @@ def put(store: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
     store[key] = value
 
 
-def held(store: dict[Any, tuple[object, Any]], key: Any, holder: object, make: Callable[[], _T], limit: int) -> _T:
+def held(store: dict[Any, Any], key: Any, holder: object, make: Callable[[], _T], limit: int) -> _T:
     """make() once per key, for a key built from id(holder): the entry (holder, value) keeps `holder` alive, and an
     entry whose holder is another object (the id was reused after the store was cleared) is made again."""
     hit = store.get(key)

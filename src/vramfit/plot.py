@@ -96,18 +96,16 @@ def _colours(result: Estimate) -> list[str]:
 
 
 def sweep(model: Model, settings: Settings, axis: Axis, values: Iterable[int]) -> list[SweepPoint]:
-    """Estimates at each batch size or context length (seq_len), other settings unchanged."""
-    from vramfit.estimate import estimate
+    """Estimates at each batch size or context length (seq_len), other settings unchanged (vramfit.sweep)."""
+    from vramfit.estimate import sweep as estimates
 
     field = {"batch": "batch_size", "context": "seq_len"}.get(axis)
     if field is None:
         raise InvalidSetting(f"--plot-sweep: unknown axis {axis!r}; choose batch or context")
-    points = []
-    for value in values:
-        peak = estimate(model, settings.replace(**{field: value})).peak
-        points.append(SweepPoint(value=value, allocated=peak.allocated, reserved=peak.reserved,
-                                 device=peak.device))
-    return points
+    values = list(values)
+    return [SweepPoint(value=value, allocated=result.peak.allocated, reserved=result.peak.reserved,
+                       device=result.peak.device)
+            for value, result in zip(values, estimates(model, settings, **{field: values}))]
 
 
 def default_values(axis: Axis, settings: Settings) -> list[int]:

@@ -8,11 +8,12 @@ same error for the same mistake.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -369,6 +370,42 @@ class Settings:
             own[owner] = dataclasses.replace(getattr(self, owner), **values)
         return dataclasses.replace(self, **own)
 
+    def points(self, axes: Mapping[str, Iterable[Any]]) -> Iterator[Settings]:
+        """Validated Settings at every combination of the axes' values (itertools.product in the axes' order,
+        the last varying fastest), every other field as here: what a batch x length table or a plot estimates.
+        The first point is made and validated as replace(...).validate() makes it. When every axis is one of
+        the Workload's counts (_SWEPT_COUNTS), the later points check only what they change: each value's type
+        once, then each new Workload's validate() and the rules that read it (_consistent); the other parts
+        are the first point's objects, already validated."""
+        names = tuple(axes)
+        values = [_axis_values(name, axis) for name, axis in axes.items()]
+        combos = itertools.product(*values)
+        first = next(combos, None)
+        if first is None:   # an axis without values: no points
+            return
+        start = self.replace(**dict(zip(names, first))).validate()
+        yield start
+        if not _SWEPT_COUNTS.issuperset(names):
+            for combo in combos:
+                yield self.replace(**dict(zip(names, combo))).validate()
+            return
+        checkers = {name: (has_type, hint) for name, has_type, hint, _ in _checkers(Workload)}
+        for name, axis in zip(names, values):
+            has_type, hint = checkers[name]
+            for value in axis:
+                if not has_type(value):
+                    raise _wrong_type(name, value, hint)
+        fixed = {name: getattr(start.workload, name) for name in checkers}
+        parts = {f.name: getattr(start, f.name) for f in dataclasses.fields(Settings)}
+        for combo in combos:
+            fixed.update(zip(names, combo))
+            workload = Workload(**fixed)
+            workload.validate()
+            parts["workload"] = workload
+            point = Settings(**parts)
+            _consistent(point)
+            yield point
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -385,11 +422,22 @@ def _check_types(value: Any, where: str) -> None:
     for name, has_type, hint, nested in _checkers(type(value)):
         field_value = getattr(value, name)
         if not has_type(field_value):
-            full = f"{where}{name}"
-            raise InvalidSetting(f"{_FIELD_NAMES.get(full, name)}: got {field_value!r}; pass {_type_name(hint)}")
+            raise _wrong_type(_FIELD_NAMES.get(f"{where}{name}", name), field_value, hint)
         if nested and _TYPED.get(id(field_value), (None,))[0] is not field_value:   # a part not yet checked
             _check_types(field_value, f"{where}{name}.")
     _remember(_TYPED, value)
+
+
+def _wrong_type(name: str, value: Any, hint: Any) -> InvalidSetting:
+    return InvalidSetting(f"{name}: got {value!r}; pass {_type_name(hint)}")
+
+
+def _axis_values(name: str, axis: Iterable[Any]) -> tuple[Any, ...]:
+    """A sweep axis's values as a tuple; a single value or a string is refused (a string is iterable, and
+    seq_len="2048" would sweep four one-character values)."""
+    if isinstance(axis, (str, bytes)) or not isinstance(axis, Iterable):
+        raise InvalidSetting(f"{name}: a sweep axis takes a list of values, got {axis!r}; pass e.g. {name}=[1, 2, 4]")
+    return tuple(axis)
 
 
 def _validated(part: Any) -> None:
@@ -543,6 +591,9 @@ def _known(data: dict[str, Any], names: set[str], *, where: str) -> dict[str, An
     return data
 
 
+# The Workload's fields a sweep varies quickly (Settings.points): all but the mode. Validation reads them only in
+# Workload.validate and, for seq_len, in _consistent; the mode also decides what else is validated.
+_SWEPT_COUNTS = frozenset(f.name for f in dataclasses.fields(Workload)) - {"mode"}
 _OWN_FIELDS = {"workload", "precision", "training", "parallelism", "runtime", "gpu", "gpu_memory"}
 _FIELD_OWNER = {
     f.name: owner

@@ -7,7 +7,7 @@ Every flag's help states its unit and default. `settings_from_args` is the one p
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Literal
 
 from vramfit.errors import InvalidSetting
 from vramfit.model.loaded import Model
@@ -141,9 +141,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
                           "1.11 softmax keeps its input, before 2.0 zero_grad keeps the gradients (default: latest)")
 
 
-def _zero_bucket(text: str) -> int | str:
+def _zero_bucket(text: str) -> int | Literal["auto"]:
     """--zero-bucket: auto, or a count of elements (500000000, 500M)."""
-    return text if text == "auto" else parse_count(text, field="--zero-bucket")
+    return "auto" if text == "auto" else parse_count(text, field="--zero-bucket")
 
 
 def settings_from_args(args: argparse.Namespace, model: Model | None = None) -> Settings:

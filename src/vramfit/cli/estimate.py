@@ -18,7 +18,6 @@ from vramfit.cli.common import (
 )
 from vramfit.errors import InvalidSetting
 from vramfit.estimate import estimate
-from vramfit.progress import progress
 from vramfit.report import Format, render_estimate, with_textbook
 from vramfit.settings import Settings
 
@@ -73,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
             _wrote(plot.plot_breakdown(result, args.plot, units=args.units, capacity_bytes=capacity))
         if args.plot_sweep:
             axis, path = args.plot_sweep
-            values = plot.default_values(axis, settings)
-            points = plot.sweep(model, settings, axis, progress(values, label=f"estimating over {axis}"))
+            points = plot.sweep(model, settings, axis, plot.default_values(axis, settings))
             _wrote(plot.plot_sweep(points, axis, path, units=args.units, capacity_bytes=capacity,
                                    title=result.model))
     return 0

@@ -78,7 +78,7 @@ class Bytes:
     double_quant: bool = False   # QLoRA base with double quantization (--quant bnb-nf4-dq)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class BlockStep:
     """One block's share: saved activations (as kept), saved if recomputed, gradients (unsharded and as
     kept), AMP weight copies, and the backward temporaries of its MLP and attention halves."""
@@ -96,9 +96,11 @@ class BlockStep:
     held: int = 0   # bitsandbytes < 0.43.2: the 4-bit linears' kept inputs (lora.held_4bit_inputs)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class Step:
-    """Everything the phases are made of, for one GPU."""
+    """Everything the phases are made of, for one GPU. Not frozen, nor BlockStep: a frozen dataclass's __init__
+    sets each field through object.__setattr__, and making them took 3.4 of a training estimate's 35 us (8B,
+    bench/bench_estimate.py, 21 Nov 2026); nothing changes one after _step makes it."""
 
     weights: int
     gathered: int
