@@ -28,7 +28,7 @@ def test_api_docs_examples_run() -> None:
     from pathlib import Path
 
     text = (Path(__file__).parents[1] / "docs" / "API.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     notebook = blocks[0].strip().splitlines()
     assert len(notebook) == 3
     namespace: dict[str, object] = {}

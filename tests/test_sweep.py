@@ -7,6 +7,7 @@ same message.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -87,3 +88,51 @@ def test_a_single_value_or_a_string_is_not_an_axis(axis: object) -> None:
 
 def test_an_unknown_axis_is_refused_by_name() -> None:
     assert _refusal(lambda: sweep(MODEL, batchsize=[1])).startswith("batchsize: not a setting")
+
+
+# --- the command line: vramfit estimate ... --sweep FIELD=V1,V2,... ---------------------------------------
+
+def _cli(capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str, str]:
+    from vramfit.cli import main
+
+    code = main(["estimate", MODEL, *flags])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_cli_prints_a_row_per_point_with_the_api_peaks_and_the_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _cli(capsys, "--mode", "training", "--sweep", "batch_size=1,64", "--sweep", "seq_len=512,8192",
+                        "--gpu", "rtx-4090", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    results = sweep(MODEL, Settings(gpu="rtx-4090").replace(mode="training"), batch_size=[1, 64],
+                    seq_len=[512, 8192])
+    assert [(r["batch_size"], r["seq_len"]) for r in rows] == [(1, 512), (1, 8192), (64, 512), (64, 8192)]
+    assert [(r["allocated"], r["reserved"], r["device"]) for r in rows] == \
+        [(e.peak.allocated, e.peak.reserved, e.peak.device) for e in results]
+    assert [r["fits"] for r in rows] == [vramfit.check(load_model(MODEL), e.settings).fits for e in results]
+    assert rows[0]["fits"] and not rows[-1]["fits"]   # the grid spans the card: both answers are exercised
+
+
+def test_the_cli_reads_text_values_and_labels_units(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _cli(capsys, "--sweep", "attention=eager,sdpa", "--seq-len", "4096", "--units", "GB", "--csv")
+    assert code == 0
+    header, eager, sdpa = out.strip().splitlines()
+    assert header == "attention,allocated (GB),reserved (GB),device (GB)"
+    assert eager.startswith("eager,") and sdpa.startswith("sdpa,")
+    assert float(eager.split(",")[1]) > float(sdpa.split(",")[1])   # eager keeps the scores
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--sweep", "batch_size"], "--sweep: cannot read 'batch_size'; write FIELD=V1,V2,..."),
+    (["--sweep", "batch_size=1", "--sweep", "batch_size=2"], "--sweep: batch_size is given twice"),
+    (["--sweep", "batch_size=1,x"], "batch_size: got 'x'; pass a whole number"),
+    (["--sweep", "bs=1,2"], "bs: not a setting"),
+    (["--sweep", "batch_size=1", "--explain"], "--sweep: prints one row per point, so it takes no --explain"),
+])
+def test_a_bad_sweep_is_one_line_naming_the_flag(capsys: pytest.CaptureFixture[str], flags: list[str],
+                                                  message: str) -> None:
+    code, out, err = _cli(capsys, *flags)
+    assert code == 2 and out == ""
+    assert err.startswith(f"vramfit: error: {message}")
+    assert "Traceback" not in err

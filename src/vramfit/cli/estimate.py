@@ -8,7 +8,10 @@ draws the stacked bar; `--plot-sweep batch|context FILE` draws memory against ba
 from __future__ import annotations
 
 import argparse
+import itertools
+import re
 import sys
+from typing import TYPE_CHECKING
 
 from vramfit.cli.common import (
     add_model_arguments,
@@ -17,9 +20,12 @@ from vramfit.cli.common import (
     settings_from_args,
 )
 from vramfit.errors import InvalidSetting
-from vramfit.estimate import estimate
-from vramfit.report import Format, render_estimate, with_textbook
+from vramfit.estimate import estimate, sweep
+from vramfit.report import Format, render_estimate, render_rows, size, with_textbook
 from vramfit.settings import Settings
+
+if TYPE_CHECKING:
+    from vramfit.model.loaded import Model
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="write memory against AXIS (batch: 1..256 sequences, or context: 512..131072 "
                             "tokens, powers of two) to FILE.png|svg, with the GPU's capacity as a line "
                             "(default: no plot)")
+    parser.add_argument("--sweep", action="append", metavar="FIELD=V1,V2,...",
+                        help="estimate at every combination of these values instead of once, and print a row "
+                             "per point with its peaks (and, with --gpu, whether it fits); repeat for a grid: "
+                             "--sweep batch_size=1,4,16 --sweep seq_len=2048,8192 (FIELD: any setting, as the "
+                             "Python API names it; default: one estimate)")
     parser.set_defaults(handler=run)
 
 
@@ -58,8 +69,11 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_plot_arguments(args)
+    axes = _sweep_axes(args)
     model = model_from_args(args)
     settings = settings_from_args(args, model)
+    if axes:
+        return _run_sweep(model, settings, axes, args)
     result = estimate(model, settings)
     fmt: Format = args.format
     shown = with_textbook(result, model) if args.explain else result
@@ -100,3 +114,50 @@ def capacity_bytes(settings: Settings) -> int | None:
     from vramfit import gpus
 
     return gpus.capacity_bytes(settings.gpu, settings.gpu_memory)
+
+
+def _sweep_axes(args: argparse.Namespace) -> dict[str, list[int | str]]:
+    """--sweep FIELD=V1,V2,... (repeated) as vramfit.sweep's axes: whole numbers become ints, other values stay
+    text (attention=eager,sdpa); Settings checks each value's type and range and names the field."""
+    if not args.sweep:
+        return {}
+    if args.explain or args.plot or args.plot_sweep:
+        raise InvalidSetting("--sweep: prints one row per point, so it takes no --explain, --plot or --plot-sweep; "
+                             "drop them, or drop --sweep to see one estimate in full")
+    axes: dict[str, list[int | str]] = {}
+    for text in args.sweep:
+        name, sep, values = text.partition("=")
+        name = name.strip().replace("-", "_")
+        items = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not name or not items:
+            raise InvalidSetting(f"--sweep: cannot read {text!r}; write FIELD=V1,V2,..., e.g. batch_size=1,4,16")
+        if name in axes:
+            raise InvalidSetting(f"--sweep: {name} is given twice; put all its values in one --sweep {name}=...")
+        axes[name] = [int(v) if re.fullmatch(r"[+-]?\d+", v) else v for v in items]
+    return axes
+
+
+def _run_sweep(model: Model, settings: Settings, axes: dict[str, list[int | str]], args: argparse.Namespace) -> int:
+    """One row per point: the axes' values, the three peaks, and with a GPU named whether it fits (the device
+    peak against its usable bytes, as `vramfit check` decides it)."""
+    results = sweep(model, settings, **axes)
+    as_bytes = args.format == "json"
+    headers = [*axes, *(level if as_bytes else f"{level} ({args.units})" for level in _LEVELS)]
+    rows = []
+    for point, result in zip(itertools.product(*axes.values()), results):   # vramfit.sweep's order
+        peaks = [getattr(result.peak, level) for level in _LEVELS]
+        rows.append([*point, *(peaks if as_bytes else (f"{size(n, args.units):.2f}" for n in peaks))])
+    capacities = [capacity_bytes(result.settings) for result in results]   # --sweep gpu=... changes it
+    known = [capacity for capacity in capacities if capacity is not None]
+    if results and len(known) == len(results):
+        from vramfit.search import Check
+
+        headers.append("fits")
+        for row, result, capacity in zip(rows, results, known):
+            fits = Check(estimate=result, capacity_bytes=capacity).fits
+            row.append(fits if as_bytes else ("yes" if fits else "no"))
+    print(render_rows(headers, rows, args.format))
+    return 0
+
+
+_LEVELS = ("allocated", "reserved", "device")
