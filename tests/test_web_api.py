@@ -105,7 +105,7 @@ def test_gpu_list_carries_usable_bytes(client: TestClient) -> None:
 def test_openapi_documents_the_routes_and_the_settings_schema(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     assert {"/api/estimate", "/api/catalog", "/api/gpus", "/api/fit", "/api/check", "/api/max-batch",
-            "/api/max-context", "/api/plan"} <= set(schema["paths"])
+            "/api/max-context", "/api/plan", "/api/sweep"} <= set(schema["paths"])
     assert {"Settings", "Workload", "Estimate", "Component"} <= set(schema["components"]["schemas"])
     assert client.get("/docs").status_code == 200
 
@@ -166,3 +166,27 @@ def test_searches_need_a_gpu(client: TestClient) -> None:
     response = client.post("/api/max-batch", json={"model": "Qwen/Qwen3-8B"})
     assert response.status_code == 422
     assert "--gpu" in response.json()["detail"]
+
+
+def test_sweep_equals_the_python_api_point_by_point(client: TestClient) -> None:
+    settings = {"workload": {"mode": "training"}, "training": {"finetune": "lora"}}
+    axes = {"batch_size": [1, 4], "seq_len": [1024, 4096]}
+    response = client.post("/api/sweep", json={"model": "Qwen/Qwen3-0.6B", "settings": settings, "axes": axes})
+    assert response.status_code == 200, response.text
+    base = settings_from_dict(settings)
+    assert response.json() == [expected("Qwen/Qwen3-0.6B", base.replace(batch_size=b, seq_len=t))
+                                for b in (1, 4) for t in (1024, 4096)]
+
+
+@pytest.mark.parametrize(("axes", "fragment"), [
+    ({"batch_size": [1, 0]}, "batch_size"),                # a later point out of range: vramfit's own message
+    ({"batch_size": [1, True]}, '"axes","batch_size"'),    # strict: a JSON true is not the integer 1
+    ({"batch_size": [1, 2.5]}, '"axes","batch_size"'),
+    ({"batchsize": [1]}, "batchsize: not a setting"),
+    ({}, "axes"),
+    ({"batch_size": list(range(1, 34)), "seq_len": list(range(1, 33))}, "more than 1024"),
+])
+def test_a_bad_sweep_names_the_axis(client: TestClient, axes: dict[str, Any], fragment: str) -> None:
+    response = client.post("/api/sweep", json={"model": "Qwen/Qwen3-0.6B", "axes": axes})
+    assert response.status_code == 422
+    assert fragment in response.text

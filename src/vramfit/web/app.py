@@ -12,6 +12,7 @@ and ReDoc pages load their code from a CDN, so they are switched off):
     POST /api/max-batch       LargestRequest -> the largest batch that fits (vramfit.search.max_batch)
     POST /api/max-context     LargestRequest -> the longest context that fits (vramfit.search.max_context)
     POST /api/plan            PlanRequest -> parallel layouts of N GPUs, best first (vramfit.search.plan)
+    POST /api/sweep           SweepRequest -> the estimates at every point of a grid (vramfit.sweep)
 
 A request names a catalog id or carries a pasted config.json; never a path on the server, and never the
 network unless the operator started the server with --allow-network. Bodies are capped at `max_body_bytes`
@@ -38,7 +39,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise MissingExtra("the web app needs FastAPI and uvicorn; install them with: pip install 'vramfit[web]'") \
         from error
 
-from vramfit.estimate import estimate
+from vramfit.estimate import estimate, sweep
 from vramfit.model.loaded import Model
 from vramfit.result import Estimate
 from vramfit.web.schemas import (
@@ -53,6 +54,7 @@ from vramfit.web.schemas import (
     ModelRequest,
     PlanOut,
     PlanRequest,
+    SweepRequest,
 )
 
 STATIC = Path(__file__).parent / "static"
@@ -120,6 +122,11 @@ def _routes(app: FastAPI) -> None:
     @app.post("/api/estimate", response_model=Estimate, summary="Per-GPU memory, component by component")
     def estimate_route(body: EstimateRequest, request: Request) -> Estimate:
         return estimate(_model(body, request), body.settings)
+
+    @app.post("/api/sweep", response_model=list[Estimate],
+              summary="Estimates at every combination of the axes' values (a table or a plot)")
+    def sweep_route(body: SweepRequest, request: Request) -> list[Estimate]:
+        return sweep(_model(body, request), body.settings, **body.axes)
 
     _search_routes(app)
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
+    StrictStr,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -90,6 +93,30 @@ def _strict_settings(value: dict[str, Any]) -> Settings:
     except ValidationError as error:
         raise ValueError("; ".join(f"settings.{'.'.join(map(str, e['loc']))}: {e['msg']}, got {e['input']!r}"
                                    for e in error.errors())) from None
+
+
+# A sweep's bounds: a plot or a table, not a search (each point is a whole Estimate in the response).
+MAX_SWEEP_AXES = 4
+MAX_SWEEP_POINTS = 1024
+
+
+class SweepRequest(EstimateRequest):
+    """A model, base settings, and the values of each swept setting (vramfit.sweep): the estimates at every
+    combination, the last axis varying fastest. Values are JSON integers or strings, read strictly (a JSON true
+    or "4" is not the integer 4), as the settings are."""
+
+    axes: dict[str, list[StrictInt | StrictStr]] = Field(
+        min_length=1, max_length=MAX_SWEEP_AXES,
+        description='setting -> its values, e.g. {"batch_size": [1, 4, 16], "seq_len": [2048, 8192]}; names as '
+                    f"the Python API's (Settings.replace); at most {MAX_SWEEP_AXES} axes and {MAX_SWEEP_POINTS} points")
+
+    @field_validator("axes")
+    @classmethod
+    def _bounded(cls, axes: dict[str, list[StrictInt | StrictStr]]) -> dict[str, list[StrictInt | StrictStr]]:
+        points = math.prod(len(values) for values in axes.values())
+        if points > MAX_SWEEP_POINTS:
+            raise ValueError(f"{points} points is more than {MAX_SWEEP_POINTS}; send fewer values")
+        return axes
 
 
 class CatalogModel(BaseModel):
