@@ -243,6 +243,13 @@ TORCH_ZERO_GRAD_TO_NONE = (2, 0, 0)
 TORCH_FOREACH_DEFAULT = (2, 0, 0)
 # DeepSpeed's reduce_bucket_size when a config does not set it (deepspeed v0.14.0 runtime/zero/config.py 105), in elements
 DEEPSPEED_REDUCE_BUCKET = 500_000_000
+# DeepSpeed ZeRO-3's stage3_max_live_parameters and stage3_param_persistence_threshold when a config does not set them,
+# in elements (deepspeed v0.14.0 runtime/zero/config.py 217 and 200; v0.13.4 the same lines, v0.19.8 lines 245 and
+# 228, same values). accelerate 0.28 without a DeepSpeed config file writes neither key (utils/dataclasses.py 785-806),
+# and the HF Trainer / accelerate fill only keys set to "auto" (transformers 4.39 integrations/deepspeed.py 205-245:
+# persistence "auto" = 10 x hidden; max_live has no "auto"). memory/training.py _deepspeed_gathered_bytes.
+DEEPSPEED_MAX_LIVE_PARAMETERS = 1_000_000_000
+DEEPSPEED_PERSISTENCE_THRESHOLD = 100_000
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -263,8 +270,13 @@ class Parallelism:
     # hidden, as the HF Trainer and accelerate fill a DeepSpeed config's "auto" value (memory/training.py
     # _reduce_buckets)
     zero_bucket: int | Literal["auto"] = DEEPSPEED_REDUCE_BUCKET
+    # DeepSpeed ZeRO-3's stage3_max_live_parameters in elements: how many unsharded parameter elements its prefetcher
+    # keeps gathered (memory/training.py _deepspeed_gathered_bytes)
+    zero_live: int = DEEPSPEED_MAX_LIVE_PARAMETERS
 
     def validate(self) -> None:
+        _positive("zero_live", self.zero_live, fix="pass --zero-live ELEMENTS (DeepSpeed's default "
+                  f"stage3_max_live_parameters: {DEEPSPEED_MAX_LIVE_PARAMETERS})")
         if self.zero_bucket != "auto":
             _positive("zero_bucket", self.zero_bucket, fix="pass --zero-bucket ELEMENTS (DeepSpeed's default "
                       f"reduce_bucket_size: {DEEPSPEED_REDUCE_BUCKET}) or auto (hidden x hidden)")
@@ -545,6 +557,10 @@ def _consistent(s: Settings) -> None:
     if s.parallelism.zero_bucket != DEEPSPEED_REDUCE_BUCKET and (mode != "training" or s.parallelism.zero_stage == 0):
         raise InvalidSetting(f"zero_bucket: DeepSpeed's reduce bucket exists only with ZeRO in training, so "
                              f"--zero-bucket {s.parallelism.zero_bucket} changes nothing; pass --zero 1, 2 or 3, or drop it")
+    if s.parallelism.zero_live != DEEPSPEED_MAX_LIVE_PARAMETERS and (mode != "training" or s.parallelism.zero_stage != 3):
+        raise InvalidSetting(f"zero_live: DeepSpeed's stage3_max_live_parameters bounds only ZeRO-3's gathered "
+                             f"parameters in training, so --zero-live {s.parallelism.zero_live} changes nothing; pass "
+                             "--zero 3, or drop it")
     if s.parallelism.context > s.workload.seq_len:
         raise InvalidSetting(f"cp: {s.parallelism.context} context-parallel ranks exceed seq_len "
                              f"{s.workload.seq_len} tokens; lower --cp")

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from vramfit.errors import InvalidSetting
 from vramfit.model.loaded import Model
 from vramfit.settings import (
+    DEEPSPEED_MAX_LIVE_PARAMETERS,
     DEEPSPEED_REDUCE_BUCKET,
     FRAMEWORKS,
     KV_DTYPES,
@@ -122,6 +123,10 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
                           f"under ZeRO-3, during backward under ZeRO-1/2; {DEEPSPEED_REDUCE_BUCKET} or 500M); auto = "
                           f"hidden x hidden, as the HF Trainer and accelerate fill \"auto\" (default: "
                           f"{DEEPSPEED_REDUCE_BUCKET}, DeepSpeed's own)")
+    par.add_argument("--zero-live", default=str(DEEPSPEED_MAX_LIVE_PARAMETERS), metavar="ELEMENTS",
+                     help="DeepSpeed ZeRO-3 stage3_max_live_parameters: its prefetch keeps this many unsharded "
+                          f"parameter elements gathered, plus one parameter (default: {DEEPSPEED_MAX_LIVE_PARAMETERS} "
+                          "or 1B, DeepSpeed's own)")
     par.add_argument("--gpu", help="GPU name from the catalog, e.g. H100-80GB, RTX-4090 (default: none)")
     par.add_argument("--gpu-memory", help="GPU capacity, e.g. 24GiB or 80GB (default: the --gpu's)")
 
@@ -166,7 +171,8 @@ def settings_from_args(args: argparse.Namespace, model: Model | None = None) -> 
                                     targets=targets)),
         parallelism=Parallelism(gpus=args.gpus, tensor=args.tp, pipeline=args.pp, context=args.cp,
                                 expert=args.ep, zero_stage=args.zero, fsdp=args.fsdp, offload=args.offload,
-                                offload_target=args.offload_target, zero_bucket=_zero_bucket(args.zero_bucket)),
+                                offload_target=args.offload_target, zero_bucket=_zero_bucket(args.zero_bucket),
+                                zero_live=parse_count(args.zero_live, field="--zero-live")),
         runtime=Runtime(name=args.runtime, attention=args.attention,
                         gpu_memory_utilization=args.gpu_memory_utilization, block_size=args.block_size,
                         n_gpu_layers=args.n_gpu_layers, max_num_seqs=args.max_num_seqs,

@@ -6,9 +6,10 @@
 - ZeRO (Rajbhandari et al. 2020, section 5): stage 1 shards optimizer states over the data-parallel ranks,
   stage 2 gradients too, stage 3 parameters too. FSDP: FULL_SHARD = ZeRO-3, SHARD_GRAD_OP = ZeRO-2,
   HYBRID_SHARD = FULL_SHARD inside a node (8 GPUs here) and replication across nodes.
-- ZeRO-3 / FSDP keep the unsharded parameters of the block being computed and of the block prefetched next
+- FSDP keeps the unsharded parameters of the block being computed and of the block prefetched next
   (FSDP's default backward_prefetch=BACKWARD_PRE, forward_prefetch in torchtitan) in the compute dtype, and
-  each block's unsharded gradients until they are reduce-scattered.
+  each block's unsharded gradients until they are reduce-scattered. DeepSpeed ZeRO-3 gathers module by module
+  and prefetches ahead until stage3_max_live_parameters elements are gathered (training._deepspeed_gathered_bytes).
 - Tensor parallelism (Megatron layout, Shoeybi et al. 2019): attention heads, MLP width and the vocabulary are
   split t ways; norms stay whole. Activations (Korthikanti et al. 2022, section 4): the head- and
   intermediate-sized tensors divide by t; with sequence parallelism the h-sized ones (norm inputs, residuals,
@@ -30,13 +31,14 @@ from vramfit.settings import Parallelism, Workload
 
 NODE_GPUS = 8  # HYBRID_SHARD shards within a node; 8-GPU nodes (DGX/HGX) assumed
 DDP_BUCKET_MIB = 25  # torch DistributedDataParallel(bucket_cap_mb=25)
-GATHERED_BLOCKS = 2  # the block being computed and the one prefetched
+GATHERED_BLOCKS = 2  # FSDP: the block being computed and the one prefetched
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Layout:
     """Divisors and flags of one layout. *_shard: data-parallel divisor of each state;
-    gathered_blocks: unsharded blocks alive (ZeRO-3/FSDP); in_flight: micro-batches held by the first stage."""
+    gathered_blocks: unsharded blocks alive (FSDP); live_elements: DeepSpeed ZeRO-3's stage3_max_live_parameters
+    (0 otherwise); in_flight: micro-batches held by the first stage."""
 
     data: int
     tensor: int
@@ -48,6 +50,7 @@ class Layout:
     state_shard: int
     sequence_parallel: bool
     gathered_blocks: int
+    live_elements: int
     ddp_buckets: bool
     in_flight: int
     offload_states: bool
@@ -79,7 +82,8 @@ def _layout(parallelism: Parallelism, workload: Workload) -> Layout:
         data=d, tensor=parallelism.tensor, pipeline=parallelism.pipeline, context=parallelism.context,
         expert=parallelism.expert, param_shard=shard if stage >= 3 else 1, grad_shard=shard if stage >= 2 else 1,
         state_shard=shard if stage >= 1 else 1, sequence_parallel=parallelism.tensor > 1,
-        gathered_blocks=GATHERED_BLOCKS if stage >= 3 else 0, ddp_buckets=d > 1 and stage == 0,
+        gathered_blocks=GATHERED_BLOCKS if stage >= 3 and parallelism.fsdp != "none" else 0,
+        live_elements=parallelism.zero_live if parallelism.zero_stage == 3 else 0, ddp_buckets=d > 1 and stage == 0,
         in_flight=min(parallelism.pipeline, workload.grad_accum) if parallelism.pipeline > 1 else 1,
         offload_states=parallelism.offload in ("optimizer", "params"), offload_params=parallelism.offload == "params",
         name=_name(parallelism, stage))

@@ -49,6 +49,7 @@ from vramfit.model.architecture import Architecture, GatedMLP, Layer, MixtureOfE
 from vramfit.model.loaded import Model
 from vramfit.result import Component, Parameters, Plan
 from vramfit.settings import (
+    DEEPSPEED_PERSISTENCE_THRESHOLD,
     DTYPE_BYTES,
     PEFT_ADAPTER_FP32,
     TORCH_FOREACH_DEFAULT,
@@ -384,7 +385,7 @@ def _tensor_terms(arch: Architecture, training: Any, lay: Layout, widths: Bytes,
         grads=gradient_bytes((t.elements for t in holders), grad_width) // lay.grad_shard,
         weights=_resident_weights_bytes(held.tensors, widths, lay),
         gathered=gathered, fsdp_root=_fsdp_root_bytes(held.by_layer, widths, lay),
-        fsdp_block=gathered // max(1, lay.gathered_blocks),
+        fsdp_block=gathered // lay.gathered_blocks if lay.gathered_blocks else 0,
         amp_copies=_amp_copies(held.tensors, widths) if widths.amp and lay.param_shard == 1 else 0,
         outside_grads=_head_gradients(held, grad_width) // lay.grad_shard,
         dequant=_dequant_bytes([t for t in held.tensors if t.layer is not None], widths),
@@ -794,8 +795,13 @@ def _weights_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes) -> int:
         if t.quantized:
             total += sum(allocation_bytes(b) for b in nf4_storages(t.elements, double_quant=widths.double_quant))
         else:
-            total += allocation_bytes(t.elements * (widths.adapter if t.adapter else widths.param))
+            total += _stored_bytes(t, widths)
     return total
+
+
+def _stored_bytes(t: ParamTensor, widths: Bytes) -> int:
+    """A tensor that is not 4-bit, in its stored dtype: an adapter in the adapters' dtype, the rest in --dtype."""
+    return allocation_bytes(t.elements * (widths.adapter if t.adapter else widths.param))
 
 
 def _resident_weights_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes, lay: Layout) -> int:
@@ -809,7 +815,28 @@ def _resident_weights_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes, lay
     the data and keeps quant_state on the GPU; every rank runs every layer, so every rank keeps all of them."""
     replicated = _quant_state_bytes(tensors, widths) if lay.param_shard > 1 or lay.offload_params else 0
     sharded = 0 if lay.offload_params else (_weights_bytes(tensors, widths) - replicated) // lay.param_shard
-    return sharded + replicated
+    return sharded + replicated + _persistent_bytes(tensors, widths, lay)
+
+
+def _persistent_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes, lay: Layout) -> int:
+    """DeepSpeed ZeRO-3 keeps a whole copy of every parameter of at most stage3_param_persistence_threshold elements
+    beside its partition, on every rank (deepspeed v0.14.0 runtime/zero/parameter_offload.py 242-259
+    mark_persistent_parameters sets ds_persist; partitioned_param_coordinator.py 491-493 never releases one; stage3.py
+    1985-1986 gathers them again after each optimizer step): norms, and LoRA matrices of rank x hidden."""
+    if not lay.live_elements:
+        return 0
+    return sum(_packed_bytes(t) if t.quantized else _stored_bytes(t, widths)
+               for t in tensors if _persistent(t, widths))
+
+
+def _persistent(t: ParamTensor, widths: Bytes) -> bool:
+    return _ds_numel(t, widths) <= DEEPSPEED_PERSISTENCE_THRESHOLD
+
+
+def _ds_numel(t: ParamTensor, widths: Bytes) -> int:
+    """Elements as DeepSpeed counts them (param.ds_numel): a 4-bit base weight's packed bytes in its
+    bnb_4bit_quant_storage, the compute dtype under ZeRO-3 (_sharded_4bit)."""
+    return nf4_storages(t.elements, double_quant=False)[0] // widths.compute if t.quantized else t.elements
 
 
 def _quant_state_bytes(tensors: tuple[ParamTensor, ...], widths: Bytes) -> int:
@@ -829,12 +856,42 @@ def _amp_copies(tensors: Any, widths: Bytes) -> int:
 
 def _gathered_bytes(by_layer: dict[int | None, list[ParamTensor]], blocks: range, widths: Bytes,
                     lay: Layout) -> int:
-    """ZeRO-3/FSDP: the unsharded parameters of the blocks being computed and prefetched, in the compute dtype;
-    a QLoRA base weight as its packed 4-bit data (_gathered_tensor_bytes)."""
+    """FSDP: the unsharded parameters of the blocks being computed and prefetched, in the compute dtype; a QLoRA
+    base weight as its packed 4-bit data (_gathered_tensor_bytes). DeepSpeed ZeRO-3: _deepspeed_gathered_bytes."""
+    if lay.live_elements:
+        return _deepspeed_gathered_bytes(by_layer, widths, lay.live_elements)
     if not lay.gathered_blocks or not blocks:
         return 0
     per_block = max(sum(_gathered_tensor_bytes(t, widths) for t in by_layer.get(i, [])) for i in blocks)
     return min(lay.gathered_blocks, len(blocks)) * per_block
+
+
+def _deepspeed_gathered_bytes(by_layer: dict[int | None, list[ParamTensor]], widths: Bytes, live: int) -> int:
+    """DeepSpeed ZeRO-3's unsharded parameters: min(every partitioned parameter, live elements + the largest one).
+
+    deepspeed v0.14.0 runtime/zero/partitioned_param_coordinator.py (the same logic at v0.13.4 and v0.19.8):
+    1. A hook on every module gathers the module's own parameters before its forward and its backward and
+       releases them after (parameter_offload.py 442-483; fetch_sub_module 261-391, release_sub_module 395-403),
+       unless the recorded trace uses them again within stage3_max_reuse_distance elements (__params_to_release
+       506-515) or the prefetcher has already passed their next use (502-504).
+    2. From the second step on the trace is complete, and every fetch also all-gathers the next parameters of the
+       trace: at most prefetch_bucket_size elements per call and only while fewer than max_live elements are
+       gathered, `min(max_live - n_available, prefetch_bucket)` (353-378). The loop checks before it adds each
+       parameter, so it stops at most one parameter over. A block calls it once per module (14 modules in a
+       Llama block, about 45 with LoRA), so the prefetch runs ahead until the cap: max_live gathered, not the
+       current and the next block.
+    3. The gathered tensors are allocated on the all-gather stream (303-309; a side stream under overlap_comm,
+       ZeRO-3's default, config.py 305-310, parameter_offload.py 138-139), a pool the compute stream never reuses
+       (CUDACachingAllocator.cpp get_free_block), so that pool keeps the step's high-water mark in every phase.
+    Parameters of at most stage3_param_persistence_threshold elements are never partitioned (_persistent_bytes).
+    Not modelled: a coalesced all-gather's flat buffer beside the per-parameter copies until the group's last
+    parameter is waited (partition_parameters.py 1120-1150, 700-715), at most one prefetch group.
+    Replaying the coordinator's bookkeeping on Llama-shaped traces reaches 95-99% of the bound over a step."""
+    sizes = [_gathered_tensor_bytes(t, widths) for tensors in by_layer.values() for t in tensors
+             if not _persistent(t, widths)]
+    if not sizes:
+        return 0
+    return min(sum(sizes), live * widths.compute + max(sizes))
 
 
 def _gathered_tensor_bytes(t: ParamTensor, widths: Bytes) -> int:
@@ -1163,6 +1220,20 @@ def _tokens(s: Settings, widths: Bytes) -> dict[str, Any]:
     return {"batch": s.workload.batch_size, "seq_len": s.workload.seq_len, "compute_bytes": widths.compute}
 
 
+_PERSISTENT_NOTE = (f"; DeepSpeed ZeRO-3: parameters of <= {DEEPSPEED_PERSISTENCE_THRESHOLD:,} elements also whole, "
+                    "beside their partition (_persistent_bytes)")
+
+
+def _deepspeed_gathered_description(lay: Layout) -> Description:
+    formula = ("min(every partitioned parameter, stage3_max_live_parameters + the largest one) unsharded in the "
+               "compute dtype (QLoRA base: packed 4-bit); parameters of <= stage3_param_persistence_threshold "
+               "elements excluded")
+    source = ("deepspeed v0.14.0 runtime/zero/partitioned_param_coordinator.py fetch_sub_module 353-378 (prefetch "
+              "while fewer than max_live are gathered), config.py 217; on the all-gather stream's own pool")
+    inputs = {"layout": lay.name, "zero_live": lay.live_elements, "persistence_threshold": DEEPSPEED_PERSISTENCE_THRESHOLD}
+    return formula, inputs, source, ""
+
+
 # How each component is described from (step, settings, widths, layout). Those that read only the setup's parts
 # (training, precision, layout, widths, the optimizer's terms), never the workload, are made once per setup and size
 # (_components, Setup.described; bounded by the setup's few sizes of each: gathered_parameters is the root alone or
@@ -1170,7 +1241,7 @@ def _tokens(s: Settings, widths: Bytes) -> dict[str, Any]:
 _DESCRIBE_PER_SETUP: dict[str, Callable[[Step, Settings, Bytes, Layout], Description]] = {
     "weights": lambda step, s, widths, lay: (
         ("sum over tensors round512(elements x bytes); QLoRA base: nf4 packed + absmax; / ZeRO-3 shards "
-         "(4-bit quant_state whole on every rank, not offloaded)"),
+         "(4-bit quant_state whole on every rank, not offloaded)" + (_PERSISTENT_NOTE if lay.live_elements else "")),
         {"param_bytes": widths.param, "finetune": s.training.finetune, "param_shard": lay.param_shard},
         "memory/lora.py parameter_tensors; bitsandbytes functional.quantize_4bit", _TEXTBOOK_WEIGHTS),
     "optimizer_states": lambda step, s, widths, lay: (
@@ -1181,9 +1252,9 @@ _DESCRIBE_PER_SETUP: dict[str, Callable[[Step, Settings, Bytes, Layout], Descrip
     "amp_weight_copies": lambda step, s, widths, lay: (
         "sum over linear weights round512(elements x amp bytes)", {"amp": s.precision.amp},
         "aten/src/ATen/autocast_mode.cpp cached casts", ""),
-    "gathered_parameters": lambda step, s, widths, lay: (
+    "gathered_parameters": lambda step, s, widths, lay: _deepspeed_gathered_description(lay) if lay.live_elements else (
         "2 blocks unsharded in the compute dtype (current + prefetch)", {"layout": lay.name},
-        "FSDP backward_prefetch=BACKWARD_PRE; DeepSpeed ZeRO-3 prefetch", ""),
+        "FSDP backward_prefetch=BACKWARD_PRE", ""),
     "ddp_gradient_buckets": lambda step, s, widths, lay: (
         "one bucket copy of the gradients", {"bucket_cap_mb": 25},
         "torch/nn/parallel/distributed.py gradient_as_bucket_view=False", ""),
