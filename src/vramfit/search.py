@@ -704,8 +704,9 @@ class _Planner:
         if group not in self.alive:
             candidates = self._candidates(group)
             fits = self._fits(candidates[0])
-            # DeepSpeed: ZeRO-3's persistent reduce bucket can outweigh what it shards beyond ZeRO-2
-            # (training._reduce_buckets), so ZeRO-2's most saving option is tried too before the split is dropped
+            # DeepSpeed: ZeRO-3's persistent reduce bucket and its gathered parameters (up to 1e9 elements) can
+            # outweigh what it shards beyond ZeRO-2 (training._reduce_buckets, _deepspeed_gathered_bytes), so
+            # ZeRO-2's most saving option is tried too before the split is dropped
             second = next((c for c in candidates if _deepspeed(c) and c.zero_stage == 2), None)
             self.alive[group] = fits or (_deepspeed(candidates[0]) and second is not None and self._fits(second))
         return self.alive[group]
