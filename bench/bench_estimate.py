@@ -85,13 +85,13 @@ def sweep(rounds: int) -> dict[str, Any]:
         totals = [0, 0.0, 0.0]
         for mode in ("inference", "training"):
             model = dataclasses.replace(loaded, architecture=dataclasses.replace(loaded.architecture))
-            base = Settings().replace(mode=mode) if label == "sweep" else Settings()
+            base = Settings().replace(mode=mode)
             points = len(SWEEP_BATCHES) * len(SWEEP_SEQS)
             wall, cpu = time.perf_counter(), time.process_time()
-            run(model, base, mode)
+            run(model, base)
             first = time.process_time() - cpu
             for _ in range(rounds - 1):
-                run(model, base, mode)
+                run(model, base)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             n = rounds * points
             out[f"{label} {mode}"] = {"points": points, "estimates": n, "first_round_cpu_ms": first * 1e3,
@@ -105,14 +105,14 @@ def sweep(rounds: int) -> dict[str, Any]:
     return out
 
 
-def _by_sweep(model: Any, base: Settings, mode: str) -> None:
+def _by_sweep(model: Any, base: Settings) -> None:
     grid(model, base, batch_size=SWEEP_BATCHES, seq_len=SWEEP_SEQS)
 
 
-def _by_loop(model: Any, base: Settings, mode: str) -> None:
+def _by_loop(model: Any, base: Settings) -> None:
     for b in SWEEP_BATCHES:
         for s in SWEEP_SEQS:
-            estimate(model, base.replace(mode=mode, batch_size=b, seq_len=s))
+            estimate(model, base.replace(batch_size=b, seq_len=s))
 
 
 def main() -> None:

@@ -392,14 +392,17 @@ class Settings:
         names = tuple(axes)
         values = [_axis_values(name, axis) for name, axis in axes.items()]
         combos = itertools.product(*values)
+
+        def validated(combo: tuple[Any, ...]) -> Settings:
+            return self.replace(**dict(zip(names, combo))).validate()
+
         first = next(combos, None)
         if first is None:   # an axis without values: no points
             return
-        start = self.replace(**dict(zip(names, first))).validate()
+        start = validated(first)
         yield start
         if not _SWEPT_COUNTS.issuperset(names):
-            for combo in combos:
-                yield self.replace(**dict(zip(names, combo))).validate()
+            yield from map(validated, combos)
             return
         checkers = {name: (has_type, hint) for name, has_type, hint, _ in _checkers(Workload)}
         for name, axis in zip(names, values):
